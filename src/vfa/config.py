@@ -1,0 +1,170 @@
+"""One resolved configuration drives a run: defaults <- preset <- config file <- --set overrides.
+
+The resolved config is saved as `config.yaml` in every run directory and inside every checkpoint,
+so `predict`/`evaluate` preprocess exactly as training did.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot drive a run (unknown key, missing data path, bad value)."""
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None
+    val: str | None = None
+    classes: tuple[str, ...] = ("norm", "frac")
+    size: tuple[int, int] = (600, 360)  # (H, W) as the notebook: width = 0.6 * height
+    batch_size: int = 12
+    num_workers: int = 2
+    on_bad_file: str = "error"  # error | skip
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "inception_resnet_v2"
+    pretrained: bool = False  # the notebook trained from scratch (weights=None)
+    head: tuple[int, ...] = (1024,)
+    head_batchnorm: bool = False  # the notebook's undocumented "with BN" variant
+    head_dropout: float = 0.0
+    init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)
+    channels_last: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 10
+    class_weights: bool = True  # positive weight n_norm / n_frac, as the notebook
+    sgdr: bool = True
+    sgdr_steps: int = 10  # cos_sgdr_sched(steps, cycles, exp), one value per epoch
+    sgdr_cycles: int = 1
+    sgdr_exp: int = 2
+    sgdr_per_step: bool = False  # cosine restarts per optimizer step instead of per epoch
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # or bf16-mixed, 16-mixed
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    limit_train_batches: Any = None  # for smoke tests: int batches or float fraction
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    preset: str = "seed"
+    seed: int = 42
+    augment: str = "seed"  # name of an augmentation preset (vfa.augment.PRESETS)
+    augment_overrides: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # phantom defaults used by `vfa synth --preset NAME` (the demo generates what it trains on)
+    synth: dict = field(default_factory=dict)
+
+
+# Presets are overrides on top of the defaults (which are the notebook's documented intent).
+PRESETS: dict[str, dict] = {
+    "seed": {},
+    "seed2019": {  # the notebook's best model: IRv2 at 600x360, class weights, SGDR(10,1,2), 10 epochs
+        "optim": {"epochs": 10, "class_weights": True, "sgdr": True, "sgdr_steps": 10,
+                  "sgdr_cycles": 1, "sgdr_exp": 2},
+    },
+    "keras215": {  # what Keras 2.1.5 actually executed (seed-behaviour.md)
+        "augment": "keras215",
+        "model": {"init": "keras"},
+    },
+    "cpu-demo": {  # small backbone at reduced size so the whole pipeline runs on 2 CPU cores
+        "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
+        "model": {"backbone": "resnet18", "head": (256,)},
+        "optim": {"lr": 1e-3, "epochs": 12, "sgdr_steps": 12, "weight_decay": 1e-4},
+        "trainer": {"precision": "32-true"},
+        "synth": {"n": 1200, "size": (768, 460)},
+    },
+}
+
+
+def _merge(target: Any, updates: dict, where: str = "") -> Any:
+    """Recursively apply a dict of overrides to a dataclass, rejecting unknown keys."""
+    for key, value in updates.items():
+        if not hasattr(target, key):
+            valid = ", ".join(f.name for f in dataclasses.fields(target))
+            raise ConfigError(f"unknown config key '{where}{key}' (valid: {valid})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _merge(current, value, f"{where}{key}.")
+        else:
+            if isinstance(current, tuple) and isinstance(value, list | tuple):
+                value = tuple(value)
+            setattr(target, key, value)
+    return target
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """['optim.lr=3e-4', 'model.head=[512]'] -> nested dict; values parsed as YAML."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dict | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' (valid: {', '.join(PRESETS)})")
+    cfg = Config(preset=preset)
+    _merge(cfg, copy.deepcopy(PRESETS[preset]))
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded.pop("preset", None)
+        _merge(cfg, loaded)
+    _merge(cfg, overrides or {})
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+    return plain(asdict(cfg))
+
+
+def from_dict(data: dict) -> Config:
+    data = copy.deepcopy(data)
+    cfg = Config(preset=data.pop("preset", "seed"))
+    return _merge(cfg, data)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,196 @@
+"""Training on Lightning: the notebook's fit_generator loop with its medical-metrics and SGDR callbacks.
+
+`train(cfg, out)` is the library entry point the CLI wraps. Accelerator, devices, num_nodes,
+strategy and precision pass straight through to Lightning's Trainer, so DDP needs no extra code.
+Validation metrics are computed over every validation image exactly once: predictions are
+gathered from all ranks and de-duplicated by dataset index (DistributedSampler pads).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from vfa import config as config_mod
+from vfa import runs
+from vfa.data import VFADataModule, class_weight, scan_folder, validate, write_skipped
+from vfa.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
+from vfa.model import build_from_config
+from vfa.schedule import build_scheduler
+
+# history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
+HISTORY_KEYS = ("epoch", "train_loss", "lr", *SCALAR_KEYS)
+
+
+class VFAModule(L.LightningModule):
+    def __init__(self, config: dict, pos_weight: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()  # the resolved config travels inside every checkpoint
+        self.cfg = config_mod.from_dict(config)
+        self.model = build_from_config(self.cfg.model)
+        if self.cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = self(x)
+        # pos_weight == Keras class_weight {0: 1, 1: w}: both give mean(w_i * bce_i).
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight)
+        self._loss_sum += float(loss.detach()) * len(y)
+        self._loss_n += len(y)
+        now = time.perf_counter()
+        if self._t0 is not None:
+            self.log("img_s", len(y) * self.trainer.world_size / (now - self._t0), prog_bar=True, on_step=True)
+        self._t0 = now
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_start(self):
+        self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
+
+    def validation_step(self, batch, batch_idx):
+        x, y, idx = batch
+        self._val.append((torch.sigmoid(self(x).float()).detach(), y, idx))
+
+    def on_validation_epoch_start(self):
+        self._val = []
+
+    def gathered_predictions(self):
+        """(probs, labels) over all ranks, each validation image exactly once, in index order."""
+        probs = torch.cat([v[0] for v in self._val]) if self._val else torch.empty(0, device=self.device)
+        labels = torch.cat([v[1] for v in self._val]) if self._val else torch.empty(0, device=self.device)
+        idx = torch.cat([v[2] for v in self._val]) if self._val else torch.empty(0, device=self.device)
+        if self.trainer.world_size > 1:
+            probs, labels, idx = (self.all_gather(t).reshape(-1) for t in (probs, labels, idx))
+        idx, order = idx.long().cpu(), None
+        uniq, first = _first_occurrence(idx)
+        order = first[torch.argsort(uniq)]
+        return probs.cpu()[order].numpy(), labels.cpu()[order].numpy()
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        probs, labels = self.gathered_predictions()
+        md = med_metrics(labels, probs, with_curve=False)
+        values = scalars(md)
+        for key, value in values.items():
+            self.log(f"val_{key}", float(value), prog_bar=key in ("auc", "sn", "sp"), sync_dist=False)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else math.nan
+        row = {"epoch": self.current_epoch,
+               "train_loss": self._loss_sum / self._loss_n if self._loss_n else math.nan,
+               "lr": lr, **values}
+        if self.trainer.is_global_zero:
+            self.print(f"\nEpoch {self.current_epoch}  val {format_line(md)}  (n={md['n']})"
+                       + (f"  [{'; '.join(md['notes'])}]" if md["notes"] else ""))
+            append_history(Path(self.trainer.default_root_dir) / "history.csv", row)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        if not o.sgdr:
+            return opt
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(
+            opt, o.sgdr_steps, o.sgdr_cycles, o.sgdr_exp, o.sgdr_per_step, steps_per_epoch)}
+
+
+def _first_occurrence(idx: torch.Tensor):
+    """Unique values of idx and the position of each one's first occurrence."""
+    uniq, inverse = torch.unique(idx, return_inverse=True)
+    positions = torch.arange(idx.numel())
+    first = torch.full((uniq.numel(),), idx.numel(), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return uniq, first
+
+
+def append_history(path: Path, row: dict) -> None:
+    """One row per epoch; a re-run epoch (after resume) replaces its earlier row."""
+    rows = read_history(path)
+    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_data(cfg, train: bool = True, log=print):
+    """Scan and fully decode the training/validation sets before any work starts."""
+    d = cfg.data
+    for name in ("train", "val"):
+        if getattr(d, name) is None:
+            raise config_mod.ConfigError(f"data.{name} is not set (pass --{name} DIR)")
+    tr = validate(scan_folder(d.train, d.classes), d.on_bad_file, need_classes=(0, 1))
+    va = validate(scan_folder(d.val, d.classes), d.on_bad_file)
+    for name, s in (("train", tr), ("val", va)):
+        log(f"{name}: {len(s.paths)} images {s.counts()} from {s.root}"
+            + (f"; skipped {len(s.skipped)} file(s)" if s.skipped else ""))
+    if len(set(va.labels)) < 2:
+        log("warning: the validation set has a single class; AUC, Sn or Sp will be undefined (NaN)")
+    return tr, va
+
+
+def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
+    t = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
+                           save_last=True, save_top_k=1, enable_version_counter=False)
+    callbacks = [best, *extra_callbacks]
+    if t.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    return L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=cfg.optim.epochs, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        deterministic=t.deterministic, callbacks=callbacks, logger=False, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+
+
+def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
+    """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt."""
+    run_dir = Path(out)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    else:
+        runs.prepare_run_dir(run_dir, force)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tr, va = load_data(cfg, log=log)
+    if not resume:
+        runs.write_run_files(run_dir, cfg)
+    write_skipped(tr, run_dir / "skipped_train.csv")
+    write_skipped(va, run_dir / "skipped_val.csv")
+    pos_weight = class_weight(tr.labels) if cfg.optim.class_weights else 1.0
+    log(f"positive-class weight: {pos_weight:.3f}")
+    module = VFAModule(config_mod.to_dict(cfg), pos_weight)
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
+                weights_only=True if resume else None)
+    if trainer.is_global_zero:
+        from vfa.curves import plot_history
+        plot_history(run_dir / "history.csv", run_dir)
+    return run_dir

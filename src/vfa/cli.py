@@ -70,8 +70,11 @@ def cmd_train(args) -> None:
         cfg_file = run / "config.yaml"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{run} is not a vfa run directory (no config.yaml)")
-        cfg = config_mod.resolve("seed", cfg_file)
-        cfg.preset = config_mod.yaml.safe_load(cfg_file.read_text()).get("preset", "seed")
+        cfg = config_mod.from_dict(config_mod.yaml.safe_load(cfg_file.read_text()))
+        # a resumed run may be extended (--epochs) or re-tuned (--set), e.g. trainer.devices
+        config_mod._merge(cfg, config_mod.parse_set(args.set))
+        if args.epochs:
+            cfg.optim.epochs = args.epochs
         train(cfg, run, resume=True)
         return
     if not args.out:

@@ -96,7 +96,7 @@ PRESETS: dict[str, dict] = {
         "model": {"backbone": "resnet18", "head": (256,)},
         "optim": {"lr": 1e-3, "epochs": 12, "sgdr_steps": 12, "weight_decay": 1e-4},
         "trainer": {"precision": "32-true"},
-        "synth": {"n": 1200, "size": (768, 460)},
+        "synth": {"n": 1200, "size": [768, 460]},
     },
 }
 

@@ -43,3 +43,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
     log(f"{data}: {format_line(md)}  (n={md['n']}, threshold {threshold})")
     return result
+
+
+from vfa._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "evaluate")

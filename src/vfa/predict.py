@@ -69,3 +69,8 @@ def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, p
     loader = DataLoader(eval_dataset(model, [str(p) for p in images]), batch_size=batch_size,
                         num_workers=num_workers)
     return predict_loader(model, loader, progress)
+
+
+from vfa._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "predict")

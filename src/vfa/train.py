@@ -62,6 +62,8 @@ class VFAModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
+        # Lightning steps epoch schedulers before validation runs: record the rate this epoch used.
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def validation_step(self, batch, batch_idx):
         x, y, idx = batch
@@ -90,7 +92,7 @@ class VFAModule(L.LightningModule):
         values = scalars(md)
         for key, value in values.items():
             self.log(f"val_{key}", float(value), prog_bar=key in ("auc", "sn", "sp"), sync_dist=False)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else math.nan
+        lr = getattr(self, "_epoch_lr", math.nan)
         row = {"epoch": self.current_epoch,
                "train_loss": self._loss_sum / self._loss_n if self._loss_n else math.nan,
                "lr": lr, **values}
@@ -157,7 +159,10 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
-                           save_last=True, save_top_k=1, enable_version_counter=False)
+                           save_last=True, save_top_k=1, enable_version_counter=False,
+                           # saving after the epoch (not mid-loop at validation end) makes a resume
+                           # start at the next epoch instead of repeating this one
+                           save_on_train_epoch_end=True)
     callbacks = [best, *extra_callbacks]
     if t.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
@@ -194,3 +199,8 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
         from vfa.curves import plot_history
         plot_history(run_dir / "history.csv", run_dir)
     return run_dir
+
+
+from vfa._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "train")

@@ -1,0 +1,362 @@
+"""Synthetic VFA phantom: lateral-spine DXA-like images with Genant-graded vertebral fractures.
+
+No patient images ship with vfa, so this phantom is the default data for the demo, the tests and
+model-quality checks. Everything is drawn analytically from a numpy Generator:
+
+    anatomy (S-curve, 13 vertebrae T4..L4, discs, ribs, soft tissue)  ->  fractures (height loss)
+    ->  rendering (bone density, texture, blur, noise, gain/offset)  ->  uint8/uint16 image + boxes
+
+The only thing that differs between a normal and a fractured image is the deformed vertebral body
+itself (shape, and the slight densification of compressed bone): every global parameter is drawn
+the same way for both classes so that a model cannot learn a shortcut.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from scipy.interpolate import PchipInterpolator
+
+LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
+# Osteoporotic fractures cluster at the mid-thoracic (T7-T8) and thoracolumbar (T11-L1) regions.
+LEVEL_WEIGHTS = np.array([.02, .03, .06, .11, .11, .07, .06, .10, .15, .13, .07, .05, .04])
+GRADE_LOSS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.60)}  # Genant height-loss ranges
+TYPES, TYPE_P = ("wedge", "biconcave", "crush"), (0.5, 0.3, 0.2)   # wedge is the most common
+N_FRACTURES_P = (0.6, 0.28, 0.12)                                  # 1, 2 or 3 fractured levels
+SPLITS = ("train", "val", "test")
+GOLDEN = 0.6180339887498949
+
+
+@dataclass
+class PhantomConfig:
+    n: int = 1000
+    prevalence: float = 0.25
+    size: tuple[int, int] = (1024, 614)   # (H, W)
+    splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    grades: tuple[float, float, float] = (0.4, 0.4, 0.2)   # share of grade 1/2/3 among positives
+    bit_depth: int = 8        # 8 or 16
+    workers: int | None = None  # None = os.cpu_count()
+
+    def validate(self) -> None:
+        if int(self.n) < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if not 0 < self.prevalence < 1:
+            raise ValueError(f"prevalence must be in (0, 1), got {self.prevalence}")
+        for name in ("splits", "grades"):
+            v = getattr(self, name)
+            if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6:
+                raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {v}")
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
+        if len(self.size) != 2 or min(self.size) < 64:
+            raise ValueError(f"size must be (H, W) with both >= 64 px, got {self.size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 or None, got {self.workers}")
+
+
+def sample_fractures(rng: np.random.Generator, grades=(0.4, 0.4, 0.2)) -> list[dict]:
+    """Fractures of one positive image: 1-3 distinct levels; the worst grade follows `grades`."""
+    k = rng.choice(3, p=N_FRACTURES_P) + 1
+    levels = np.sort(rng.choice(len(LEVELS), size=k, replace=False, p=LEVEL_WEIGHTS))
+    worst = int(rng.choice(3, p=np.asarray(grades) / sum(grades))) + 1
+    # the image's worst grade follows `grades`; any further fractures are no worse than it
+    gs = [worst] + [int(rng.integers(1, worst + 1)) for _ in range(k - 1)]
+    gs = [gs[j] for j in rng.permutation(k)]
+    return [dict(level=LEVELS[lv], grade=g, type=str(rng.choice(TYPES, p=TYPE_P)),
+                 height_loss=round(float(rng.uniform(*GRADE_LOSS[g])), 4))
+            for lv, g in zip(levels, gs)]
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+def _anatomy(rng: np.random.Generator, H: int, W: int) -> dict:
+    """Vertebral centres/tilts/sizes in final image pixels. Draws a fixed number of values."""
+    n, t = len(LEVELS), np.linspace(0, 1, len(LEVELS))
+    # sizes in units of T4 body height: T4 ~17 mm tall, L4 ~27 mm; AP depth ~1.3-1.45x height
+    h = (1.0 + 0.55 * t ** 1.2) * (1 + rng.uniform(-0.04, 0.04, n))
+    w = (1.45 - 0.15 * t) * (1.0 + 0.55 * t ** 1.2) * rng.uniform(0.92, 1.08) * (1 + rng.uniform(-0.03, 0.03, n))
+    disc = (0.22 + 0.22 * ((np.arange(n - 1) + 0.5) / (n - 1)) ** 1.5) * rng.uniform(0.8, 1.2) \
+        * (1 + rng.uniform(-0.15, 0.15, n - 1))
+    # S-curve as the tangent tilt along the spine (+ = leaning posteriorly/right when going down):
+    # thoracic kyphosis (apex ~T8) turns it from + to -, lumbar lordosis (apex ~L3) back to +.
+    kyph, lord = np.radians(rng.uniform(25, 55)), np.radians(rng.uniform(20, 40))
+    apex = rng.uniform(3.5, 5.0)
+    ctrl_i = [0.0, apex, 8.5, 12.0]
+    ctrl_phi = [kyph * apex / 8.5, 0.0, -kyph * (8.5 - apex) / 8.5, -kyph * (8.5 - apex) / 8.5 + lord]
+    centre_s = np.concatenate([[h[0] / 2], h[0] / 2 + np.cumsum((h[:-1] + h[1:]) / 2 + disc)])
+    total = centre_s[-1] + h[-1] / 2
+    s = np.linspace(0, total, 400)
+    phi_s = PchipInterpolator(np.interp(ctrl_i, np.arange(n), centre_s), ctrl_phi, extrapolate=True)(s)
+    phi_s -= phi_s.mean()                       # patient positioned so the spine runs ~vertically
+    phi_s += np.radians(rng.uniform(-5, 5))     # plus a small global rotation
+    ds = np.gradient(s)
+    x, y = np.cumsum(np.sin(phi_s) * ds), np.cumsum(np.cos(phi_s) * ds)
+    cx, cy, phi = (np.interp(centre_s, s, a) for a in (x, y, phi_s))
+    # scale so the spine fills 80-90 % of the image height, then translate within the free margin
+    ext_y = np.ptp(np.concatenate([cy - h / 2 * np.cos(phi), cy + h / 2 * np.cos(phi)])) + 0.5 * w.mean() * np.ptp(np.sin(phi))
+    scale = rng.uniform(0.80, 0.90) * H / ext_y
+    fx, ty = rng.uniform(0.38, 0.46), rng.uniform(-1, 1)
+    cx, cy = cx * scale, cy * scale
+    slack = max(0.0, (H - np.ptp(cy) - (h[0] + h[-1]) / 2 * scale * 1.3) / 2)
+    cy += H / 2 - (cy.min() + cy.max()) / 2 + ty * min(slack, 0.03 * H)
+    cx += W * fx - cx.mean()
+    return dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale)
+
+
+def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[dict]:
+    """Anterior/middle/posterior heights per vertebra: normal variation (<~10 %) then fractures."""
+    n, h = len(LEVELS), an["h"]
+    thoracic = np.arange(n) < 9
+    # normal anatomy: slight anterior wedging in the thoracic spine, slight endplate concavity
+    ra = np.where(thoracic, rng.uniform(0.92, 1.0, n), rng.uniform(0.95, 1.03, n))
+    rm = rng.uniform(0.94, 1.0, n)
+    k_top = rng.uniform(0.55, 0.85, n)     # superior endplate usually takes most of a collapse
+    dens = rng.uniform(0.92, 1.08, n)      # level-to-level bone density variation
+    out = [dict(ha=h[i] * ra[i], hm=h[i] * rm[i] * (ra[i] + 1) / 2, hp=h[i], ref=h[i],
+                k_top=0.5, dens=dens[i]) for i in range(n)]
+    for f in fractures:
+        if f["level"] not in LEVELS:
+            raise ValueError(f"unknown level {f['level']!r}; expected one of {LEVELS}")
+        v, loss = out[LEVELS.index(f["level"])], float(f["height_loss"])
+        if f["type"] == "wedge":       # anterior collapse, posterior wall intact
+            v.update(ha=v["hp"] * (1 - loss), hm=v["hp"] * (1 - loss / 2))
+        elif f["type"] == "biconcave":  # central endplate depression
+            v.update(hm=v["hp"] * (1 - loss), ha=max(v["ha"], v["hp"] * 0.95))
+        elif f["type"] == "crush":     # the whole body loses height (relative to expected size)
+            v.update(ha=v["ref"] * (1 - loss), hm=v["ref"] * (1 - loss), hp=v["ref"] * (1 - loss))
+        else:
+            raise ValueError(f"unknown fracture type {f['type']!r}; expected one of {TYPES}")
+        # compressed trabeculae look slightly denser; kept within the normal level-to-level spread
+        v.update(k_top=k_top[LEVELS.index(f["level"])], dens=v["dens"] * (1 + 0.15 * loss))
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _softmin(r, *d):
+    """Smooth minimum of distances -> rounded corners of radius ~r."""
+    acc = -d[0] / r
+    for di in d[1:]:
+        acc = np.logaddexp(acc, -di / r)
+    return -r * acc
+
+
+def _ellipsoid(u, v, uc, vc, a, b, ang=0.0):
+    """Projected thickness of an ellipsoid (soft, dome-shaped) at local coords (u, v)."""
+    c, s = np.cos(ang), np.sin(ang)
+    du, dv = (u - uc) * c + (v - vc) * s, -(u - uc) * s + (v - vc) * c
+    return np.sqrt(np.clip(1 - (du / a) ** 2 - (dv / b) ** 2, 0, 1))
+
+
+def _vertebra(canvas, i, an, sh, p, tex_seed):
+    """Add body (+ cortical rim, trabecular texture) and faint posterior elements; return its box."""
+    H, W = canvas.shape
+    cx, cy, phi, w, ref = an["cx"][i], an["cy"][i], an["phi"][i], an["w"][i], sh["ref"]
+    eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
+    corners = np.array([[uu, vv] for uu in (-0.6 * w, 2.2 * w) for vv in (-0.7 * ref, 0.9 * ref)])
+    pts = np.array([cx, cy]) + corners[:, :1] * eu + corners[:, 1:] * ev
+    x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int), [W, H])
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    u = (xx - cx) * eu[0] + (yy - cy) * eu[1]          # + = posterior (right)
+    v = (xx - cx) * ev[0] + (yy - cy) * ev[1]          # + = caudal (down)
+    # body: endplates are the quadratic through anterior/middle/posterior heights
+    tt = np.clip(u / (w / 2), -1, 1)
+    hu = sh["hm"] + (sh["hp"] - sh["ha"]) / 2 * tt + ((sh["ha"] + sh["hp"]) / 2 - sh["hm"]) * tt ** 2
+    top, bot = -ref / 2 + sh["k_top"] * (ref - hu), ref / 2 - (1 - sh["k_top"]) * (ref - hu)
+    wall = 0.03 * w * (1 - np.clip(2 * v / ref, -1, 1) ** 2)   # slightly concave anterior wall
+    d = _softmin(0.08 * ref, v - top, bot - v, u + w / 2 - wall, w / 2 - u - wall / 2)
+    body = np.clip(d + 0.5, 0, 1)
+    rim = body * np.exp(-np.maximum(d, 0) / p["cortex_px"])
+    noise = np.random.default_rng(tex_seed).standard_normal(u.shape, dtype=np.float32)
+    tex = ndimage.gaussian_filter(noise, (1.6 * p["s"], 0.7 * p["s"]))
+    tex *= p["texture"] / (tex.std() + 1e-6)
+    bone = body * (p["trab"] * (1 + tex)) + p["cortex"] * rim
+    # posterior elements: pedicle, articular processes, lamina + spinous process (more caudal in T)
+    thor = i < 9
+    pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)
+          + 0.8 * _ellipsoid(u, v, 0.95 * w, 0.05 * ref, 0.14 * w, 0.5 * ref)
+          + 0.7 * _ellipsoid(u, v, (1.4 if thor else 1.3) * w, (0.4 if thor else 0.1) * ref,
+                             0.5 * w, 0.16 * ref, -0.5 if thor else -0.15))
+    canvas[y0:y1, x0:x1] += sh["dens"] * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
+    rows, cols = np.nonzero(d > 0)
+    return [int(x0 + cols.min()), int(y0 + rows.min()), int(x0 + cols.max() + 1), int(y0 + rows.max() + 1)]
+
+
+def _ribs(rng, an, H, W, p):
+    """Both sides' ribs (T2-T12) as curved bands with brighter cortical edges, over the thorax."""
+    layers, i = [], np.arange(-2, 9)                     # T2..T12 (T2/T3 extrapolated upwards)
+    ext = lambda a: np.where(i < 0, a[0] + i * (a[1] - a[0]), a[np.maximum(i, 0)])  # noqa: E731
+    cx, cy, w, h = (ext(an[k]) for k in ("cx", "cy", "w", "h"))
+    phi = an["phi"][:9].mean()   # ribs hang from the thorax as a whole, not from each vertebra's tilt
+    eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
+    jitter = rng.uniform(-0.12, 0.12, (2, len(i), 4))
+    side_off = rng.uniform(0.2, 0.5) * h[0]
+    b = np.linspace(0, 1, 24)[:, None]
+    for side in range(2):
+        img = Image.new("F", (W // 2, H // 2))
+        draw = ImageDraw.Draw(img)
+        for k in range(len(i)):
+            j = jitter[side, k]
+            ctrl = np.array([[0.75, -0.1], [2.3 + j[0], 0.2 + j[1]], [0.3, 2.4 + j[2]], [-3.6, 3.4 + j[3]]])
+            ctrl = ctrl * [w[k], h[k]] * (1 + 0.08 * side) + [0, side * side_off]
+            P = np.array([cx[k], cy[k]]) + ctrl[:, :1] * eu + ctrl[:, 1:] * ev
+            curve = ((1 - b) ** 3 * P[0] + 3 * (1 - b) ** 2 * b * P[1] + 3 * (1 - b) * b ** 2 * P[2] + b ** 3 * P[3]) / 2
+            pts = [tuple(q) for q in curve]
+            rw = max(1, int(round(p["rib_w"] * h[k] / 2)))
+            draw.line(pts, fill=1.0, width=rw, joint="curve")
+            draw.line(pts, fill=0.6, width=max(1, int(rw * 0.6)), joint="curve")  # hollow: bright cortex edges
+        layers.append(np.asarray(img))
+    ribs = ndimage.gaussian_filter(layers[0] + layers[1], 1.5 * p["s"])   # ribs are round, soft-edged
+    return p["rib"] * np.asarray(Image.fromarray(ribs).resize((W, H), Image.BILINEAR))
+
+
+def _background(rng, an, H, W, s):
+    """Soft tissue: dark lung anterior to the thoracic spine, denser abdomen, back muscles, air."""
+    y = np.arange(H, dtype=np.float32)[:, None]
+    x = np.arange(W, dtype=np.float32)[None, :]
+    xc = np.interp(y, an["cy"], an["cx"])                 # spine centre line per row
+    wv = np.interp(y, an["cy"], an["w"])
+    rel = (x - xc) / wv                                     # 0 = spine centre, + = posterior
+    y_dia = np.interp(rng.uniform(6.5, 9.0), np.arange(13), an["cy"]) + rng.uniform(0.1, 0.5) * (x - xc)
+    thorax = 1 / (1 + np.exp((y - y_dia) / (12 * s)))
+    sig = lambda z: 1 / (1 + np.exp(-z))                    # noqa: E731
+    bg = (rng.uniform(0.15, 0.3) + rng.uniform(0, 0.08) * y / H
+          - rng.uniform(0.06, 0.14) * thorax * (1 - 0.7 * np.exp(-(rel - 0.3) ** 2 / 1.5))
+          + rng.uniform(0.0, 0.08) * sig((rel - 1.0) / 0.4)                           # back muscles
+          + rng.uniform(0.03, 0.08) * np.exp(-(rel - 0.2) ** 2 / 0.8)                 # paraspinal band
+          - rng.uniform(0.1, 0.2) * sig((rel - rng.uniform(2.6, 3.6)) / 0.08))        # skin -> air
+    low = Image.fromarray(rng.normal(0, 0.02, (4, 3)).astype(np.float32)).resize((W, H), Image.BICUBIC)
+    return (bg + np.asarray(low)).astype(np.float32)
+
+
+def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[dict] | None = None,
+                   bit_depth=8) -> tuple[np.ndarray, dict]:
+    """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with level/grade/type/height_loss).
+
+    Every random draw happens in a fixed order that does not depend on `fractures`, so the same rng
+    state with and without fractures gives the same patient, differing only at the fractured levels.
+    Boxes are [x0, y0, x1, y1] in pixels of the final image (x1/y1 exclusive).
+    """
+    H, W = size
+    fractures = list(fractures or [])
+    s = H / 1024                                           # pixel scale relative to the default size
+    an = _anatomy(rng, H, W)
+    shapes = _shapes(rng, an, fractures)
+    p = dict(s=s, density=rng.uniform(0.5, 1.1),           # bone density -> bone/soft-tissue contrast
+             trab=rng.uniform(0.2, 0.3), cortex=rng.uniform(0.3, 0.5), cortex_px=rng.uniform(1.5, 2.5) * s,
+             texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),
+             rib=rng.uniform(0.04, 0.09), rib_w=rng.uniform(0.4, 0.55))
+    tex_seeds = rng.integers(0, 2 ** 63, len(LEVELS))
+    canvas = _background(rng, an, H, W, s)
+    canvas += p["density"] * _ribs(rng, an, H, W, p)
+    boxes = {lv: _vertebra(canvas, i, an, shapes[i], p, tex_seeds[i]) for i, lv in enumerate(LEVELS)}
+    # acquisition: scanner blur, quantum noise (+ faint scan-line noise), gain/offset
+    canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.7, 1.6) * s)
+    noise = rng.standard_normal((H, W), dtype=np.float32) * rng.uniform(0.012, 0.035)
+    noise += rng.standard_normal((H, 1), dtype=np.float32) * rng.uniform(0.0, 0.006)
+    img = rng.uniform(-0.04, 0.06) + rng.uniform(0.75, 1.0) * canvas + noise
+    top = 255 if bit_depth == 8 else 65535
+    img = np.round(np.clip(img, 0, 1) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    ann = dict(size=[H, W], levels=list(LEVELS), boxes=boxes, fractures=fractures,
+               heights={lv: [round(float(shapes[i][k]), 2) for k in ("ha", "hm", "hp", "ref")]
+                        for i, lv in enumerate(LEVELS)})
+    return img, ann
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def _labels(cfg: PhantomConfig) -> np.ndarray:
+    """Label of image i from a golden-ratio sequence: prevalence holds even for tiny n, and label i
+    does not depend on n (so image i is the same image whatever the dataset size)."""
+    u0 = np.random.default_rng([cfg.seed, 7]).random()
+    return (((u0 + np.arange(cfg.n) * GOLDEN) % 1.0) < cfg.prevalence).astype(int)
+
+
+def _splits(labels: np.ndarray, cfg: PhantomConfig) -> np.ndarray:
+    """Stratified, deterministic split assignment (each split gets ~the overall prevalence)."""
+    split = np.empty(len(labels), dtype=object)
+    for c in (0, 1):
+        idx = np.random.default_rng([cfg.seed, 11, c]).permutation(np.flatnonzero(labels == c))
+        cuts = np.round(np.cumsum(cfg.splits) * len(idx)).astype(int)
+        for name, part in zip(SPLITS, np.split(idx, cuts[:-1])):
+            split[part] = name
+    return split
+
+
+def _make_one(job) -> dict:
+    """Worker: render image i from its own child seed, write the PNG, return its manifest row."""
+    i, label, split, out, cfg = job
+    r_frac, r_img = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, i]).spawn(2))
+    fractures = sample_fractures(r_frac, cfg.grades) if label else []
+    img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth)
+    rel = f"{split}/{'frac' if label else 'norm'}/phantom_{i:05d}.png"
+    Image.fromarray(img).save(Path(out) / rel, compress_level=1)   # noise is incompressible anyway
+    fr = sorted(fractures, key=lambda f: LEVELS.index(f["level"]))
+    return dict(filename=rel, split=split, label=int(label), patient_id=f"P{i:05d}",
+                n_fractures=len(fr), max_grade=max([f["grade"] for f in fr], default=0),
+                levels=";".join(f["level"] for f in fr), types=";".join(f["type"] for f in fr),
+                grades=";".join(str(f["grade"]) for f in fr), boxes=json.dumps(ann["boxes"]),
+                fractured_boxes=json.dumps([ann["boxes"][f["level"]] for f in fr]))
+
+
+def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force: bool = False) -> pd.DataFrame:
+    """Write the whole phantom dataset and manifest.csv atomically enough (write files then manifest last, manifest via temp file + os.replace); returns the manifest.
+
+    Layout: OUT/{train,val,test}/{norm,frac}/phantom_NNNNN.png + OUT/manifest.csv. Refuses a
+    non-empty OUT unless force=True, which removes only what this function writes.
+    """
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty (use force=True to overwrite)")
+        for name in SPLITS:
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "manifest.csv").unlink(missing_ok=True)
+    for name in SPLITS:
+        for cls in ("norm", "frac"):
+            (out / name / cls).mkdir(parents=True, exist_ok=True)
+    labels = _labels(cfg)
+    jobs = [(i, labels[i], sp, str(out), cfg) for i, sp in enumerate(_splits(labels, cfg))]
+    workers = min(cfg.workers or os.cpu_count() or 1, cfg.n)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.n, desc="phantom", unit="img", file=sys.stderr)
+        except ImportError:
+            pass
+    rows = []
+    if workers == 1:
+        it = map(_make_one, jobs)
+        pool = None
+    else:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn" if sys.platform == "darwin" else None).Pool(workers)
+        it = pool.imap(_make_one, jobs, chunksize=max(1, min(16, cfg.n // (4 * workers))))
+    try:
+        for row in it:
+            rows.append(row)
+            if bar is not None:
+                bar.update()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    manifest = pd.DataFrame(rows)
+    tmp = out / "manifest.csv.tmp"
+    manifest.to_csv(tmp, index=False)
+    os.replace(tmp, out / "manifest.csv")
+    return manifest

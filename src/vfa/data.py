@@ -31,6 +31,7 @@ class Samples:
     labels: list[int]
     root: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    classes: tuple[str, ...] = ("norm", "frac")
 
     def counts(self) -> dict[int, int]:
         return {c: self.labels.count(c) for c in sorted(set(self.labels))}
@@ -54,7 +55,7 @@ def scan_folder(root: str | Path, classes=("norm", "frac")) -> Samples:
                 labels.append(label)
             else:
                 skipped.append((str(path), f"not an image file (extension '{path.suffix}')"))
-    return Samples(paths, labels, str(root), skipped)
+    return Samples(paths, labels, str(root), skipped, tuple(classes))
 
 
 def _check(path: str) -> str | None:
@@ -84,10 +85,10 @@ def validate(samples: Samples, on_bad_file: str = "error", workers: int | None =
         raise DataError(f"{len(problems)} unusable file(s) under {samples.root} "
                         f"(use --on-bad-file skip to leave them out):\n{listing}{more}")
     keep = [i for i, r in enumerate(reasons) if r is None]
-    out = Samples([samples.paths[i] for i in keep], [samples.labels[i] for i in keep], samples.root, problems)
+    out = Samples([samples.paths[i] for i in keep], [samples.labels[i] for i in keep], samples.root, problems, samples.classes)
     for c in need_classes:
         if c not in out.labels:
-            raise DataError(f"{samples.root}: no usable images of class {c}")
+            raise DataError(f"{Path(samples.root) / samples.classes[c]}: no usable images (empty class folder?)")
     return out
 
 

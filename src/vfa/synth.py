@@ -122,7 +122,7 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
     k_top = rng.uniform(0.55, 0.85, n)     # superior endplate usually takes most of a collapse
     dens = rng.uniform(0.92, 1.08, n)      # level-to-level bone density variation
     out = [dict(ha=h[i] * ra[i], hm=h[i] * rm[i] * (ra[i] + 1) / 2, hp=h[i], ref=h[i],
-                k_top=0.5, dens=dens[i]) for i in range(n)]
+                k_top=0.5, dens=dens[i], sclerosis=1.0) for i in range(n)]
     for f in fractures:
         if f["level"] not in LEVELS:
             raise ValueError(f"unknown level {f['level']!r}; expected one of {LEVELS}")
@@ -136,7 +136,7 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
         else:
             raise ValueError(f"unknown fracture type {f['type']!r}; expected one of {TYPES}")
         # compressed trabeculae look slightly denser; kept within the normal level-to-level spread
-        v.update(k_top=k_top[LEVELS.index(f["level"])], dens=v["dens"] * (1 + 0.15 * loss))
+        v.update(k_top=k_top[LEVELS.index(f["level"])], sclerosis=1 + 0.15 * loss)
     return out
 
 
@@ -180,7 +180,7 @@ def _vertebra(canvas, i, an, sh, p, tex_seed):
     noise = np.random.default_rng(tex_seed).standard_normal(u.shape, dtype=np.float32)
     tex = ndimage.gaussian_filter(noise, (1.6 * p["s"], 0.7 * p["s"]))
     tex *= p["texture"] / (tex.std() + 1e-6)
-    bone = body * (p["trab"] * (1 + tex)) + p["cortex"] * rim
+    bone = (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * sh["sclerosis"]
     # posterior elements: pedicle, articular processes, lamina + spinous process (more caudal in T)
     thor = i < 9
     pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)

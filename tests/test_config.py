@@ -33,3 +33,10 @@ def test_errors_name_the_problem():
         c.parse_set(["optim.lr"])
     with pytest.raises(FileNotFoundError):
         c.resolve("seed", "/nonexistent.yaml")
+
+
+def test_numbers_in_yaml_exponent_form_are_floats():
+    cfg = c.resolve("seed", overrides=c.parse_set(["optim.lr=1e-3"]))
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    with pytest.raises(c.ConfigError, match="optim.lr must be a number"):
+        c.resolve("seed", overrides=c.parse_set(["optim.lr=fast"]))

@@ -113,8 +113,24 @@ def _merge(target: Any, updates: dict, where: str = "") -> Any:
         else:
             if isinstance(current, tuple) and isinstance(value, list | tuple):
                 value = tuple(value)
+            elif isinstance(current, float) and isinstance(value, str | int) and not isinstance(value, bool):
+                try:  # YAML 1.1 reads "1e-4" as a string
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"{where}{key} must be a number, got '{value}'") from None
             setattr(target, key, value)
     return target
+
+
+def _merge_dict(base: dict, extra: dict) -> dict:
+    """Deep-merge two override dicts (extra wins)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_dict(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_set(items: list[str] | None) -> dict:

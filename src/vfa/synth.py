@@ -13,6 +13,7 @@ the same way for both classes so that a model cannot learn a shortcut.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -152,7 +153,7 @@ def _softmin(r, *d):
 
 def _ellipsoid(u, v, uc, vc, a, b, ang=0.0):
     """Projected thickness of an ellipsoid (soft, dome-shaped) at local coords (u, v)."""
-    c, s = np.cos(ang), np.sin(ang)
+    c, s = math.cos(ang), math.sin(ang)
     du, dv = (u - uc) * c + (v - vc) * s, -(u - uc) * s + (v - vc) * c
     return np.sqrt(np.clip(1 - (du / a) ** 2 - (dv / b) ** 2, 0, 1))
 
@@ -160,10 +161,12 @@ def _ellipsoid(u, v, uc, vc, a, b, ang=0.0):
 def _vertebra(canvas, i, an, sh, p, tex_seed):
     """Add body (+ cortical rim, trabecular texture) and faint posterior elements; return its box."""
     H, W = canvas.shape
-    cx, cy, phi, w, ref = an["cx"][i], an["cy"][i], an["phi"][i], an["w"][i], sh["ref"]
-    eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
+    # python floats keep the per-pixel maths in float32 (numpy scalars would promote to float64)
+    cx, cy, phi, w, ref = (float(a) for a in (an["cx"][i], an["cy"][i], an["phi"][i], an["w"][i], sh["ref"]))
+    eu, ev = (math.cos(phi), -math.sin(phi)), (math.sin(phi), math.cos(phi))
+    ha, hm, hp, kt = (float(sh[k]) for k in ("ha", "hm", "hp", "k_top"))
     corners = np.array([[uu, vv] for uu in (-0.6 * w, 2.2 * w) for vv in (-0.7 * ref, 0.9 * ref)])
-    pts = np.array([cx, cy]) + corners[:, :1] * eu + corners[:, 1:] * ev
+    pts = np.array([cx, cy]) + corners[:, :1] * np.array(eu) + corners[:, 1:] * np.array(ev)
     x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int), [W, H])
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
@@ -171,8 +174,8 @@ def _vertebra(canvas, i, an, sh, p, tex_seed):
     v = (xx - cx) * ev[0] + (yy - cy) * ev[1]          # + = caudal (down)
     # body: endplates are the quadratic through anterior/middle/posterior heights
     tt = np.clip(u / (w / 2), -1, 1)
-    hu = sh["hm"] + (sh["hp"] - sh["ha"]) / 2 * tt + ((sh["ha"] + sh["hp"]) / 2 - sh["hm"]) * tt ** 2
-    top, bot = -ref / 2 + sh["k_top"] * (ref - hu), ref / 2 - (1 - sh["k_top"]) * (ref - hu)
+    hu = hm + (hp - ha) / 2 * tt + ((ha + hp) / 2 - hm) * tt ** 2
+    top, bot = -ref / 2 + kt * (ref - hu), ref / 2 - (1 - kt) * (ref - hu)
     wall = 0.03 * w * (1 - np.clip(2 * v / ref, -1, 1) ** 2)   # slightly concave anterior wall
     d = _softmin(0.08 * ref, v - top, bot - v, u + w / 2 - wall, w / 2 - u - wall / 2)
     body = np.clip(d + 0.5, 0, 1)
@@ -180,14 +183,14 @@ def _vertebra(canvas, i, an, sh, p, tex_seed):
     noise = np.random.default_rng(tex_seed).standard_normal(u.shape, dtype=np.float32)
     tex = ndimage.gaussian_filter(noise, (1.6 * p["s"], 0.7 * p["s"]))
     tex *= p["texture"] / (tex.std() + 1e-6)
-    bone = (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * sh["sclerosis"]
+    bone = (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * float(sh["sclerosis"])
     # posterior elements: pedicle, articular processes, lamina + spinous process (more caudal in T)
     thor = i < 9
     pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)
           + 0.8 * _ellipsoid(u, v, 0.95 * w, 0.05 * ref, 0.14 * w, 0.5 * ref)
           + 0.7 * _ellipsoid(u, v, (1.4 if thor else 1.3) * w, (0.4 if thor else 0.1) * ref,
                              0.5 * w, 0.16 * ref, -0.5 if thor else -0.15))
-    canvas[y0:y1, x0:x1] += sh["dens"] * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
+    canvas[y0:y1, x0:x1] += float(sh["dens"]) * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
     rows, cols = np.nonzero(d > 0)
     return [int(x0 + cols.min()), int(y0 + rows.min()), int(x0 + cols.max() + 1), int(y0 + rows.max() + 1)]
 
@@ -221,22 +224,25 @@ def _ribs(rng, an, H, W, p):
 
 
 def _background(rng, an, H, W, s):
-    """Soft tissue: dark lung anterior to the thoracic spine, denser abdomen, back muscles, air."""
-    y = np.arange(H, dtype=np.float32)[:, None]
-    x = np.arange(W, dtype=np.float32)[None, :]
+    """Soft tissue: dark lung anterior to the thoracic spine, denser abdomen, back muscles, air.
+    All of it is smooth, so it is computed on a coarse grid and upsampled (saves ~20 ms/image)."""
+    f = max(1, int(4 * s))
+    h, w = -(-H // f), -(-W // f)
+    y = ((np.arange(h) + 0.5) * f)[:, None]
+    x = ((np.arange(w) + 0.5) * f)[None, :]
     xc = np.interp(y, an["cy"], an["cx"])                 # spine centre line per row
-    wv = np.interp(y, an["cy"], an["w"])
-    rel = (x - xc) / wv                                     # 0 = spine centre, + = posterior
+    rel = (x - xc) / np.interp(y, an["cy"], an["w"])       # 0 = spine centre, + = posterior
     y_dia = np.interp(rng.uniform(6.5, 9.0), np.arange(13), an["cy"]) + rng.uniform(0.1, 0.5) * (x - xc)
-    thorax = 1 / (1 + np.exp((y - y_dia) / (12 * s)))
     sig = lambda z: 1 / (1 + np.exp(-z))                    # noqa: E731
+    thorax = sig((y_dia - y) / (12 * s))
     bg = (rng.uniform(0.15, 0.3) + rng.uniform(0, 0.08) * y / H
           - rng.uniform(0.06, 0.14) * thorax * (1 - 0.7 * np.exp(-(rel - 0.3) ** 2 / 1.5))
           + rng.uniform(0.0, 0.08) * sig((rel - 1.0) / 0.4)                           # back muscles
           + rng.uniform(0.03, 0.08) * np.exp(-(rel - 0.2) ** 2 / 0.8)                 # paraspinal band
           - rng.uniform(0.1, 0.2) * sig((rel - rng.uniform(2.6, 3.6)) / 0.08))        # skin -> air
-    low = Image.fromarray(rng.normal(0, 0.02, (4, 3)).astype(np.float32)).resize((W, H), Image.BICUBIC)
-    return (bg + np.asarray(low)).astype(np.float32)
+    low = Image.fromarray(rng.normal(0, 0.02, (4, 3)).astype(np.float32)).resize((w, h), Image.BICUBIC)
+    bg = Image.fromarray((bg + np.asarray(low)).astype(np.float32)).resize((w * f, h * f), Image.BILINEAR)
+    return np.array(bg)[:H, :W]
 
 
 def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[dict] | None = None,

@@ -227,3 +227,14 @@ def test_batch_call_draws_per_sample():
     for i in range(4):
         pi = {k: v[i] for k, v in p.items()}
         torch.testing.assert_close(aug.apply(x[i], pi), out[i], rtol=0, atol=1e-6)
+
+
+def test_gray_input_with_three_channels_matches_three_channel_input():
+    from vfa.augment import Augment
+
+    gray = torch.rand(1, 30, 18)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = Augment("seed")(gray, g1, channels=3)
+    b = Augment("seed")(gray.expand(3, -1, -1).contiguous(), g2)
+    assert a.shape == (3, 30, 18)
+    torch.testing.assert_close(a, b)

@@ -241,15 +241,19 @@ class Augment:
         """Apply drawn ``params`` (as from ``draw``): geometry first, then channel shift (Keras' order)."""
         geo = {k: params[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy")}
         out = apply_affine(image, **geo, fill=self.cfg.fill)
+        channels = torch.as_tensor(params["channel_shift"]).shape[-1]
+        if out.shape[-3] == 1 and channels > 1:  # gray: warp one channel, then replicate (3x cheaper)
+            out = out.expand(*out.shape[:-3], channels, *out.shape[-2:])
         if self.cfg.channel_shift:
             keras = self.cfg.channel_shift_scale == "uint8"
             out = channel_shift(out, params["channel_shift"], scale=255.0 if keras else 1.0,
                                 clip="image" if keras else "unit")
         return out
 
-    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, image: Tensor, generator: torch.Generator | None = None, channels: int | None = None) -> Tensor:
+        """``channels=3`` on a 1-channel image warps once and returns 3 channels with their own shifts."""
         batch = image.shape[0] if image.dim() == 4 else None
-        params = self.draw(generator, batch, size=tuple(image.shape[-2:]), channels=image.shape[-3])
+        params = self.draw(generator, batch, size=tuple(image.shape[-2:]), channels=channels or image.shape[-3])
         return self.apply(image, params)
 
     def __repr__(self) -> str:

@@ -117,16 +117,17 @@ class ImageDataset(Dataset):
         return len(self.samples.paths)
 
     def load(self, i: int) -> torch.Tensor:
-        """Decoded, resized, gray replicated to 3 channels: what the model sees without augmentation."""
+        """Decoded and resized, one gray channel (1, H, W)."""
         img = torch.from_numpy(read_image(self.samples.paths[i]))[None]
-        img = resize(img, self.size, self.resize_mode)
-        return img.expand(3, -1, -1).contiguous()
+        return resize(img, self.size, self.resize_mode)
 
     def __getitem__(self, i: int):
         img = self.load(i)
         if self.augment is not None:
-            img = self.augment(img)
-        return img, torch.tensor(float(self.samples.labels[i])), i
+            img = self.augment(img, channels=3)  # warps the gray channel once, shifts 3 channels
+        else:
+            img = img.expand(3, -1, -1)
+        return img.contiguous(), torch.tensor(float(self.samples.labels[i])), i
 
 
 def class_weight(labels: list[int]) -> float:

@@ -204,7 +204,7 @@ def _ribs(rng, an, H, W, p):
     eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
     jitter = rng.uniform(-0.12, 0.12, (2, len(i), 4))
     side_off = rng.uniform(0.2, 0.5) * h[0]
-    b = np.linspace(0, 1, 24)[:, None]
+    b = np.linspace(0, 1, 20)[:, None]
     for side in range(2):
         img = Image.new("F", (W // 2, H // 2))
         draw = ImageDraw.Draw(img)
@@ -214,10 +214,11 @@ def _ribs(rng, an, H, W, p):
             ctrl = ctrl * [w[k], h[k]] * (1 + 0.08 * side) + [0, side * side_off]
             P = np.array([cx[k], cy[k]]) + ctrl[:, :1] * eu + ctrl[:, 1:] * ev
             curve = ((1 - b) ** 3 * P[0] + 3 * (1 - b) ** 2 * b * P[1] + 3 * (1 - b) * b ** 2 * P[2] + b ** 3 * P[3]) / 2
-            pts = [tuple(q) for q in curve]
-            rw = max(1, int(round(p["rib_w"] * h[k] / 2)))
-            draw.line(pts, fill=1.0, width=rw, joint="curve")
-            draw.line(pts, fill=0.6, width=max(1, int(rw * 0.6)), joint="curve")  # hollow: bright cortex edges
+            tang = np.gradient(curve, axis=0)
+            normal = np.stack([-tang[:, 1], tang[:, 0]], 1) / np.linalg.norm(tang, axis=1, keepdims=True)
+            for frac, val in ((1.0, 1.0), (0.6, 0.6)):     # hollow band: brighter cortical edges
+                off = normal * p["rib_w"] * h[k] / 4 * frac
+                draw.polygon([tuple(q) for q in np.concatenate([curve + off, (curve - off)[::-1]])], fill=val)
         layers.append(np.asarray(img))
     ribs = ndimage.gaussian_filter(layers[0] + layers[1], 1.5 * p["s"])   # ribs are round, soft-edged
     return p["rib"] * np.asarray(Image.fromarray(ribs).resize((W, H), Image.BILINEAR))

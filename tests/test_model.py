@@ -30,7 +30,7 @@ def test_with_bn_head_variant():
     assert model.head[1].eps == 1e-3 and model.head[1].momentum == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "inception_v3", "xception41"])
+@pytest.mark.parametrize("name", ["resnet18", "inception_v3", "xception41", "mobilenetv3_large_100"])
 def test_any_timm_backbone_gives_one_logit(name):
     with torch.device("meta"):
         model = build_model(name, head=(32,))

@@ -34,6 +34,8 @@ class ModelConfig:
     backbone: str = "inception_resnet_v2"
     pretrained: bool = False  # the notebook trained from scratch (weights=None)
     head: tuple[int, ...] = (1024,)
+    global_pool: str = "avg"  # the notebook's GlobalAveragePooling2D; timm also offers max, avgmax
+    backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     head_batchnorm: bool = False  # the notebook's undocumented "with BN" variant
     head_dropout: float = 0.0
     init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)

@@ -16,7 +16,8 @@ class VFANet(nn.Module):
         super().__init__()
         self.backbone = backbone  # features -> GAP, built with num_classes=0
         layers: list[nn.Module] = []
-        width = backbone.num_features
+        # pooled width: some timm nets (MobileNetV3, ...) add a conv head after the features
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         for units in head:
             layers.append(nn.Linear(width, units))
             if head_batchnorm:
@@ -51,11 +52,16 @@ def keras_init_(module: nn.Module) -> nn.Module:
 
 def build_model(backbone: str = "inception_resnet_v2", pretrained: bool = False, head: tuple[int, ...] = (1024,),
                 head_batchnorm: bool = False, head_dropout: float = 0.0, init: str = "timm",
-                in_chans: int = 3) -> VFANet:
-    """Build the seed's architecture around any timm backbone name."""
+                in_chans: int = 3, global_pool: str = "avg", backbone_kwargs: dict | None = None) -> VFANet:
+    """Build the seed's architecture around any timm backbone name.
+
+    `backbone_kwargs` go to `timm.create_model` (e.g. ResNet `channels`, `stem_width` for a
+    narrower network); `global_pool` is timm's: avg (the notebook's GAP), max, avgmax, catavgmax.
+    """
     if backbone not in timm.list_models() and backbone not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm backbone '{backbone}' (see timm.list_models())")
-    net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="avg", in_chans=in_chans)
+    net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool=global_pool,
+                            in_chans=in_chans, **(backbone_kwargs or {}))
     model = VFANet(net, tuple(head), head_batchnorm, head_dropout)
     if init == "keras":
         keras_init_(model if not pretrained else model.head)
@@ -66,4 +72,5 @@ def build_model(backbone: str = "inception_resnet_v2", pretrained: bool = False,
 
 def build_from_config(model_cfg) -> VFANet:
     return build_model(model_cfg.backbone, model_cfg.pretrained, tuple(model_cfg.head), model_cfg.head_batchnorm,
-                       model_cfg.head_dropout, model_cfg.init)
+                       model_cfg.head_dropout, model_cfg.init, global_pool=model_cfg.global_pool,
+                       backbone_kwargs=model_cfg.backbone_kwargs)

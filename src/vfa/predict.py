@@ -1,7 +1,9 @@
 """Inference: load a checkpoint safely and stream predictions over images.
 
 Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain containers only,
-never pickled code. The checkpoint's saved config fixes the preprocessing (size, resize mode).
+never pickled code. The checkpoint's saved config fixes the preprocessing (size, resize mode);
+`vfa calibrate` may add a decision threshold and a temperature (plain floats), which every
+prediction here applies: P(fracture) = sigmoid(logit / T).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from vfa.model import VFANet, build_from_config
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
-    """A VFANet in eval mode with its resolved config attached as `model.config`."""
+    """A VFANet in eval mode with `model.config`, `model.threshold` (default 0.5),
+    `model.temperature` (default 1.0) and `model.threshold_source` attached."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -34,6 +37,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     model.config = cfg
+    model.threshold = float(ckpt.get("vfa_threshold", 0.5))
+    model.temperature = float(ckpt.get("vfa_temperature", 1.0))
+    model.threshold_source = str(ckpt.get("vfa_threshold_source", "default 0.5 (as the notebook)"))
     return model.eval().to(device)
 
 
@@ -45,16 +51,20 @@ def eval_dataset(model: VFANet, paths: list[str], labels: list[int] | None = Non
 
 
 @torch.inference_mode()
-def predict_loader(model: VFANet, loader, progress: bool = False) -> np.ndarray:
-    """P(fracture) for every item of a DataLoader yielding (image, label, index); memory is O(batch)."""
+def predict_loader(model: VFANet, loader, progress: bool = False, logits: bool = False) -> np.ndarray:
+    """P(fracture) for every item of a DataLoader yielding (image, label, index); memory is O(batch).
+
+    logits=True returns the raw logits (no temperature), as `vfa calibrate` fits on them."""
     device = next(model.parameters()).device
+    temperature = float(getattr(model, "temperature", 1.0))
     out = []
     iterator = loader
     if progress:
         from tqdm import tqdm
         iterator = tqdm(loader, desc="predict", unit="batch")
     for x, *_ in iterator:
-        out.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+        z = model(x.to(device)).float()
+        out.append((z if logits else torch.sigmoid(z / temperature)).cpu())
     return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
 
@@ -63,12 +73,92 @@ def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, p
     if isinstance(images, torch.Tensor):
         with torch.inference_mode():
             x = images.to(next(model.parameters()).device)
-            return torch.sigmoid(model(x).float()).cpu().numpy()
+            return torch.sigmoid(model(x).float() / float(getattr(model, "temperature", 1.0))).cpu().numpy()
     if isinstance(images, str | Path):
         images = [images]
     loader = DataLoader(eval_dataset(model, [str(p) for p in images]), batch_size=batch_size,
                         num_workers=num_workers)
     return predict_loader(model, loader, progress)
+
+
+def expand_inputs(inputs) -> list[str]:
+    """Files, folders (recursively, image extensions only) and globs -> sorted, de-duplicated paths."""
+    import glob
+
+    from vfa.io import IMAGE_EXTENSIONS
+
+    paths: list[str] = []
+    for item in [inputs] if isinstance(inputs, str | Path) else inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                            and not f.name.startswith("."))
+        elif p.exists():
+            paths.append(str(p))
+        else:
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no such file, folder or glob match: {item}")
+            paths += matches
+    return list(dict.fromkeys(paths))
+
+
+def image_ids(paths, root: str | Path | None = None, id_regex: str | None = None) -> list[str]:
+    """Image IDs: the path relative to `root` (the notebook's generator filenames, e.g. frac/x.png),
+    or with `id_regex` its first capture group (the whole match without groups), searched in that
+    relative path. This replaces the notebook's dataset-specific `filename[16:35]` slice."""
+    import re
+
+    rel = [Path(p).relative_to(root).as_posix() if root else Path(p).as_posix() for p in paths]
+    if not id_regex:
+        return rel
+    try:
+        rx = re.compile(id_regex)
+    except re.error as exc:
+        raise config_mod.ConfigError(f"--id-regex {id_regex!r} is not a valid regular expression: {exc}") from None
+    out = []
+    for r in rel:
+        m = rx.search(r)
+        if m is None:
+            raise config_mod.ConfigError(f"--id-regex {id_regex!r} does not match {r}")
+        out.append(m.group(1) if rx.groups else m.group(0))
+    return out
+
+
+SCORES = ("raw", "tta_mean", "tta_max")
+
+
+def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
+                  id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int = 0,
+                  on_bad_file: str = "skip", progress: bool = False, log=None):
+    """A DataFrame (image_id, file, raw[, tta_mean, tta_max], predicted) for unlabeled images.
+
+    `predicted` is the class of `score` at the model's stored threshold (see `vfa calibrate`).
+    Bad files are skipped (listed through `log`) or raise, per `on_bad_file`.
+    """
+    import pandas as pd
+
+    from vfa.data import validate
+    from vfa.tta import tta_predict
+
+    if score not in SCORES or (score != "raw" and not tta):
+        raise config_mod.ConfigError(f"score must be one of {SCORES} (tta_* need --tta N), got {score!r}")
+
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model)
+    paths = expand_inputs(inputs)
+    samples = validate(Samples(paths, [0] * len(paths), "inputs"), on_bad_file)
+    for path, reason in samples.skipped:
+        (log or (lambda m: None))(f"skipped {path}: {reason}")
+    res = tta_predict(model, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
+                      num_workers, progress)
+    frame = pd.DataFrame({"image_id": image_ids(samples.paths, None, id_regex), "file": samples.paths,
+                          "raw": res.raw})
+    if tta:
+        frame["tta_mean"], frame["tta_max"] = res.mean, res.max
+    frame["predicted"] = (frame[score] >= model.threshold).astype(int)
+    frame.attrs["skipped"] = samples.skipped
+    return frame
 
 
 from vfa._callable import make_callable  # noqa: E402

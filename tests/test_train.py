@@ -71,7 +71,7 @@ def test_cli_train_resume_and_test_metrics(tiny_phantom, tmp_path, capsys):
     assert list(history["epoch"]) == [0, 1]
     pd.testing.assert_series_equal(history.iloc[0], first, check_names=False)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["epoch"] == 1
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):

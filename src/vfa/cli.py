@@ -14,7 +14,10 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa train --train DATA/train --val DATA/val --out RUN [--preset NAME] [--set key=value ...]
   vfa train --resume RUN                          continue an interrupted run
   vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
+  vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
   vfa predict --model CKPT IMAGES... --out predictions.csv
+  vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
+  vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)
   vfa summary --preset seed2019                   layer table, parameters, FLOPs
 """
 
@@ -32,6 +35,28 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _threshold(text: str) -> str:
+    from vfa.stats import parse_threshold
+
+    try:
+        parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation passes (0 = off; the notebook used 5)")
+    p.add_argument("--tta-preset", default="tta", choices=("tta", "tta-keras215"),
+                   help="tta: rotation +-20, zoom 0.9-1.1, channel shift; tta-keras215: as Keras 2.1.5 ran it")
+    p.add_argument("--seed", type=int, default=0, help="TTA seed (results are deterministic given it)")
+    p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw",
+                   help="score that decides the class (and the flat metrics); tta_* need --tta")
+    p.add_argument("--id-regex", help="image ID = first group of this regex on the relative path "
+                                      "(replaces the notebook's [16:35] slice); default: the relative path")
+    p.add_argument("--batch-size", type=int, default=16)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -99,42 +124,55 @@ def _secondary() -> bool:
 def cmd_evaluate(args) -> None:
     from vfa.evaluate import evaluate
 
-    evaluate(args.model, args.data, args.out, threshold=args.threshold, on_bad_file=args.on_bad_file,
+    evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
+             threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
+             score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force)
+    print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
+
+
+def cmd_calibrate(args) -> None:
+    from vfa.evaluate import calibrate
+
+    calibrate(args.model, args.data, args.out, threshold=args.threshold, temperature=not args.no_temperature,
+              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force)
+
+
+def cmd_compare(args) -> None:
+    import json
+
+    from vfa.evaluate import compare
+
+    res = compare(args.a, args.b, args.score, args.score_b)
+    d, f = res["delong"], lambda v: "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
+    ci = d["diff_ci"]
+    print(f"{res['n']} images matched by id (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})\n"
+          f"AUC A {f(d['auc_a'])}  B {f(d['auc_b'])}  difference {f(d['diff'])} (95% CI {f(ci[0])} to "
+          f"{f(ci[1])}), paired DeLong p = {f(d['p'])}")
+    for key, name in (("sn", "Sn"), ("sp", "Sp")):
+        mc = res[f"mcnemar_{key}"]
+        print(f"{name} A {f(res[key + '_a'])}  B {f(res[key + '_b'])}  McNemar p = {f(mc['p'])} "
+              f"({mc['method']}; discordant {mc['b']} / {mc['c']})")
+    for note in d["notes"]:
+        print(f"note: {note}")
+    if args.out:
+        from vfa.runs import atomic_write
+
+        atomic_write(Path(args.out), json.dumps(res, indent=2))
 
 
 def cmd_predict(args) -> None:
-    import pandas as pd
-
-    from vfa.data import Samples, validate
-    from vfa.io import IMAGE_EXTENSIONS
-    from vfa.predict import load_model, predict
+    from vfa.predict import predict_files
     from vfa.runs import atomic_write
 
-    paths: list[str] = []
-    for item in args.inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.exists():
-            paths.append(str(p))
-        else:
-            import glob
-
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"no such file, folder or glob match: {item}")
-            paths += matches
     if Path(args.out).exists() and not args.force:
         raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
-    samples = validate(Samples(paths, [0] * len(paths), "inputs"), args.on_bad_file)
-    for path, reason in samples.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    model = load_model(args.model)
-    probs = predict(model, samples.paths, progress=True)
-    frame = pd.DataFrame({"image": samples.paths, "p_fracture": probs, "predicted": (probs >= 0.5).astype(int)})
+    frame = predict_files(args.model, args.inputs, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
+                          id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
+                          on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr))
     atomic_write(Path(args.out), frame.to_csv(index=False))
-    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(samples.skipped)}" if samples.skipped else ""))
+    skipped = frame.attrs["skipped"]
+    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)}" if skipped else ""))
 
 
 def cmd_summary(args) -> None:
@@ -178,15 +216,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=_threshold, default=None,
+                   help="0.5 (default, as the notebook), a number, youden, sensitivity=0.90, specificity=0.90, "
+                        "or model (the checkpoint's stored threshold)")
+    p.add_argument("--threshold-from", metavar="VAL_PREDICTIONS.csv",
+                   help="choose the threshold (default youden) on these validation predictions and apply it unchanged")
+    _predict_args(p)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="labelled validation folder with norm/ and frac/")
+    p.add_argument("--out", required=True, help="checkpoint file to write (the input is never changed)")
+    p.add_argument("--threshold", type=_threshold, default="0.5",
+                   help="threshold to store: a number (default 0.5), youden, sensitivity=X, specificity=X, model")
+    p.add_argument("--no-temperature", action="store_true", help="store T = 1 (threshold only)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("compare", help="paired DeLong and McNemar tests of two models' predictions.csv")
+    p.add_argument("a", help="predictions.csv of model A (from vfa evaluate)")
+    p.add_argument("b", help="predictions.csv of model B, same images")
+    p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw")
+    p.add_argument("--score-b", choices=("raw", "tta_mean", "tta_max"), help="B's score if different")
+    p.add_argument("--out", help="also write the results as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="P(fracture) for unlabeled images")
     p.add_argument("--model", required=True)
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--out", required=True, help="CSV file to write")
+    _predict_args(p)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_predict)

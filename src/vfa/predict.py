@@ -153,9 +153,9 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
     res = tta_predict(model, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
                       num_workers, progress)
     frame = pd.DataFrame({"image_id": image_ids(samples.paths, None, id_regex), "file": samples.paths,
-                          "raw": res.raw})
+                          "raw": res.raw.astype(np.float64)})
     if tta:
-        frame["tta_mean"], frame["tta_max"] = res.mean, res.max
+        frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
     frame["predicted"] = (frame[score] >= model.threshold).astype(int)
     frame.attrs["skipped"] = samples.skipped
     return frame

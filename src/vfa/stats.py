@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 from scipy import optimize, stats
-from sklearn.metrics import brier_score_loss, roc_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 Z95 = float(stats.norm.ppf(0.975))
 NAN2 = (math.nan, math.nan)
@@ -95,8 +95,7 @@ def delong_ci(y, p, alpha: float = 0.05) -> dict:
         return {"auc": math.nan, "auc_se": math.nan, "auc_ci": NAN2,
                 "notes": ["AUC undefined: only one class present"]}
     if m < 2 or n < 2:
-        auc, _ = _delong(y, p)
-        return {"auc": float(auc[0]), "auc_se": math.nan, "auc_ci": NAN2,
+        return {"auc": float(roc_auc_score(y, p)), "auc_se": math.nan, "auc_ci": NAN2,
                 "notes": ["AUC CI undefined: DeLong needs at least 2 images per class"]}
     auc, cov = _delong(y, p)
     se = math.sqrt(max(float(cov[0, 0]), 0.0))

@@ -19,6 +19,11 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
   vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)
   vfa summary --preset seed2019                   layer table, parameters, FLOPs
+  vfa check-data DATA|MANIFEST.csv [--json]       counts, sizes, DICOM syntaxes, duplicates, bad files, verdict
+  vfa split MANIFEST.csv --by patient_id --stratify label --ratios 0.7,0.15,0.15 [--folds K]
+  vfa heatmap --model CKPT --data DIR --out DIR [--manifest CSV]   Grad-CAM overlays, pointing game
+  vfa lr-find --train DIR [--preset NAME] --out DIR                LR range test, suggested rate
+  vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
 """
 
 
@@ -56,6 +61,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help="score that decides the class (and the flat metrics); tta_* need --tta")
     p.add_argument("--id-regex", help="image ID = first group of this regex on the relative path "
                                       "(replaces the notebook's [16:35] slice); default: the relative path")
+    p.add_argument("--id-column", metavar="COL", help="with a manifest: image IDs from this column "
+                                                       "(default: the file path)")
     p.add_argument("--batch-size", type=int, default=16)
 
 
@@ -78,7 +85,7 @@ def cmd_synth(args) -> None:
 
     defaults = dict(config_mod.resolve(args.preset or "seed").synth)
     given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
-             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth}
+             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format}
     defaults.update({k: v for k, v in given.items() if v is not None})
     if "size" in defaults:
         defaults["size"] = tuple(defaults["size"])
@@ -104,14 +111,15 @@ def cmd_train(args) -> None:
         return
     if not args.out:
         raise config_mod.ConfigError("--out RUN is required (or --resume RUN)")
-    cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "on_bad_file": args.on_bad_file},
+    cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
+                                   "on_bad_file": args.on_bad_file},
                           "optim": {"epochs": args.epochs}})
     run = train(cfg, args.out, force=args.force)
     if args.test and not _secondary():
         from vfa.evaluate import evaluate
 
         evaluate(run / "checkpoints" / "best.ckpt", args.test, run, metrics_name="test_metrics.json",
-                 on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress)
+                 on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test")
         print(f"held-out test metrics written to {run / 'test_metrics.json'}")
 
 
@@ -127,7 +135,7 @@ def cmd_evaluate(args) -> None:
     evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
-             force=args.force)
+             force=args.force, manifest=args.manifest, gallery=args.gallery, id_column=args.id_column)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
@@ -169,16 +177,116 @@ def cmd_predict(args) -> None:
         raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
     frame = predict_files(args.model, args.inputs, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
                           id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
-                          on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr))
+                          on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
+                          id_column=args.id_column, keep_identifiers=args.keep_identifiers)
     atomic_write(Path(args.out), frame.to_csv(index=False))
     skipped = frame.attrs["skipped"]
-    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    if skipped:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("file", "reason"), *skipped])
+        skipped_csv = Path(args.out).with_name(Path(args.out).stem + "_skipped.csv")
+        atomic_write(skipped_csv, buf.getvalue())
+    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)} (listed in "
+                                                             f"{skipped_csv})" if skipped else ""))
 
 
 def cmd_summary(args) -> None:
     from vfa.summary import summary
 
     print(summary(_resolve(args)))
+
+
+def cmd_heatmap(args) -> None:
+    import numpy as np
+
+    from vfa.cam import write_heatmaps
+    from vfa.data import Samples, validate
+    from vfa.predict import expand_inputs, load_model
+
+    model = load_model(args.model)
+    data = Path(args.data)
+    if args.predictions:
+        from vfa.evaluate import read_predictions
+
+        frame = read_predictions(args.predictions, need_label=args.select != "all")
+        if args.select != "all":
+            y, pred = frame["label"], frame["predicted"]
+            keep = {"tp": (y == 1) & (pred == 1), "fp": (y == 0) & (pred == 1), "fn": (y == 1) & (pred == 0),
+                    "tn": (y == 0) & (pred == 0), "errors": y != pred}[args.select]
+            frame = frame[keep]
+        # evaluate's `file` is relative to its data folder; predict's is the path it was given
+        paths = [str(data / f) if (data / f).exists() else str(f) for f in frame["file"]]
+    else:
+        if args.select != "all":
+            raise config_mod.ConfigError("--select needs --predictions CSV (with label and predicted columns)")
+        paths = expand_inputs(data)
+    samples = validate(Samples(paths, [0] * len(paths), str(data)), args.on_bad_file, frame=model.config.data.frame)
+    for path, reason in samples.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    paths = samples.paths
+    if args.sample and args.sample < len(paths):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
+        paths = [paths[i] for i in keep]
+    res = write_heatmaps(model, paths, args.out, root=data if data.is_dir() else None, method=args.method,
+                         layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
+                         start_index=args.start_index, manifest=args.manifest, batch_size=args.batch_size,
+                         log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
+    loc = res.get("localization")
+    if loc:
+        lo, hi = loc["pointing_game_ci"]
+        print(f"pointing game {loc['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f}; {loc['pointing_hits']} of "
+              f"{loc['n_fractured']} fractured images), heatmap mass in boxes {loc['mass_in_boxes']:.3f} "
+              f"(localization.json)")
+
+
+def cmd_lr_find(args) -> None:
+    from vfa.lr_find import lr_find
+
+    if args.model:
+        from vfa.predict import load_model
+
+        model = load_model(args.model)  # only read: the sweep trains a copy
+        cfg = model.config
+        config_mod._merge(cfg, config_mod.parse_set(args.set))
+    else:
+        model, cfg = None, _resolve(args)
+    lr_find(cfg, args.train, args.out, model=model, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+            per_epoch=args.per_epoch, early_stop=args.early_stop or None, beta=args.beta, force=args.force)
+    print(f"wrote lr_find.png, lr_find.json and lr_find.csv to {args.out}")
+
+
+def cmd_augment_preview(args) -> None:
+    from vfa.preview import augment_preview
+
+    drawn = augment_preview(args.data, args.out, args.preset, args.n, args.images, args.seed, args.size, args.force)
+    print(f"wrote {args.out}: {args.images} image(s) x {args.n} augmented versions ({len(drawn)} draws)")
+
+
+def cmd_check_data(args) -> int:
+    import json
+
+    from vfa.check import check_data, format_report
+
+    rep = check_data(args.data, tuple(args.classes.split(",")), frame=args.frame, workers=args.workers,
+                     keep_identifiers=args.keep_identifiers)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0 if rep["ready"] else 1
+
+
+def cmd_split(args) -> None:
+    from vfa.split import format_summary, run_split, summary
+
+    by = args.by
+    strat = None if args.stratify in ("", "none") else args.stratify
+    out, frame = run_split(args.manifest, args.out, by, strat, args.ratios, args.folds, args.seed, args.force)
+    print(format_summary(summary(frame, by, strat)))
+    if args.folds:
+        print(format_summary(summary(frame[frame["split"] != "test"], by, strat, "fold")))
+    print(f"wrote {out} ({len(frame)} rows; no {by} in two splits)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,14 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_floats, help="train,val,test shares (default 0.7,0.15,0.15)")
     p.add_argument("--grades", type=_floats, help="shares of Genant grade 1,2,3 among positives (default 0.4,0.4,0.2)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), help="PNG bit depth (default 8)")
+    p.add_argument("--format", choices=("png", "dicom", "dicom-mono1"),
+                   help="png (default); dicom: MONOCHROME2 .dcm files with fake identifiers; dicom-mono1: MONOCHROME1")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing phantom in OUT")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model (Lightning)")
-    p.add_argument("--train", help="training folder with norm/ and frac/")
-    p.add_argument("--val", help="validation folder with norm/ and frac/")
-    p.add_argument("--test", help="optional held-out folder: evaluate best.ckpt there after training")
+    p.add_argument("--train", help="training folder with norm/ and frac/, or a manifest CSV (its 'train' split)")
+    p.add_argument("--val", help="validation folder with norm/ and frac/, or a manifest CSV (its 'val' split; "
+                                 "default: the --train manifest's)")
+    p.add_argument("--test", help="optional held-out folder or manifest: checked for leakage before training, "
+                                  "best.ckpt evaluated there after")
     p.add_argument("--out", help="run directory")
     p.add_argument("--epochs", type=int)
     p.add_argument("--resume", metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
@@ -223,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose the threshold (default youden) on these validation predictions and apply it unchanged")
     _predict_args(p)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
+    p.add_argument("--manifest", help="CSV with fractured_boxes (as vfa synth writes) for the Grad-CAM pointing "
+                                      "game; default: a phantom's manifest.csv in DATA or its parent")
+    p.add_argument("--gallery", type=int, default=4, metavar="K",
+                   help="Grad-CAM gallery in the report: up to K true positives, false positives, false negatives")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -248,28 +364,104 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="P(fracture) for unlabeled images")
     p.add_argument("--model", required=True)
-    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("inputs", nargs="+", help="image or DICOM files, folders, globs or manifest CSVs")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="add DICOM PatientID, StudyDate, ... columns (default: none in any output)")
     p.add_argument("--out", required=True, help="CSV file to write")
     _predict_args(p)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("check-data", help="one pass over a dataset: counts, sizes, formats, duplicates, bad files, verdict")
+    p.add_argument("data", help="class folder, folder of split folders (train/val/test), or manifest CSV[:SPLIT]")
+    p.add_argument("--classes", default="norm,frac", help="class names, label 0 first (default norm,frac)")
+    p.add_argument("--frame", type=int, metavar="K", help="read frame K of multi-frame files (default: refuse them)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="include DICOM PatientID, PatientName, dates and UIDs in the JSON (default: never)")
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("split", help="patient-level stratified train/val/test split (or folds) of a manifest")
+    p.add_argument("manifest", help="CSV with path,label,patient_id,...")
+    p.add_argument("--by", default="patient_id", help="group column: no value is in two splits (default patient_id)")
+    p.add_argument("--stratify", default="label", help="column to balance across splits, or none (default label)")
+    p.add_argument("--ratios", type=_floats, default=(0.7, 0.15, 0.15),
+                   help="train,val,test shares (default 0.7,0.15,0.15); with --folds the last is the test share")
+    p.add_argument("--folds", type=int, metavar="K", help="K cross-validation folds (a 'fold' column) over non-test rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="CSV to write (default MANIFEST_split.csv beside it; the input is never changed)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("summary", help="layer table, parameter count and FLOPs of the configured model")
     _config_args(p)
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("heatmap", help="Grad-CAM overlays for a folder or a predictions CSV (resumable)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="image folder (searched recursively), file or glob; with "
+                                                  "--predictions, the folder its relative `file` paths are under")
+    p.add_argument("--out", required=True, help="output folder (mirrors DATA's sub-folders); existing heatmaps "
+                                                "are kept and skipped, so an interrupted run resumes")
+    p.add_argument("--predictions", metavar="CSV", help="only the images of this predictions.csv (vfa evaluate/predict)")
+    p.add_argument("--select", choices=("all", "tp", "fp", "fn", "tn", "errors"), default="all",
+                   help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
+    p.add_argument("--manifest", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing game and "
+                                      "heatmap mass inside the boxes -> localization.json")
+    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--target-layer", default="auto", metavar="NAME",
+                   help="module name, e.g. backbone.layer3 (default auto: the backbone's last feature map, "
+                        "for Inception-ResNet-v2 its 1536-channel output, as the notebook)")
+    p.add_argument("--alpha", type=float, default=0.3, help="heatmap weight in the blend (notebook: 0.3)")
+    p.add_argument("--panel", action="store_true", help="also write panel_NNN_NAME.png: image | overlay, P printed")
+    p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")
+    p.add_argument("--sample", type=int, metavar="N", help="a random sample of N images (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
+    p.set_defaults(func=cmd_heatmap)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test on a copy of the model")
+    p.add_argument("--train", required=True, help="class folders norm/ and frac/ (a small sample is enough)")
+    p.add_argument("--out", required=True, help="folder for lr_find.png, lr_find.json, lr_find.csv")
+    p.add_argument("--model", help="start from this checkpoint's weights and config (the file is only read)")
+    p.add_argument("--min-lr", type=float, help="first rate (default 1e-7; 1e-10 with --per-epoch)")
+    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, help="number of rates (default 100 steps; 50 epochs with --per-epoch)")
+    p.add_argument("--per-epoch", action="store_true",
+                   help="the notebook's variant: one rate per epoch over the whole folder, 1e-10*10^arange(0,10,10/N)")
+    p.add_argument("--early-stop", type=float, default=4.0,
+                   help="stop when the smoothed loss exceeds this times its best (0: never)")
+    p.add_argument("--beta", type=float, help="loss smoothing (default 0.98; 0.8 with --per-epoch; 0: none)")
+    p.add_argument("--force", action="store_true")
+    _config_args(p)
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("augment-preview", help="grid of augmented versions of training images, labelled")
+    p.add_argument("--data", required=True, help="folder (its frac/ first), image file or glob")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--preset", default="seed",
+                   help="training preset (seed, keras215, cpu-demo, ...) or augmentation preset (tta, none, ...)")
+    p.add_argument("--n", type=int, default=8, help="augmented versions per image")
+    p.add_argument("--images", type=int, default=1, help="number of images (rows)")
+    p.add_argument("--size", type=_size, help="HxW (default: the preset's input size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_augment_preview)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vfa.data import DataError
     from vfa.io import BadImageError
+    from vfa.samples import DataError  # == vfa.data.DataError, without importing torch
 
     user_errors = (config_mod.ConfigError, DataError, BadImageError, FileExistsError, FileNotFoundError,
                    NotADirectoryError)
     try:
-        args.func(args)
+        rc = args.func(args)
     except user_errors as exc:
         if args.debug:
             raise
@@ -278,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vfa {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(rc or 0)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    train: str | None = None
-    val: str | None = None
+    train: str | None = None  # a class folder, a manifest CSV, or MANIFEST.csv:SPLIT
+    val: str | None = None    # (None with a manifest train: its 'val' split)
+    test: str | None = None   # optional held-out set (train --test): checked for leakage before training
     classes: tuple[str, ...] = ("norm", "frac")
     size: tuple[int, int] = (600, 360)  # (H, W) as the notebook: width = 0.6 * height
     batch_size: int = 12
     num_workers: int = 2
     on_bad_file: str = "error"  # error | skip
+    normalize: str = "seed"     # seed | minmax | percentile[:LO,HI] | equalize[:BINS] (vfa.io.normalize)
+    frame: int | None = None    # frame of multi-frame DICOM/TIFF files to read (None: refuse them)
 
 
 @dataclass

@@ -1,16 +1,16 @@
-"""Class-folder data as the notebook's `flow_from_directory(classes=['norm', 'frac'])`, on Lightning.
+"""Labelled image sets from class folders (the notebook's `flow_from_directory(classes=['norm',
+'frac'])`) or from a manifest CSV, on Lightning.
+
+`load_samples(folder_or_manifest)` (in `vfa.samples`, re-exported here) is the one way a data
+argument becomes `Samples`, for train, evaluate, calibrate and predict alike; see `vfa.samples`
+for the manifest format.
 
 Images stream from disk through DataLoader workers. Every file is decoded once before a run
-starts (`scan_folder` + `validate`), so a bad file stops the run with its name and reason, or is
-skipped and reported, before the first epoch instead of halfway through it.
+starts (`validate`), so a bad file stops the run with its name and reason, or is skipped and
+reported, before the first epoch instead of halfway through it; the same pass hashes the decoded
+pixels so that `check_leakage` can refuse an image or a patient that sits in two splits.
 """
 from __future__ import annotations
-
-import csv
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,87 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vfa.augment import Augment, get_augment_config, resize
-from vfa.io import IMAGE_EXTENSIONS, BadImageError, read_image
-
-
-class DataError(ValueError):
-    """A dataset-level problem (missing folder, empty class, bad files under --on-bad-file error)."""
-
-
-@dataclass
-class Samples:
-    paths: list[str]
-    labels: list[int]
-    root: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    classes: tuple[str, ...] = ("norm", "frac")
-
-    def counts(self) -> dict[int, int]:
-        return {c: self.labels.count(c) for c in sorted(set(self.labels))}
-
-
-def scan_folder(root: str | Path, classes=("norm", "frac")) -> Samples:
-    """List `root/<class>/*` images in sorted order; non-image files are recorded as skipped."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
-    missing = [c for c in classes if not (root / c).is_dir()]
-    if missing:
-        raise DataError(f"{root}: missing class folder(s) {', '.join(missing)} (expected {'/'.join(classes)})")
-    paths, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_dir() or path.name.startswith("."):
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(path))
-                labels.append(label)
-            else:
-                skipped.append((str(path), f"not an image file (extension '{path.suffix}')"))
-    return Samples(paths, labels, str(root), skipped, tuple(classes))
-
-
-def _check(path: str) -> str | None:
-    try:
-        read_image(path)
-    except BadImageError as exc:
-        return exc.reason
-    return None
-
-
-def validate(samples: Samples, on_bad_file: str = "error", workers: int | None = None,
-             need_classes: tuple[int, ...] = ()) -> Samples:
-    """Decode every image in parallel; `error` raises naming every bad file, `skip` drops and records them."""
-    if on_bad_file not in ("error", "skip"):
-        raise ValueError(f"on_bad_file must be 'error' or 'skip', got '{on_bad_file}'")
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers > 1 and len(samples.paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            reasons = list(pool.map(_check, samples.paths, chunksize=16))
-    else:
-        reasons = [_check(p) for p in samples.paths]
-    bad = [(p, r) for p, r in zip(samples.paths, reasons) if r is not None]
-    problems = samples.skipped + bad
-    if problems and on_bad_file == "error":
-        listing = "\n".join(f"  {p}: {r}" for p, r in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} unusable file(s) under {samples.root} "
-                        f"(use --on-bad-file skip to leave them out):\n{listing}{more}")
-    keep = [i for i, r in enumerate(reasons) if r is None]
-    out = Samples([samples.paths[i] for i in keep], [samples.labels[i] for i in keep], samples.root, problems, samples.classes)
-    for c in need_classes:
-        if c not in out.labels:
-            raise DataError(f"{Path(samples.root) / samples.classes[c]}: no usable images (empty class folder?)")
-    return out
-
-
-def write_skipped(samples: Samples, path: str | Path) -> None:
-    if not samples.skipped:
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "reason"])
-        writer.writerows(samples.skipped)
+from vfa.io import read_image
+from vfa.samples import (MANIFEST_PATH_COLUMNS, DataError, Samples, check_leakage, duplicates_within,  # noqa: F401
+                         inspect_all, is_manifest, leakage_error, load_samples, manifest_splits, read_manifest,
+                         scan_folder, split_source, validate, write_skipped)
 
 
 class ImageDataset(Dataset):
@@ -106,9 +29,14 @@ class ImageDataset(Dataset):
     which Lightning seeds per worker, so a seeded run is reproducible."""
 
     def __init__(self, samples: Samples, size: tuple[int, int], augment: str | None = None,
-                 resize_mode: str | None = None, augment_overrides: dict | None = None):
+                 resize_mode: str | None = None, augment_overrides: dict | None = None,
+                 normalize: str | None = None, frame: int | None = None):
+        from vfa.io.normalize import parse
+
+        parse(normalize)  # a bad value fails here, not in a worker mid-epoch
         self.samples = samples
         self.size = tuple(size)
+        self.normalize, self.frame = normalize, frame
         cfg = get_augment_config(augment or "none", **(augment_overrides or {}))
         self.resize_mode = resize_mode or cfg.resize
         self.augment = Augment(cfg) if augment and augment != "none" else None
@@ -118,7 +46,7 @@ class ImageDataset(Dataset):
 
     def load(self, i: int) -> torch.Tensor:
         """Decoded and resized, one gray channel (1, H, W)."""
-        img = torch.from_numpy(read_image(self.samples.paths[i]))[None]
+        img = torch.from_numpy(read_image(self.samples.paths[i], self.frame, self.normalize))[None]
         return resize(img, self.size, self.resize_mode)
 
     def __getitem__(self, i: int):
@@ -151,8 +79,10 @@ class VFADataModule(L.LightningDataModule):
                           persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(ImageDataset(self.train_samples, self.cfg.data.size, self.cfg.augment,
-                                         augment_overrides=self.cfg.augment_overrides), shuffle=True)
+        d = self.cfg.data
+        return self._loader(ImageDataset(self.train_samples, d.size, self.cfg.augment,
+                                         augment_overrides=self.cfg.augment_overrides, normalize=d.normalize,
+                                         frame=d.frame), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(self.val_samples), shuffle=False)
@@ -160,4 +90,5 @@ class VFADataModule(L.LightningDataModule):
     def eval_dataset(self, samples: Samples) -> ImageDataset:
         # Evaluation resizes as training did (nearest for keras215) but never augments.
         resize_mode = get_augment_config(self.cfg.augment, **self.cfg.augment_overrides).resize
-        return ImageDataset(samples, self.cfg.data.size, None, resize_mode=resize_mode)
+        d = self.cfg.data
+        return ImageDataset(samples, d.size, None, resize_mode=resize_mode, normalize=d.normalize, frame=d.frame)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from vfa import stats
 from vfa.config import ConfigError
-from vfa.data import DataError, scan_folder, validate, write_skipped
+from vfa.data import DataError, load_samples, validate, write_skipped
 from vfa.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.predict import SCORES, eval_dataset, image_ids, load_model
 from vfa.runs import atomic_write, prepare_run_dir
@@ -94,13 +94,18 @@ def resolve_thresholds(spec, scores: list[str], model, frame: pd.DataFrame,
 def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_name: str = "metrics.json",
              threshold: float | str = 0.5, threshold_from: str | Path | None = None, tta: int = 0,
              tta_preset: str = "tta", seed: int = 0, score: str = "raw", id_regex: str | None = None,
+             id_column: str | None = None, split: str | None = None,
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
-             force: bool = False, progress: bool = True, log=print) -> dict:
+             force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
+             gallery: int = 4, cam_method: str = "gradcam") -> dict:
     """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
 
     The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
     `report` (default: only when standalone, metrics_name == "metrics.json") adds the Excel
-    workbook, the notebook's .npy set, the figures and report.html.
+    workbook, the notebook's .npy set, the figures and report.html, with a Grad-CAM gallery of up
+    to `gallery` true positives, false positives and false negatives each (0: none).
+    Where fractured-vertebra boxes exist (`manifest`, or a phantom's manifest.csv found in `data`
+    or its parent), metrics.json gets "localization": the Grad-CAM pointing game and box mass.
     """
     if tta < 0:
         raise ConfigError(f"--tta must be >= 0, got {tta}")
@@ -116,7 +121,9 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         raise ConfigError(str(exc)) from None
     model = load_model(model_path)
     cfg = model.config
-    samples = validate(scan_folder(data, cfg.data.classes), on_bad_file)
+    # a class folder or a manifest (split: the rows of that split; id_column: image IDs from it)
+    samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
+                       frame=cfg.data.frame)
     if not samples.paths:
         raise DataError(f"{data}: no usable images under {'/'.join(cfg.data.classes)}")
     out = Path(out)
@@ -129,8 +136,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
                         num_workers=num_workers)
     res = tta_predict(model, loader, tta, tta_preset, seed, progress=progress)
     root = Path(samples.root)
-    frame = pd.DataFrame({"image_id": image_ids(samples.paths, root, id_regex),
-                          "file": [Path(p).relative_to(root).as_posix() for p in samples.paths],
+    frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(samples.rel_paths(), None, id_regex),
+                          "file": samples.rel_paths(),
                           "label": np.asarray(samples.labels, dtype=int), "raw": res.raw.astype(np.float64)})
     if tta:  # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
         frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
@@ -151,6 +158,18 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
               "n_frac": int((y == 1).sum()), "skipped": len(samples.skipped), "id_regex": id_regex,
               "scores": per_score,
               "operating_points": {s: stats.operating_points(y, frame[s].to_numpy(), grid) for s in scores}}
+    from vfa import cam
+
+    manifest = manifest or cam.find_manifest(data)
+    boxes = cam.read_manifest(manifest) if manifest else None
+    if boxes:
+        rows = cam.localization_rows(model, [str(root / f) for f in frame["file"][frame["label"] == 1]], boxes,
+                                     cam_method, batch_size=min(batch_size, 8))
+        result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method}
+        loc = result["localization"]
+        log(f"Grad-CAM pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
+            f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}), heatmap mass in boxes "
+            f"{loc['mass_in_boxes']:.3f}" if loc["n_fractured"] else "localization: no fractured image has boxes")
     safe = json_safe(result)
     atomic_write(out / metrics_name, json.dumps(safe, indent=2))
     atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
@@ -163,7 +182,10 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
                 "threshold source": source, "temperature": model.temperature,
                 "TTA": f"{tta} passes, preset {tta_preset}, seed {seed}" if tta else "off",
                 "image IDs": f"regex {id_regex}" if id_regex else "path relative to the data folder"}
-        report_mod.write_all(out, frame, result, info)
+        picks = cam.select_gallery(frame, score, gallery) if gallery > 0 else {}
+        png = cam.gallery_png(model, {k: [str(root / frame["file"].iloc[i]) for i in v] for k, v in picks.items()},
+                              boxes, cam_method) if picks else None
+        report_mod.write_all(out, frame, result, info, gallery=png)
     for s in scores:
         md = per_score[s]
         log(f"{data} [{s}]: {format_line(md)}  (n={md['n']}, threshold {md['threshold']:.4g})"
@@ -220,7 +242,8 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model = load_model(model_path)
-    samples = validate(scan_folder(data, model.config.data.classes), on_bad_file)
+    samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
+                       frame=model.config.data.frame)
     loader = DataLoader(eval_dataset(model, samples.paths, samples.labels), batch_size=batch_size,
                         num_workers=num_workers)
     y = np.asarray(samples.labels, dtype=int)

@@ -47,7 +47,9 @@ def eval_dataset(model: VFANet, paths: list[str], labels: list[int] | None = Non
     cfg = model.config
     resize_mode = get_augment_config(cfg.augment, **cfg.augment_overrides).resize
     samples = Samples(list(paths), list(labels) if labels is not None else [-1] * len(paths), "")
-    return ImageDataset(samples, cfg.data.size, None, resize_mode=resize_mode)
+    # the checkpoint's normalization and frame: predict reads exactly as training did
+    return ImageDataset(samples, cfg.data.size, None, resize_mode=resize_mode,
+                        normalize=getattr(cfg.data, "normalize", "seed"), frame=getattr(cfg.data, "frame", None))
 
 
 @torch.inference_mode()
@@ -81,18 +83,26 @@ def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, p
     return predict_loader(model, loader, progress)
 
 
-def expand_inputs(inputs) -> list[str]:
-    """Files, folders (recursively, image extensions only) and globs -> sorted, de-duplicated paths."""
+def expand_inputs(inputs, id_column: str | None = None, ids: dict | None = None) -> list[str]:
+    """Files, folders (recursively: image files, DICOM by extension or by its DICM magic), manifest
+    CSVs (their path column; 'FILE.csv:SPLIT' for one split) and globs -> sorted, de-duplicated
+    paths. With `id_column`, `ids` receives path -> that manifest column."""
     import glob
 
-    from vfa.io import IMAGE_EXTENSIONS
+    from vfa.data import is_manifest, load_samples
+    from vfa.io import is_image_file
 
     paths: list[str] = []
     for item in [inputs] if isinstance(inputs, str | Path) else inputs:
         p = Path(item)
-        if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                            and not f.name.startswith("."))
+        if is_manifest(item):
+            s = load_samples(item, split="all", id_column=id_column, labels=False)  # FILE.csv:SPLIT wins
+            paths += s.paths
+            if ids is not None and id_column:
+                ids.update(zip(s.paths, s.ids()))
+        elif p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                            and is_image_file(f))
         elif p.exists():
             paths.append(str(p))
         else:
@@ -109,7 +119,7 @@ def image_ids(paths, root: str | Path | None = None, id_regex: str | None = None
     relative path. This replaces the notebook's dataset-specific `filename[16:35]` slice."""
     import re
 
-    rel = [Path(p).relative_to(root).as_posix() if root else Path(p).as_posix() for p in paths]
+    rel = [_relative(p, root) for p in paths]
     if not id_regex:
         return rel
     try:
@@ -125,16 +135,28 @@ def image_ids(paths, root: str | Path | None = None, id_regex: str | None = None
     return out
 
 
+def _relative(path, root) -> str:
+    if root:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:  # a manifest may list files outside its folder
+            pass
+    return Path(path).as_posix()
+
+
 SCORES = ("raw", "tta_mean", "tta_max")
 
 
 def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
                   id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int = 0,
-                  on_bad_file: str = "skip", progress: bool = False, log=None):
+                  on_bad_file: str = "skip", progress: bool = False, log=None, id_column: str | None = None,
+                  keep_identifiers: bool = False):
     """A DataFrame (image_id, file, raw[, tta_mean, tta_max], predicted) for unlabeled images.
 
     `predicted` is the class of `score` at the model's stored threshold (see `vfa calibrate`).
-    Bad files are skipped (listed through `log`) or raise, per `on_bad_file`.
+    Bad files are skipped (listed through `log`) or raise, per `on_bad_file`. Image IDs come from
+    the file path (`id_regex`) or a manifest input's `id_column`; DICOM identifiers (PatientID,
+    StudyDate, ...) are added as columns only with `keep_identifiers`.
     """
     import pandas as pd
 
@@ -146,14 +168,27 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
 
     if not isinstance(model, torch.nn.Module):
         model = load_model(model)
-    paths = expand_inputs(inputs)
-    samples = validate(Samples(paths, [0] * len(paths), "inputs"), on_bad_file)
+    id_map: dict = {}
+    paths = expand_inputs(inputs, id_column, id_map)
+    if id_column and not id_map:
+        raise config_mod.ConfigError("--id-column needs a manifest CSV among the inputs")
+    samples = validate(Samples(paths, [0] * len(paths), "inputs", source="inputs"), on_bad_file,
+                       frame=getattr(model.config.data, "frame", None))
     for path, reason in samples.skipped:
         (log or (lambda m: None))(f"skipped {path}: {reason}")
     res = tta_predict(model, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
                       num_workers, progress)
-    frame = pd.DataFrame({"image_id": image_ids(samples.paths, None, id_regex), "file": samples.paths,
-                          "raw": res.raw.astype(np.float64)})
+    ids = [id_map.get(p, Path(p).as_posix()) for p in samples.paths] if id_column else \
+        image_ids(samples.paths, None, id_regex)
+    frame = pd.DataFrame({"image_id": ids, "file": samples.paths, "raw": res.raw.astype(np.float64)})
+    if keep_identifiers:
+        from vfa.io import is_dicom
+        from vfa.io.dicom import IDENTIFIER_KEYWORDS, dicom_identifiers
+
+        found = [dicom_identifiers(p) if is_dicom(p) else {} for p in samples.paths]
+        for key in IDENTIFIER_KEYWORDS:
+            if any(key in f for f in found):
+                frame[key] = [f.get(key, "") for f in found]
     if tta:
         frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
     frame["predicted"] = (frame[score] >= model.threshold).astype(int)

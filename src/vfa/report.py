@@ -227,7 +227,17 @@ def summary_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, results: dict, info: dict) -> None:
+def localization_table(loc: dict) -> pd.DataFrame:
+    ci = loc.get("pointing_game_ci") or (None, None)
+    return pd.DataFrame([
+        {"measure": "pointing game", "value": _fmt_ci(loc.get("pointing_game"), ci),
+         "images": f"{loc.get('pointing_hits')} of {loc.get('n_fractured')} fractured"},
+        {"measure": "heatmap mass inside fractured boxes (mean)", "value": _fmt_ci(loc.get("mass_in_boxes"), None),
+         "images": loc.get("n_fractured")}])
+
+
+def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, results: dict, info: dict,
+               gallery: bytes | None = None) -> None:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfa evaluation</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -246,6 +256,13 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{e(titles.get(name, name))}</h2><img id='fig-{e(name)}' alt='{e(name)}' "
                      f"src='data:image/png;base64,{b64}'>")
+    if results.get("localization"):
+        loc = results["localization"]
+        parts += ["<h2>Localization (Grad-CAM)</h2>", localization_table(loc).to_html(index=False),
+                  f"<p>{e(loc.get('definition', ''))} Method: {e(str(loc.get('method', 'gradcam')))}.</p>"]
+    if gallery:
+        parts.append("<h2>Heatmaps</h2><img id='fig-heatmap_gallery' alt='heatmap gallery' "
+                     f"src='data:image/png;base64,{base64.b64encode(gallery).decode('ascii')}'>")
     parts += ["<h2>Operating points</h2>", operating_table(results).to_html(index=False, float_format="%.3f"),
               f"<h2>Predictions</h2><details><summary>{len(frame)} images</summary>",
               frame.drop(columns=["file"]).to_html(index=False, float_format="%.4f"), "</details>",
@@ -253,8 +270,10 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
     atomic_write(path, "\n".join(parts))
 
 
-def write_all(out: Path, frame: pd.DataFrame, results: dict, info: dict) -> dict[str, Path]:
-    """Figures (PNG), final_results.xlsx, the .npy set and report.html into `out`."""
+def write_all(out: Path, frame: pd.DataFrame, results: dict, info: dict,
+              gallery: bytes | None = None) -> dict[str, Path]:
+    """Figures (PNG), final_results.xlsx, the .npy set and report.html into `out`
+    (with `gallery`, a Grad-CAM gallery PNG: heatmap_gallery.png, also in the report)."""
     out = Path(out)
     figures = render_figures(frame, results)
     written = {}
@@ -263,6 +282,9 @@ def write_all(out: Path, frame: pd.DataFrame, results: dict, info: dict) -> dict
         written[name] = out / f"{name}.png"
     write_excel(out / "final_results.xlsx", frame, results, info)
     write_npy(out, frame)
-    write_html(out / "report.html", figures, frame, results, info)
+    if gallery:
+        atomic_write(out / "heatmap_gallery.png", gallery)
+        written["heatmap_gallery"] = out / "heatmap_gallery.png"
+    write_html(out / "report.html", figures, frame, results, info, gallery)
     written.update(excel=out / "final_results.xlsx", html=out / "report.html")
     return written

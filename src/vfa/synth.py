@@ -46,6 +46,7 @@ class PhantomConfig:
     seed: int = 0
     grades: tuple[float, float, float] = (0.4, 0.4, 0.2)   # share of grade 1/2/3 among positives
     bit_depth: int = 8        # 8 or 16
+    format: str = "png"       # png | dicom (MONOCHROME2 .dcm, fake identifiers) | dicom-mono1 (MONOCHROME1)
     workers: int | None = None  # None = os.cpu_count()
 
     def validate(self) -> None:
@@ -57,6 +58,8 @@ class PhantomConfig:
             v = getattr(self, name)
             if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6:
                 raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {v}")
+        if self.format not in ("png", "dicom", "dicom-mono1"):
+            raise ValueError(f"format must be png, dicom or dicom-mono1, got {self.format!r}")
         if self.bit_depth not in (8, 16):
             raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
         if len(self.size) != 2 or min(self.size) < 64:
@@ -140,8 +143,9 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
             v.update(ha=v["ref"] * (1 - loss), hm=v["ref"] * (1 - loss), hp=v["ref"] * (1 - loss))
         else:
             raise ValueError(f"unknown fracture type {f['type']!r}; expected one of {TYPES}")
-        # compressed trabeculae look slightly denser; kept within the normal level-to-level spread
-        v.update(k_top=k_top[LEVELS.index(f["level"])], sclerosis=1 + 0.15 * loss)
+        # compressed trabeculae keep part of their mass, so a collapsed body looks denser (the reason
+        # fractured levels are excluded from DXA BMD); grade 1 stays within the normal +-8 % spread
+        v.update(k_top=k_top[LEVELS.index(f["level"])], sclerosis=1 + 0.4 * loss)
     return out
 
 
@@ -311,8 +315,14 @@ def _make_one(job) -> dict:
     r_frac, r_img = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, 0, i]).spawn(2))
     fractures = sample_fractures(r_frac, cfg.grades) if label else []
     img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth)
-    rel = f"{split}/{'frac' if label else 'norm'}/phantom_{i:05d}.png"
-    Image.fromarray(img).save(Path(out) / rel, compress_level=1)   # noise is incompressible anyway
+    fmt = getattr(cfg, "format", "png")
+    rel = f"{split}/{'frac' if label else 'norm'}/phantom_{i:05d}.{'png' if fmt == 'png' else 'dcm'}"
+    if fmt == "png":
+        Image.fromarray(img).save(Path(out) / rel, compress_level=1)   # noise is incompressible anyway
+    else:
+        from vfa.io.dicom import write_dicom
+
+        write_dicom(Path(out) / rel, img, monochrome1=fmt == "dicom-mono1", patient_id=f"PHANTOM-P{i:05d}")
     fr = sorted(fractures, key=lambda f: LEVELS.index(f["level"]))
     return dict(filename=rel, split=split, label=int(label), patient_id=f"P{i:05d}",
                 n_fractures=len(fr), max_grade=max([f["grade"] for f in fr], default=0),

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from vfa import config as config_mod
 from vfa import runs
-from vfa.data import VFADataModule, class_weight, scan_folder, validate, write_skipped
+from vfa.data import VFADataModule, class_weight, validate, write_skipped
 from vfa.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.model import build_from_config
 from vfa.schedule import build_scheduler
@@ -140,20 +140,42 @@ def read_history(path: Path) -> list[dict]:
 
 
 def load_data(cfg, train: bool = True, log=print):
-    """Scan and fully decode the training/validation sets before any work starts."""
-    d = cfg.data
-    for name in ("train", "val"):
-        if getattr(d, name) is None:
-            raise config_mod.ConfigError(f"data.{name} is not set (pass --{name} DIR)")
-    tr = validate(scan_folder(d.train, d.classes), d.on_bad_file, need_classes=(0, 1))
-    va = validate(scan_folder(d.val, d.classes), d.on_bad_file)
-    for name, s in (("train", tr), ("val", va)):
-        log(f"{name}: {len(s.paths)} images {s.counts()} from {s.root}"
-            + (f"; skipped {len(s.skipped)} file(s)" if s.skipped else ""))
-    if len(set(va.labels)) < 2:
-        log("warning: the validation set has a single class; AUC, Sn or Sp will be undefined (NaN)")
-    return tr, va
+    """Scan and fully decode the training/validation (and --test) sets before any work starts;
+    refuse bad files (per data.on_bad_file), an image or a patient in two splits, a validation
+    set with a single class. Each data argument is a class folder or a manifest CSV."""
+    from vfa.data import (DataError, check_leakage, duplicates_within, is_manifest, leakage_error,
+                          load_samples, manifest_splits, split_source)
+    from vfa.io.normalize import parse
 
+    d = cfg.data
+    parse(d.normalize)
+    if d.train is None:
+        raise config_mod.ConfigError("data.train is not set (pass --train DIR or MANIFEST.csv)")
+    train_samples = load_samples(d.train, d.classes, split="train")  # a missing path fails first
+    val = d.val
+    if val is None and is_manifest(d.train) and "val" in manifest_splits(d.train):
+        val = str(split_source(d.train)[0])  # a split manifest: its 'val' rows
+    if val is None:
+        raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
+    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame)
+    va = validate(load_samples(val, d.classes, split="val"), d.on_bad_file, frame=d.frame)
+    sets = {"train": tr, "val": va}
+    if getattr(d, "test", None):
+        sets["test"] = validate(load_samples(d.test, d.classes, split="test"), d.on_bad_file, frame=d.frame)
+    leaks = check_leakage(sets)
+    if leaks:
+        raise leakage_error(leaks)
+    for name, s in sets.items():
+        log(f"{name}: {len(s.paths)} images {s.counts()} from {s.source or s.root}"
+            + (f"; skipped {len(s.skipped)} file(s)" if s.skipped else ""))
+        dups = duplicates_within(s)
+        if dups:
+            log(f"warning: {name} holds {len(dups)} group(s) of identical images, e.g. {', '.join(dups[0][:3])}")
+    if len(set(va.labels)) < 2:
+        names = ", ".join(f"{n} {va.classes[c]}" for c, n in va.counts().items()) or "no images"
+        raise DataError(f"the validation set {va.source or va.root} has a single class ({names}): AUC, Sn and "
+                        f"Sp are undefined there and best.ckpt could not be chosen; add images of both classes")
+    return tr, va
 
 def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
     t = cfg.trainer

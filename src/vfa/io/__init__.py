@@ -1,4 +1,8 @@
-"""Image reading shared by training, evaluation, prediction and heatmaps."""
-from vfa.io.images import BadImageError, IMAGE_EXTENSIONS, read_image
+"""Image reading shared by training, evaluation, prediction and heatmaps: `read_image` is the one entry point."""
+from vfa.io.dicom import DICOM_EXTENSIONS, write_dicom
+from vfa.io.images import (IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, inspect_file, is_dicom, is_image_file,
+                           pixel_hash, read_image, read_image_info)
+from vfa.io.normalize import NormalizeError, normalize
 
-__all__ = ["BadImageError", "IMAGE_EXTENSIONS", "read_image"]
+__all__ = ["BadImageError", "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "NormalizeError", "inspect_file",
+           "is_dicom", "is_image_file", "normalize", "pixel_hash", "read_image", "read_image_info", "write_dicom"]

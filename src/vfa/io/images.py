@@ -1,10 +1,15 @@
-"""Decode one image file to a float32 grayscale array in [0, 1].
+"""Decode one image file to a float32 grayscale array in [0, 1]: the single entry point.
 
-8-bit images are divided by 255 (the notebook's rescale); 16-bit images are scaled by 65535, not
-clipped as Pillow's RGB conversion would. Every failure is a `BadImageError` naming the file.
+`read_image(path)` serves training, evaluation, prediction and heatmaps alike. It dispatches on
+the file: a `.dcm`/`.dicom`/`.dic` extension or the DICOM magic (b'DICM' at byte 128, for the
+extension-less files PACS exports) goes to `vfa.io.dicom`; anything else to Pillow (PNG, JPEG,
+TIFF, BMP). 8-bit images are divided by 255 (the notebook's rescale); 16-bit images are scaled by
+65535, not clipped as Pillow's RGB conversion would. `normalize` then applies the configured
+intensity normalization (`vfa.io.normalize`). Every failure is a `BadImageError` naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -43,13 +48,45 @@ def _to_unit_gray(img: Image.Image, path) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """(H, W) float32 in [0, 1]. Raises BadImageError with the reason for anything unusable."""
+def is_dicom(path: str | Path) -> bool:
+    from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic
+
+    return Path(path).suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(path)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """A file vfa reads: an image extension, a DICOM extension, or (any other name) the DICOM magic."""
+    from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic
+
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS or has_dicom_magic(path)
+
+
+def read_image(path: str | Path, frame: int | None = None, normalize: str | None = None) -> np.ndarray:
+    """(H, W) float32 in [0, 1]. Raises BadImageError with the reason for anything unusable.
+
+    `frame` picks one frame of a multi-frame DICOM file (0-based; refused without it);
+    `normalize` is a `data.normalize` value (default: none beyond the format's own scaling)."""
+    arr, _ = read_image_info(path, frame)
+    if normalize not in (None, "seed"):
+        from vfa.io.normalize import normalize as apply
+
+        arr = apply(arr, normalize)
+    return arr
+
+
+def read_image_info(path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict]:
+    """`read_image` without normalization, plus metadata: format, bits, mode or DICOM modality,
+    photometric interpretation, transfer syntax, frames, pixel spacing (no identifiers)."""
     path = Path(path)
     if not path.is_file():
         raise BadImageError(path, "file not found")
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
+    if is_dicom(path):
+        from vfa.io.dicom import read_dicom
+
+        return read_dicom(path, frame, MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -59,7 +96,16 @@ def read_image(path: str | Path) -> np.ndarray:
                     raise BadImageError(path, "zero-size image")
                 if w * h > MAX_PIXELS:
                     raise BadImageError(path, f"image too large ({w}x{h} pixels > {MAX_PIXELS})")
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                if frames > 1:  # multi-page TIFF, animated PNG/GIF: as for DICOM, never silently frame 0
+                    if frame is None:
+                        raise BadImageError(path, f"multi-frame image ({frames} frames): choose one with "
+                                                  f"--frame K (0-based; --set data.frame=K for training)")
+                    if not 0 <= frame < frames:
+                        raise BadImageError(path, f"frame {frame} requested but the file has {frames} frames")
+                    img.seek(frame)
                 img.load()
+                info = {"format": img.format or "-", "mode": img.mode, "bits": _bits(img), "frames": frames}
                 arr = _to_unit_gray(img, path)
     except BadImageError:
         raise
@@ -67,12 +113,42 @@ def read_image(path: str | Path) -> np.ndarray:
         raise BadImageError(path, f"decompression bomb refused ({exc})") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise BadImageError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-    return arr
+    return arr, info
+
+
+def _bits(img: Image.Image) -> int:
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode in ("I", "F"):
+        return 32
+    return 1 if img.mode == "1" else 8
+
+
+def pixel_hash(arr: np.ndarray) -> str:
+    """Content hash of decoded pixels (shape included): the same image in two files, whatever the
+    format or file name, has the same hash."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def inspect_file(path: str | Path, frame: int | None = None) -> dict:
+    """Decode one file for a dataset check: {'path', 'reason'} if unusable, else its metadata,
+    'shape' (H, W) and 'hash'. Picklable in and out (run in worker processes)."""
+    try:
+        arr, info = read_image_info(path, frame)
+    except BadImageError as exc:
+        return {"path": str(path), "reason": exc.reason}
+    return {"path": str(path), "reason": None, "shape": tuple(int(v) for v in arr.shape),
+            "hash": pixel_hash(arr), **info}
 
 
 def probe_image(path: str | Path) -> tuple[int, int]:
     """Cheap header check (size) used to validate a dataset before a run; decodes nothing."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size and is_dicom(path):
+        return read_image_info(path, 0)[0].shape  # DICOM: decoded (pydicom has no cheap verify)
     try:
         if path.stat().st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")

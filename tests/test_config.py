@@ -40,3 +40,14 @@ def test_numbers_in_yaml_exponent_form_are_floats():
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     with pytest.raises(c.ConfigError, match="optim.lr must be a number"):
         c.resolve("seed", overrides=c.parse_set(["optim.lr=fast"]))
+
+
+def test_bad_augmentation_and_sizes_fail_at_resolution():
+    with pytest.raises(c.ConfigError, match="augment: unknown augmentation option"):
+        c.resolve("seed", overrides=c.parse_set(["augment_overrides={rotation:5}"]))
+    with pytest.raises(c.ConfigError, match="unknown augmentation preset"):
+        c.resolve("seed", overrides={"augment": "wild"})
+    with pytest.raises(c.ConfigError, match="data.size"):
+        c.resolve("seed", overrides=c.parse_set(["data.size=[8,8]"]))
+    cfg = c.resolve("seed", overrides=c.parse_set(["augment_overrides={rotation: 5}"]))
+    assert cfg.augment_overrides == {"rotation": 5}

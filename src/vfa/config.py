@@ -169,7 +169,28 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
         loaded.pop("preset", None)
         _merge(cfg, loaded)
     _merge(cfg, overrides or {})
+    check(cfg)
     return cfg
+
+
+def check(cfg: Config) -> None:
+    """Catch bad values now, not inside a DataLoader worker minutes into a run."""
+    from vfa.augment import get_augment_config  # torch import: only when a config is resolved
+
+    if not isinstance(cfg.augment_overrides, dict):
+        raise ConfigError(f"augment_overrides must be a mapping, got {cfg.augment_overrides!r} "
+                          "(YAML flow maps need a space after each colon: {rotation: 5})")
+    try:
+        get_augment_config(cfg.augment, **cfg.augment_overrides)
+    except ValueError as exc:
+        raise ConfigError(f"augment: {exc}") from None
+    if len(cfg.data.size) != 2 or min(cfg.data.size) < 32:
+        raise ConfigError(f"data.size must be [H, W] with both >= 32, got {list(cfg.data.size)}")
+    for name in ("batch_size", "num_workers"):
+        if not isinstance(getattr(cfg.data, name), int) or getattr(cfg.data, name) < (name == "batch_size"):
+            raise ConfigError(f"data.{name} must be a non-negative integer, got {getattr(cfg.data, name)!r}")
+    if cfg.optim.epochs < 1 or cfg.optim.lr <= 0:
+        raise ConfigError("optim.epochs must be >= 1 and optim.lr > 0")
 
 
 def to_dict(cfg: Config) -> dict:

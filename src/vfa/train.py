@@ -11,6 +11,7 @@ import csv
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,10 @@ from vfa.model import build_from_config
 from vfa.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
+# Lightning-internal deprecation noise that users cannot act on
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+
 HISTORY_KEYS = ("epoch", "train_loss", "lr", *SCALAR_KEYS)
 
 

@@ -18,8 +18,8 @@ trap 'rm -rf "$TMP"' EXIT
 $VFA evaluate --model "$CKPT" --data "$PHANTOM/test" --out "$TMP/eval" --gallery 4
 cp "$TMP/eval/heatmap_gallery.png" docs/heatmaps.png
 
-# LR range test on a fresh copy of the preset's model, on the training split
-$VFA lr-find --preset "$PRESET" --train "$PHANTOM/train" --out "$TMP/lr" --steps "$LR_STEPS"
+# LR range test on a fresh copy of the preset's model, on the training split, without augmentation (as the notebook)
+$VFA lr-find --preset "$PRESET" --train "$PHANTOM/train" --out "$TMP/lr" --steps "$LR_STEPS" --set augment=none
 cp "$TMP/lr/lr_find.png" docs/lr_find.png
 
 # the notebook's augmentation check: two training images, six augmented versions each

@@ -10,7 +10,7 @@ import torch
 from tests.conftest import write_folder
 from tests.test_evaluate import make_checkpoint
 from vfa import config as config_mod
-from vfa.lr_find import lr_find, range_test, schedule, smooth, suggest
+from vfa.lr_find import flat_warning, lr_find, range_test, schedule, smooth, suggest
 
 DESCENT = (1e-5, 1e-2)  # where the synthetic loss falls
 
@@ -61,6 +61,9 @@ def test_suggestion_lands_in_the_descent_of_a_synthetic_curve():
     assert DESCENT[0] < s < DESCENT[1]
     assert smooth([2.0, 2.0, 2.0], 0.98) == pytest.approx([2.0, 2.0, 2.0])   # bias-corrected
     assert suggest(lrs[:2], loss[:2]) is None
+    assert flat_warning(smooth(loss, 0.9)) is None
+    flat = 1 + 0.02 * rng.standard_normal(100)          # a loss that never falls: say so
+    assert "no clear descent" in flat_warning(smooth(flat, 0.9))
 
 
 @pytest.mark.parametrize("per_epoch", [False, True])

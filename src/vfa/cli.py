@@ -13,6 +13,8 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa synth --out DATA --preset cpu-demo          synthetic VFA phantom (train/val/test, norm/frac)
   vfa train --train DATA/train --val DATA/val --out RUN [--preset NAME] [--set key=value ...]
   vfa train --resume RUN                          continue an interrupted run
+  vfa import-keras MODEL.h5 --out MODEL.ckpt      the notebook's Keras .h5 -> a vfa checkpoint (no TensorFlow)
+  vfa train --init MODEL.ckpt --train ... --out RUN   fine-tune from a checkpoint's weights
   vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
   vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
   vfa predict --model CKPT IMAGES... --out predictions.csv
@@ -113,7 +115,7 @@ def cmd_train(args) -> None:
         raise config_mod.ConfigError("--out RUN is required (or --resume RUN)")
     cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
                                    "on_bad_file": args.on_bad_file},
-                          "optim": {"epochs": args.epochs}})
+                          "optim": {"epochs": args.epochs}, "model": {"init_from": args.init}})
     run = train(cfg, args.out, force=args.force)
     if args.test and not _secondary():
         from vfa.evaluate import evaluate
@@ -121,6 +123,12 @@ def cmd_train(args) -> None:
         evaluate(run / "checkpoints" / "best.ckpt", args.test, run, metrics_name="test_metrics.json",
                  on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test")
         print(f"held-out test metrics written to {run / 'test_metrics.json'}")
+
+
+def cmd_import_keras(args) -> None:
+    from vfa.keras_import import import_keras
+
+    import_keras(args.h5, args.out, size=args.size, bn_after_relu=args.bn_after_relu or None, force=args.force)
 
 
 def _secondary() -> bool:
@@ -319,10 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory")
     p.add_argument("--epochs", type=int)
     p.add_argument("--resume", metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
+    p.add_argument("--init", metavar="CKPT", help="start from this vfa checkpoint's weights (e.g. from "
+                                                  "vfa import-keras); its architecture replaces the preset's")
     p.add_argument("--on-bad-file", choices=("error", "skip"))
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     _config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("import-keras", help="convert the notebook's Keras .h5 (model or weights) to a vfa checkpoint")
+    p.add_argument("h5", help="a Keras 2.x .h5 from model.save or model.save_weights (read with h5py; no code runs)")
+    p.add_argument("--out", required=True, help="the vfa checkpoint to write (e.g. MODEL.ckpt)")
+    p.add_argument("--size", type=_size, help="input HxW (default: the model's fixed input size, else 600x360)")
+    p.add_argument("--bn-after-relu", action="store_true",
+                   help="weights-only file whose head BatchNormalization followed the ReLU (a full model's config says so itself)")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=cmd_import_keras)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled folder")
     p.add_argument("--model", required=True)

@@ -124,8 +124,22 @@ def range_test(module: L.LightningModule, loader, lrs: np.ndarray, per_epoch: bo
     smoothed = smooth(test.losses, beta)
     return {"mode": "per-epoch" if per_epoch else "per-step", "lr": test.used[:n], "loss": test.losses,
             "smoothed_loss": smoothed.tolist(), "suggested_lr": suggest(test.used[:n], smoothed),
-            "beta": beta, "early_stop": early_stop, "stopped_early": test.stopped_early,
-            "planned": len(lrs), "done": n}
+            "warning": flat_warning(smoothed), "beta": beta, "early_stop": early_stop,
+            "stopped_early": test.stopped_early, "planned": len(lrs), "done": n}
+
+
+def flat_warning(smoothed, min_drop: float = 0.05) -> str | None:
+    """A steepest descent exists on any curve; say so when the loss never really fell."""
+    loss = np.asarray(smoothed, dtype=float)
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 3:
+        return None
+    start = loss[min(len(loss) // 10, 10)]
+    drop = (start - loss[min(len(loss) // 10, 10):].min()) / abs(start) if start else 0.0
+    if drop >= min_drop:
+        return None
+    return (f"the smoothed loss never fell more than {100 * drop:.1f} % below its start: no clear descent, "
+            f"the suggestion is unreliable (try more steps, a larger --max-lr, or --set augment=none)")
 
 
 def plot(result: dict) -> bytes:
@@ -145,7 +159,8 @@ def plot(result: dict) -> bytes:
     ax.set(xscale="log", yscale="log" if np.all(loss[np.isfinite(loss)] > 0) else "linear",
            xlabel="learning rate", ylabel="training loss",
            title=f"LR range test ({result['mode']}, {result['done']} of {result['planned']} rates"
-                 + (", stopped: loss diverged)" if result["stopped_early"] else ")"))
+                 + (", stopped: loss diverged)" if result["stopped_early"] else ")")
+                 + ("\nno clear descent: the suggestion is unreliable" if result.get("warning") else ""))
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
@@ -207,6 +222,8 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
     atomic_write(out / "lr_find.png", plot(result))
     s = result["suggested_lr"]
     log(f"suggested learning rate: {s:.3g}" if s is not None else "no suggestion: too few points (more --steps?)")
+    if result["warning"]:
+        log(f"warning: {result['warning']}")
     if result["stopped_early"]:
         log(f"stopped after {result['done']} of {steps} rates: the loss diverged")
     return result

@@ -9,6 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from vfa import backbones  # noqa: F401  (registers vfa's small timm backbones)
+
 
 class VFANet(nn.Module):
     def __init__(self, backbone: nn.Module, head: tuple[int, ...] = (1024,), head_batchnorm: bool = False,

@@ -278,8 +278,10 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
     boxes = {lv: _vertebra(canvas, i, an, shapes[i], p, tex_seeds[i]) for i, lv in enumerate(LEVELS)}
     # acquisition: scanner blur, quantum noise (+ faint scan-line noise), gain/offset
     canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.7, 1.6) * s)
-    noise = rng.standard_normal((H, W), dtype=np.float32) * rng.uniform(0.012, 0.035)
-    noise += rng.standard_normal((H, 1), dtype=np.float32) * rng.uniform(0.0, 0.006)
+    # quantum noise per pixel scales with pixel size (same dose per area): an image rendered
+    # small looks like a large one binned down, not like a noisier scan
+    noise = rng.standard_normal((H, W), dtype=np.float32) * (rng.uniform(0.012, 0.035) * s)
+    noise += rng.standard_normal((H, 1), dtype=np.float32) * (rng.uniform(0.0, 0.006) * s)
     img = rng.uniform(-0.04, 0.06) + rng.uniform(0.75, 1.0) * canvas + noise
     top = 255 if bit_depth == 8 else 65535
     img = np.round(np.clip(img, 0, 1) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)

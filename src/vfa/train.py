@@ -201,10 +201,45 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
         limit_train_batches=t.limit_train_batches, enable_model_summary=False)
 
 
+ARCHITECTURE_KEYS = ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")
+
+
+def load_init(cfg, log=print) -> dict:
+    """The model weights of `cfg.model.init_from` (a vfa checkpoint, e.g. from `vfa import-keras`),
+    read with `torch.load(weights_only=True)`. The architecture keys of `cfg.model` are set to the
+    checkpoint's (the weights decide them); a preprocessing different from the checkpoint's is noted."""
+    from vfa.augment import get_augment_config
+
+    path = Path(cfg.model.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise config_mod.ConfigError(f"--init {path}: not a loadable vfa checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+        raise config_mod.ConfigError(f"--init {path}: not a vfa checkpoint (no state_dict/config)")
+    src = config_mod.from_dict(ckpt["hyper_parameters"]["config"])
+    changed = [k for k in ARCHITECTURE_KEYS if getattr(cfg.model, k) != getattr(src.model, k)]
+    for key in ARCHITECTURE_KEYS:
+        setattr(cfg.model, key, getattr(src.model, key))
+    cfg.model.pretrained = False
+    if changed:
+        log("model from the --init checkpoint: " + ", ".join(f"{k}={getattr(src.model, k)!r}" for k in changed))
+    resize = [get_augment_config(c.augment, **c.augment_overrides).resize for c in (src, cfg)]
+    if tuple(src.data.size) != tuple(cfg.data.size) or resize[0] != resize[1] or src.data.normalize != cfg.data.normalize:
+        log(f"note: the --init model expects {src.data.size[0]}x{src.data.size[1]}, {resize[0]} resize, normalize "
+            f"{src.data.normalize}; this run feeds {cfg.data.size[0]}x{cfg.data.size[1]}, {resize[1]} resize, "
+            f"normalize {cfg.data.normalize}")
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
-    """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt."""
+    """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt;
+    `cfg.model.init_from` (`vfa train --init CKPT`) starts from that checkpoint's weights."""
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.ckpt"
+    init_state = load_init(cfg, log) if cfg.model.init_from and not resume else None
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
@@ -219,6 +254,9 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     pos_weight = class_weight(tr.labels) if cfg.optim.class_weights else 1.0
     log(f"positive-class weight: {pos_weight:.3f}")
     module = VFAModule(config_mod.to_dict(cfg), pos_weight)
+    if init_state is not None:
+        module.model.load_state_dict(init_state)
+        log(f"initial weights: {cfg.model.init_from}")
     trainer = make_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
                 weights_only=True if resume else None)

@@ -160,6 +160,9 @@ class AugmentConfig:
     channel_shift_scale: str = "unit"  # "unit": on [0,1], clip [0,1]; "uint8": /255, clip image min..max
     fill: float = 0.0
     resize: str = "bilinear"        # "bilinear" | "nearest" (PIL nearest, as flow_from_directory)
+    # not in the notebook (Keras 2.1.5 had no brightness_range): multiply by U(1-b, 1+b) so that a
+    # net cannot lean on absolute bone density, which varies between scanners and patients
+    brightness: float = 0.0
 
     def __post_init__(self):
         for name, ok in (("shear_units", ("radians", "degrees")),
@@ -233,6 +236,7 @@ class Augment:
             p["zx"] = p["zy"] = 1.0 + u(cfg.zoom)
         p["channel_shift"] = (u(cfg.channel_shift, channels).view(n, channels) if cfg.channel_shift
                               else torch.zeros(n, channels, dtype=torch.float64))
+        p["brightness"] = 1.0 + u(cfg.brightness) if cfg.brightness else const(1.0)
         if batch is None:
             p = {k: (v[0] if k == "channel_shift" else float(v[0])) for k, v in p.items()}
         return p
@@ -244,6 +248,9 @@ class Augment:
         channels = torch.as_tensor(params["channel_shift"]).shape[-1]
         if out.shape[-3] == 1 and channels > 1:  # gray: warp one channel, then replicate (3x cheaper)
             out = out.expand(*out.shape[:-3], channels, *out.shape[-2:])
+        if self.cfg.brightness:
+            b = torch.as_tensor(params["brightness"], dtype=out.dtype, device=out.device)
+            out = (out * b.reshape((-1,) + (1,) * (out.dim() - 1))).clamp(0.0, 1.0)
         if self.cfg.channel_shift:
             keras = self.cfg.channel_shift_scale == "uint8"
             out = channel_shift(out, params["channel_shift"], scale=255.0 if keras else 1.0,

@@ -104,7 +104,7 @@ PRESETS: dict[str, dict] = {
         # must not settle on absolute density first, or it sits at chance for many epochs
         "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
                               "zoom": 0.05, "brightness": 0.2},
-        "optim": {"lr": 2e-3, "epochs": 16, "sgdr_steps": 16, "weight_decay": 1e-4},
+        "optim": {"lr": 2e-3, "epochs": 20, "sgdr_steps": 20, "weight_decay": 1e-4},
         "trainer": {"precision": "bf16-mixed"},
         "synth": {"n": 1200, "size": [640, 384]},
     },

@@ -12,7 +12,7 @@ DEMO_DATA ?= runs/demo-data
 DEMO_RUN ?= runs/demo
 CKPT := $(DEMO_RUN)/checkpoints/best.ckpt
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(VFA) synth --out $(DEMO_DATA) --preset cpu-demo --force
 	$(VFA) train --preset cpu-demo --train $(DEMO_DATA)/train --val $(DEMO_DATA)/val --test $(DEMO_DATA)/test \
 		--out $(DEMO_RUN) --force
-	$(VFA) evaluate --model $(CKPT) --data $(DEMO_DATA)/val --out $(DEMO_RUN)/val --force
+	$(VFA) evaluate --model $(CKPT) --data $(DEMO_DATA)/val --out $(DEMO_RUN)/val --tta 5 --force
 	$(VFA) evaluate --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/test --tta 5 \
 		--threshold-from $(DEMO_RUN)/val/predictions.csv --force
 	$(VFA) heatmap --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/heatmaps \
@@ -41,6 +41,11 @@ demo: $(STAMP)
 
 test: $(STAMP) $(KERAS_STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadgroup
+
+# vfa vs the Keras baseline (../shared/bench/keras_seed.py) in one run: table on stdout, BENCHMARKS.md
+KERAS_BENCH ?= ../shared/bench/keras_seed.py
+bench: $(STAMP) $(KERAS_STAMP)
+	$(VPY) benchmarks/bench.py --keras-python .venv-keras/bin/python --keras-script $(KERAS_BENCH) --out BENCHMARKS.md
 
 clean:
 	rm -rf runs

@@ -24,3 +24,25 @@ cp "$TMP/lr/lr_find.png" docs/lr_find.png
 
 # the notebook's augmentation check: two training images, six augmented versions each
 $VFA augment-preview --data "$PHANTOM/train" --preset seed --n 6 --images 2 --out docs/augment_preview.png --force
+
+# a normal phantom and the same patient with fractures (boxes outlined), at the default 1024x614
+.venv/bin/python - <<'PY'
+import numpy as np
+from PIL import Image, ImageDraw
+from vfa.synth import render_phantom
+
+fractures = [dict(level="T8", grade=2, type="wedge", height_loss=0.32),
+             dict(level="L1", grade=3, type="crush", height_loss=0.45)]
+normal, _ = render_phantom(np.random.default_rng(7), fractures=[])
+frac, ann = render_phantom(np.random.default_rng(7), fractures=fractures)
+panel = Image.new("RGB", (normal.shape[1] * 2 + 10, normal.shape[0]), "white")
+panel.paste(Image.fromarray(normal).convert("RGB"), (0, 0))
+right = Image.fromarray(frac).convert("RGB")
+draw = ImageDraw.Draw(right)
+for f in fractures:
+    x0, y0, x1, y1 = ann["boxes"][f["level"]]
+    draw.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], outline=(255, 60, 60), width=3)
+    draw.text((x1 + 8, y0), f"{f['level']} grade {f['grade']} {f['type']}", fill=(255, 80, 80))
+panel.paste(right, (normal.shape[1] + 10, 0))
+panel.resize((panel.width // 2, panel.height // 2), Image.LANCZOS).save("docs/phantom.png")
+PY

@@ -106,8 +106,11 @@ def test_localization_summary_counts_only_fractured_images():
     heat = np.zeros((20, 10), np.float32)
     heat[5, 5] = 1.0
     heat[15, 5] = 0.5
-    assert cam.localize(heat, [[4, 4, 7, 7]]) == {"pointing_hit": True, "mass_in_boxes": pytest.approx(1 / 1.5)}
-    assert not cam.localize(heat, [[0, 10, 10, 20]])["pointing_hit"]
+    assert cam.localize(heat, [[4, 4, 7, 7]]) == {"pointing_hit": True, "pointing_hit_tol": True,
+                                                  "mass_in_boxes": pytest.approx(1 / 1.5)}
+    miss = cam.localize(heat, [[0, 10, 10, 20]])  # max at row 5; box starts at row 10: 5 px away
+    assert not miss["pointing_hit"] and miss["pointing_hit_tol"]
+    assert cam.localize(heat, [[0, 10, 10, 20]], tolerance=4)["pointing_hit_tol"] is False
     rows = [{"n_boxes": 1, "pointing_hit": True, "mass_in_boxes": 0.5},
             {"n_boxes": 2, "pointing_hit": "False", "mass_in_boxes": "0.25"},
             {"n_boxes": 0, "pointing_hit": "", "mass_in_boxes": ""}]

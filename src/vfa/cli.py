@@ -17,7 +17,8 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa train --init MODEL.ckpt --train ... --out RUN   fine-tune from a checkpoint's weights
   vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
   vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
-  vfa predict --model CKPT IMAGES... --out predictions.csv
+  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend auto|torch|torch-bf16|compile|onnxruntime]
+  vfa export --model CKPT --format onnx --out model.onnx     ONNX, verified against torch
   vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
   vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)
   vfa summary --preset seed2019                   layer table, parameters, FLOPs
@@ -66,6 +67,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-column", metavar="COL", help="with a manifest: image IDs from this column "
                                                        "(default: the file path)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torch-bf16", "compile", "onnxruntime"),
+                   help="inference backend (vfa.inference): auto = compile (bf16, cached kernels) for 256+ "
+                        "images, else torch fp32; torch-bf16; onnxruntime (exported once, cached)")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -143,7 +147,8 @@ def cmd_evaluate(args) -> None:
     evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
-             force=args.force, manifest=args.manifest, gallery=args.gallery, id_column=args.id_column)
+             force=args.force, manifest=args.manifest, gallery=args.gallery, id_column=args.id_column,
+             backend=args.backend)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
@@ -186,7 +191,7 @@ def cmd_predict(args) -> None:
     frame = predict_files(args.model, args.inputs, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
                           id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
                           on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
-                          id_column=args.id_column, keep_identifiers=args.keep_identifiers)
+                          id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend)
     atomic_write(Path(args.out), frame.to_csv(index=False))
     skipped = frame.attrs["skipped"]
     if skipped:
@@ -199,6 +204,14 @@ def cmd_predict(args) -> None:
         atomic_write(skipped_csv, buf.getvalue())
     print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)} (listed in "
                                                              f"{skipped_csv})" if skipped else ""))
+
+
+def cmd_export(args) -> None:
+    from vfa.export import export_onnx
+
+    res = export_onnx(args.model, args.out, batch=args.batch, opset=args.opset, force=args.force)
+    print(f"wrote {res['path']} (opset {res['opset']}, input {res['input']}); onnxruntime vs torch fp32: "
+          f"max |delta p| = {res['max_abs_dp']:.1e}")
 
 
 def cmd_summary(args) -> None:
@@ -246,9 +259,10 @@ def cmd_heatmap(args) -> None:
     loc = res.get("localization")
     if loc:
         lo, hi = loc["pointing_game_ci"]
+        tol = loc["pointing_game_tol15px"]
         print(f"pointing game {loc['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f}; {loc['pointing_hits']} of "
-              f"{loc['n_fractured']} fractured images), heatmap mass in boxes {loc['mass_in_boxes']:.3f} "
-              f"(localization.json)")
+              f"{loc['n_fractured']} fractured images; within 15 px: {tol:.3f}), heatmap mass in boxes "
+              f"{loc['mass_in_boxes']:.3f} (localization.json)")
 
 
 def cmd_lr_find(args) -> None:
@@ -391,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, verified against torch (max |delta p| <= 1e-4)")
+    p.add_argument("--model", required=True, help="vfa checkpoint")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx (batch size is dynamic)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--batch", type=int, default=2, help="batch of random images used to trace and verify")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-data", help="one pass over a dataset: counts, sizes, formats, duplicates, bad files, verdict")
     p.add_argument("data", help="class folder, folder of split folders (train/val/test), or manifest CSV[:SPLIT]")

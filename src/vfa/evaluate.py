@@ -97,7 +97,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              id_column: str | None = None, split: str | None = None,
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
-             gallery: int = 4, cam_method: str = "gradcam") -> dict:
+             gallery: int = 4, cam_method: str = "gradcam", backend: str = "auto") -> dict:
     """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
 
     The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
@@ -134,7 +134,10 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
     loader = DataLoader(eval_dataset(model, samples.paths, samples.labels), batch_size=batch_size,
                         num_workers=num_workers)
-    res = tta_predict(model, loader, tta, tta_preset, seed, progress=progress)
+    from vfa.inference import resolve_backend, with_backend
+
+    backend = resolve_backend(backend, len(samples.paths) * (1 + tta))  # Grad-CAM below stays eager fp32
+    res = tta_predict(with_backend(model, backend), loader, tta, tta_preset, seed, progress=progress)
     root = Path(samples.root)
     frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(samples.rel_paths(), None, id_regex),
                           "file": samples.rel_paths(),
@@ -153,7 +156,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     result = {**{k: primary[k] for k in SCALAR_KEYS}, "threshold": thresholds[score],
               **{k: v for k, v in primary.items() if k.endswith(("_ci", "_se")) or k in ("brier", "ece")},
               "notes": primary["notes"], "score": score, "threshold_source": source,
-              "tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
+              "tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature, "backend": backend,
               "model": str(model_path), "data": str(data), "n_norm": int((y == 0).sum()),
               "n_frac": int((y == 1).sum()), "skipped": len(samples.skipped), "id_regex": id_regex,
               "scores": per_score,
@@ -168,7 +171,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method}
         loc = result["localization"]
         log(f"Grad-CAM pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
-            f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}), heatmap mass in boxes "
+            f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "
+            f"{loc['pointing_game_tol15px']:.3f}), heatmap mass in boxes "
             f"{loc['mass_in_boxes']:.3f}" if loc["n_fractured"] else "localization: no fractured image has boxes")
     safe = json_safe(result)
     atomic_write(out / metrics_name, json.dumps(safe, indent=2))

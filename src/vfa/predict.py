@@ -70,8 +70,15 @@ def predict_loader(model: VFANet, loader, progress: bool = False, logits: bool =
     return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
 
-def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, progress: bool = False) -> np.ndarray:
-    """P(fracture) for a list of image paths or a (B, 3, H, W) tensor already preprocessed to [0, 1]."""
+def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, progress: bool = False,
+            backend: str = "torch") -> np.ndarray:
+    """P(fracture) for a list of image paths or a (B, 3, H, W) tensor already preprocessed to [0, 1].
+
+    `backend`: torch (fp32, default here), torch-bf16, compile, onnxruntime or auto (vfa.inference)."""
+    if backend != "torch":
+        from vfa.inference import with_backend
+
+        model = with_backend(model, backend, n_images=len(images) if hasattr(images, "__len__") else None)
     if isinstance(images, torch.Tensor):
         with torch.inference_mode():
             x = images.to(next(model.parameters()).device)
@@ -150,13 +157,13 @@ SCORES = ("raw", "tta_mean", "tta_max")
 def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
                   id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int = 0,
                   on_bad_file: str = "skip", progress: bool = False, log=None, id_column: str | None = None,
-                  keep_identifiers: bool = False):
+                  keep_identifiers: bool = False, backend: str = "auto"):
     """A DataFrame (image_id, file, raw[, tta_mean, tta_max], predicted) for unlabeled images.
 
     `predicted` is the class of `score` at the model's stored threshold (see `vfa calibrate`).
     Bad files are skipped (listed through `log`) or raise, per `on_bad_file`. Image IDs come from
     the file path (`id_regex`) or a manifest input's `id_column`; DICOM identifiers (PatientID,
-    StudyDate, ...) are added as columns only with `keep_identifiers`.
+    StudyDate, ...) are added as columns only with `keep_identifiers`. `backend`: see vfa.inference.
     """
     import pandas as pd
 
@@ -176,7 +183,10 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
                        frame=getattr(model.config.data, "frame", None))
     for path, reason in samples.skipped:
         (log or (lambda m: None))(f"skipped {path}: {reason}")
-    res = tta_predict(model, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
+    from vfa.inference import with_backend
+
+    runner = with_backend(model, backend, n_images=len(samples.paths) * (1 + tta))
+    res = tta_predict(runner, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
                       num_workers, progress)
     ids = [id_map.get(p, Path(p).as_posix()) for p in samples.paths] if id_column else \
         image_ids(samples.paths, None, id_regex)

@@ -232,6 +232,9 @@ def localization_table(loc: dict) -> pd.DataFrame:
     return pd.DataFrame([
         {"measure": "pointing game", "value": _fmt_ci(loc.get("pointing_game"), ci),
          "images": f"{loc.get('pointing_hits')} of {loc.get('n_fractured')} fractured"},
+        {"measure": "pointing game, within 15 px of the box (Zhang et al. 2018)",
+         "value": _fmt_ci(loc.get("pointing_game_tol15px"), loc.get("pointing_game_tol15px_ci") or (None, None)),
+         "images": loc.get("n_fractured")},
         {"measure": "heatmap mass inside fractured boxes (mean)", "value": _fmt_ci(loc.get("mass_in_boxes"), None),
          "images": loc.get("n_fractured")}])
 

@@ -9,6 +9,6 @@ STAMP="$VENV/.vfa-keras-installed"
 PY="${PY:-python3}"
 [ -f "$STAMP" ] && exit 0
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check tensorflow-cpu tf-keras h5py pillow
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check tensorflow-cpu tf-keras h5py pillow scipy  # scipy: ImageDataGenerator (make bench)
 "$VENV/bin/python" -c "import tf_keras, h5py; print('tf_keras', tf_keras.__version__)"
 touch "$STAMP"

@@ -1,0 +1,124 @@
+"""Inference backends: the same model, run four ways, behind the one `model(x) -> logit` interface.
+
+  torch        fp32 eager: the reference every other backend is tested against
+  torch-bf16   bf16 autocast (CPU or GPU) + channels_last; |delta p| <= 0.02 of fp32 (tests)
+  compile      torch.compile (inductor, weights frozen into the graph) + bf16 autocast + channels_last;
+               compiled kernels are cached on disk (cache_dir()/inductor), so a second run skips
+               most of the compile; partial batches are padded to the first batch size so one
+               graph serves a whole run
+  onnxruntime  the checkpoint exported to ONNX once (cached, verified against torch) and run by
+               onnxruntime's CPU provider in fp32
+  auto         compile for jobs of AUTO_COMPILE_MIN images or more (where its one-off compile pays
+               for itself; see BENCHMARKS.md), torch otherwise
+
+`with_backend(model, name)` returns a module that keeps `config`, `threshold`, `temperature` and
+`parameters()` of the wrapped VFANet, so `predict_loader` and `tta_predict` take it unchanged.
+Grad-CAM always runs on the eager fp32 model (it needs gradients).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "torch", "torch-bf16", "compile", "onnxruntime")
+AUTO_COMPILE_MIN = 256  # images; below this the compile (~45 s cold on 2 cores for IRv2) is not repaid
+_ATTRS = ("config", "threshold", "temperature", "threshold_source")
+
+
+class Backend(nn.Module):
+    def __init__(self, model: nn.Module, name: str, fn=None):
+        super().__init__()
+        self.model, self.name = model, name
+        self._fn = fn or model
+        for attr in _ATTRS:
+            if hasattr(model, attr):
+                object.__setattr__(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def resolve_backend(name: str, n_images: int | None = None, device: str | torch.device = "cpu") -> str:
+    if name not in BACKENDS:
+        from vfa.config import ConfigError
+
+        raise ConfigError(f"unknown backend {name!r} (valid: {', '.join(BACKENDS)})")
+    if name != "auto":
+        return name
+    return "compile" if n_images is not None and n_images >= AUTO_COMPILE_MIN else "torch"
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def with_backend(model: nn.Module, name: str = "torch", n_images: int | None = None) -> nn.Module:
+    """`model` wrapped to run on backend `name` (see the module docstring); 'torch' returns it as is."""
+    if isinstance(model, Backend):
+        model = model.model
+    device = next(model.parameters()).device
+    name = resolve_backend(name, n_images, device)
+    if name == "torch":
+        return model
+    if name == "onnxruntime":
+        return Backend(model, name, _ort_fn(model))
+    model = model.to(memory_format=torch.channels_last)
+    if name == "torch-bf16":
+        def run(x):
+            with _autocast(device):
+                return model(_channels_last(x)).float()
+        return Backend(model, name, run)
+    return Backend(model, name, _compiled_fn(model, device))
+
+
+def _compiled_fn(model: nn.Module, device: torch.device):
+    from vfa.export import cache_dir
+
+    # inductor's FX-graph and autotune caches live here, so they survive reboots and /tmp cleaning
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # weights become constants: conv+BN folding, prepacked bf16 kernels
+
+    def forward(x):
+        with _autocast(device):
+            return model(x).float()
+
+    compiled = torch.compile(forward, dynamic=False)
+    state = {"batch": None}
+
+    @torch.inference_mode()
+    def run(x):
+        n = x.shape[0]
+        if state["batch"] is None:
+            state["batch"] = n
+        pad = state["batch"] - n
+        if pad > 0:  # the last, partial batch: pad instead of compiling a second graph
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        return compiled(_channels_last(x))[:n]
+
+    return run
+
+
+def _ort_fn(model: nn.Module):
+    import numpy as np
+
+    from vfa.export import _session, cached_onnx
+
+    session = _session(cached_onnx(model))
+
+    def run(x):
+        out = session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(np.asarray(out)).reshape(-1)
+
+    return run
+

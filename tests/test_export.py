@@ -1,0 +1,82 @@
+"""ONNX export and the inference backends agree with fp32 torch (issue 7's accuracy criterion).
+
+No timing here: speed is measured by `make bench` (benchmarks/bench.py), never asserted in tests.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import vfa
+from tests.test_evaluate import make_checkpoint
+from tests.test_train import tiny_cfg
+from vfa.cli import main as cli_main
+from vfa.data import load_samples
+from vfa.export import export_onnx
+from vfa.inference import resolve_backend, with_backend
+from vfa.predict import eval_dataset, load_model, predict_files, predict_loader
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("export") / "a.ckpt")
+
+
+def test_onnx_export_matches_torch_and_carries_metadata(ckpt, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert "max |delta p|" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["vfa_config"])["data"]["size"] == [64, 40] and float(meta["vfa_threshold"]) == 0.5
+    assert cli_main(["export", "--model", str(ckpt), "--out", str(out)]) == 2  # no overwrite without --force
+
+    model = load_model(ckpt)
+    x = torch.rand(5, 3, 64, 40, generator=torch.Generator().manual_seed(3))  # batch 5: the batch axis is dynamic
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(out)).run(None, {"image": x.numpy()})[0]
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    assert np.abs(1 / (1 + np.exp(-got)) - 1 / (1 + np.exp(-ref))).max() <= 1e-4
+
+
+def test_backend_predictions_match_fp32(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path / "cache"))
+    from tests.conftest import write_folder
+
+    data = write_folder(tmp_path / "imgs", n_per_class=3, size=(70, 44))
+    model = load_model(ckpt)
+    ref = predict_files(model, [data], backend="torch")["raw"].to_numpy()
+    ort = predict_files(model, [data], backend="onnxruntime")["raw"].to_numpy()
+    bf16 = predict_files(model, [data], backend="torch-bf16")["raw"].to_numpy()
+    assert np.abs(ort - ref).max() <= 1e-4
+    assert np.abs(bf16 - ref).max() <= 0.02
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once, reused next time
+    assert resolve_backend("auto", 10) == "torch" and resolve_backend("auto", 10_000) == "compile"
+    assert vfa.predict(model, torch.rand(2, 3, 64, 40), backend="torch-bf16").shape == (2,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch-bf16", "onnxruntime", "compile"])
+def test_trained_model_backends_preserve_auc(tiny_phantom, tmp_path_factory, monkeypatch, backend):
+    """A briefly trained model on the phantom test split: max |delta p| <= 0.02, |delta AUC| <= 0.002."""
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path_factory.getbasetemp() / "vfa-cache"))
+    run = tmp_path_factory.getbasetemp() / "export-trained"
+    if not (run / "checkpoints" / "best.ckpt").is_file():
+        vfa.train(tiny_cfg(tiny_phantom, epochs=3), run, force=True)
+    samples = load_samples(tiny_phantom / "test")
+    y = np.asarray(samples.labels)
+
+    def probs(name):
+        model = load_model(run / "checkpoints" / "best.ckpt")
+        loader = torch.utils.data.DataLoader(eval_dataset(model, samples.paths), batch_size=4)
+        return predict_loader(with_backend(model, name), loader)
+
+    ref, got = probs("torch"), probs(backend)
+    assert np.abs(got - ref).max() <= 0.02
+    assert abs(roc_auc_score(y, got) - roc_auc_score(y, ref)) <= 0.002

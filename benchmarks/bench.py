@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
     return first, (time.perf_counter() - t0) / repeats
 
 
-def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None) -> None:
+def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: str = "") -> None:
     import numpy as np
     import torch
 
@@ -79,7 +80,7 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None) -> No
     if backend == "torch":
         np.save(ref_file, p)
     dp = float(np.abs(p - np.load(ref_file)).max()) if ref_file.is_file() else None
-    row = dict(name=f"vfa_{backend}_infer", img_per_s=round(BATCH / sec, 3), first_call_s=round(first, 1),
+    row = dict(name=f"vfa_{backend}_infer{tag}", img_per_s=round(BATCH / sec, 3), first_call_s=round(first, 1),
                setup_s=round(setup, 1), max_abs_dp_vs_fp32=dp, p_range=[float(p.min()), float(p.max())])
     if data is not None:  # streaming over real images: resident memory after each batch
         from torch.utils.data import DataLoader
@@ -214,7 +215,9 @@ def main() -> int:
     if args.worker:
         kind, *rest = args.worker
         if kind == "infer":
-            worker_infer(rest[0], args.repeats, tmp, Path(args.data) if len(rest) > 1 else None)
+            extra = rest[1] if len(rest) > 1 else ""
+            worker_infer(rest[0], args.repeats, tmp, Path(args.data) if extra == "stream" else None,
+                         "_warm" if extra == "warm" else "")
         elif kind == "train":
             worker_train(rest[0], max(1, args.repeats - 1), profile=len(rest) > 1)
         else:
@@ -225,7 +228,10 @@ def main() -> int:
     (tmp / "ref_probs.npy").unlink(missing_ok=True)
     data = ensure_phantom(Path(args.data))
     me = [sys.executable, __file__, "--data", str(data), "--tmp", str(tmp), "--repeats", str(args.repeats)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # a private, emptied cache: the first compile row is cold, the "warm" rerun shows what the cache saves
+    cache = tmp / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "VFA_CACHE": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
     rows, errors = {}, {}
 
     def collect(name, cmd, **kw):
@@ -237,6 +243,8 @@ def main() -> int:
     print("vfa:", flush=True)
     for b in args.backends.split(","):
         collect(f"vfa_{b}_infer", me + ["--worker", "infer", b] + (["stream"] if b == "compile" else []))
+        if b == "compile":
+            collect("vfa_compile_infer_warm", me + ["--worker", "infer", b, "warm"])
     collect("vfa_fp32_train", me + ["--worker", "train", "fp32"])
     collect("vfa_bf16_train", me + ["--worker", "train", "bf16", "profile"])
     collect("vfa_data_augment_1proc", me + ["--worker", "data"])

@@ -17,7 +17,8 @@ from vfa.cli import main as cli_main
 from vfa.train import HISTORY_KEYS
 
 TINY = ["data.size=[96,56]", "model.backbone=resnet18", "model.head=[16]", "data.batch_size=8",
-        "data.num_workers=0", "trainer.progress=false", "optim.lr=1e-3"]
+        "data.num_workers=0", "trainer.progress=false", "optim.lr=1e-3",
+        "trainer.precision=32-true"]  # fp32 so that a single-process evaluate reproduces training-time metrics
 
 
 def tiny_cfg(phantom, epochs=1):

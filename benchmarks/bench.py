@@ -261,7 +261,8 @@ def main() -> int:
 
     text, table = render(rows, errors, machine(), versions(args.keras_python if keras else None), args.repeats)
     print("\n" + table)
-    Path(args.out).write_text(text)
+    notes = Path(__file__).with_name("NOTES.md")  # hand-written analysis of the last reviewed run
+    Path(args.out).write_text(text + ("\n" + notes.read_text() if notes.is_file() else ""))
     print(f"\nwrote {args.out}")
     return 0
 

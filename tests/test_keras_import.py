@@ -60,24 +60,17 @@ def irv2_keras_names(first=1):
         n = next(conv)
         out.extend([(f"conv2d_{n}", "conv"), (f"batch_normalization_{n}", "bn")])
 
-    for _ in range(5 + 7):  # stem, mixed_5b
-        cbn()
-    for k in range(1, 11):
-        for _ in range(6):
+    # (conv-BN pairs before the stage, block name, blocks, conv-BN pairs per block)
+    stages = [(5 + 7, "block35", 10, 6),  # stem + mixed_5b
+              (4, "block17", 20, 4),      # mixed_6a
+              (7, "block8", 10, 4)]       # mixed_7a
+    for before, name, blocks, per_block in stages:
+        for _ in range(before):
             cbn()
-        out.append((f"block35_{k}_conv", "block"))
-    for _ in range(4):  # mixed_6a
-        cbn()
-    for k in range(1, 21):
-        for _ in range(4):
-            cbn()
-        out.append((f"block17_{k}_conv", "block"))
-    for _ in range(7):  # mixed_7a
-        cbn()
-    for k in range(1, 11):
-        for _ in range(4):
-            cbn()
-        out.append((f"block8_{k}_conv", "block"))
+        for k in range(1, blocks + 1):
+            for _ in range(per_block):
+                cbn()
+            out.append((f"{name}_{k}_conv", "block"))
     out += [("conv_7b", "conv"), ("conv_7b_bn", "bn")]
     return out
 

@@ -1,0 +1,69 @@
+"""`vfa <command>`: a thin layer over the library API (vfa.synth, vfa.train, vfa.evaluate, ...).
+
+The commands live in modules by theme (data_cmds, model_cmds, eval_cmds), each parser beside the
+function it calls; this module wires them into one parser and maps user errors to exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vfa import config as config_mod
+from vfa.cli import data_cmds, eval_cmds, model_cmds
+
+DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images with CNNs.
+
+  vfa synth --out DATA --preset cpu-demo          synthetic VFA phantom (train/val/test, norm/frac)
+  vfa train --train DATA/train --val DATA/val --out RUN [--preset NAME] [--set key=value ...]
+  vfa train --resume RUN                          continue an interrupted run
+  vfa import-keras MODEL.h5 --out MODEL.ckpt      the notebook's Keras .h5 -> a vfa checkpoint (no TensorFlow)
+  vfa train --init MODEL.ckpt --train ... --out RUN   fine-tune from a checkpoint's weights
+  vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
+  vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
+  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend auto|torch|torch-bf16|compile|onnxruntime]
+  vfa export --model CKPT --format onnx --out model.onnx     ONNX, verified against torch
+  vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
+  vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)
+  vfa summary --preset seed2019                   layer table, parameters, FLOPs
+  vfa check-data DATA|MANIFEST.csv [--json]       counts, sizes, DICOM syntaxes, duplicates, bad files, verdict
+  vfa split MANIFEST.csv --by patient_id --stratify label --ratios 0.7,0.15,0.15 [--folds K]
+  vfa heatmap --model CKPT --data DIR --out DIR [--manifest CSV]   Grad-CAM overlays, pointing game
+  vfa lr-find --train DIR [--preset NAME] --out DIR                LR range test, suggested rate
+  vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
+"""
+
+
+# in the order `vfa --help` lists them
+_COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_keras, eval_cmds.add_evaluate,
+             eval_cmds.add_calibrate, eval_cmds.add_compare, eval_cmds.add_predict, model_cmds.add_export,
+             data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
+             model_cmds.add_lr_find, data_cmds.add_augment_preview)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfa", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vfa.io import BadImageError
+    from vfa.samples import DataError  # == vfa.data.DataError, without importing torch
+
+    user_errors = (config_mod.ConfigError, DataError, BadImageError, FileExistsError, FileNotFoundError,
+                   NotADirectoryError)
+    try:
+        rc = args.func(args)
+    except user_errors as exc:
+        if args.debug:
+            raise
+        print(f"vfa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vfa {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

@@ -1,0 +1,106 @@
+"""Dataset commands: synth, check-data, split, augment-preview (each parser beside its command)."""
+from __future__ import annotations
+
+from vfa import config as config_mod
+from vfa.cli.options import _floats, _size
+
+
+def cmd_synth(args) -> None:
+    from vfa.synth import PhantomConfig, synthesize
+
+    defaults = dict(config_mod.resolve(args.preset or "seed").synth)
+    given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
+             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format}
+    defaults.update({k: v for k, v in given.items() if v is not None})
+    if "size" in defaults:
+        defaults["size"] = tuple(defaults["size"])
+    frame = synthesize(args.out, PhantomConfig(**defaults), force=args.force)
+    counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+    print(f"wrote {len(frame)} phantom images to {args.out} (manifest.csv)\n{counts.to_string()}")
+
+
+def add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a synthetic VFA phantom dataset")
+    p.add_argument("--out", required=True, help="output folder (OUT/{train,val,test}/{norm,frac}, manifest.csv)")
+    p.add_argument("--preset", help="take phantom defaults from a training preset (e.g. cpu-demo)")
+    p.add_argument("--n", type=int, help="number of images (default 1000)")
+    p.add_argument("--prevalence", type=float, help="share of fractured images (default 0.25)")
+    p.add_argument("--size", type=_size, help="HxW (default 1024x614)")
+    p.add_argument("--splits", type=_floats, help="train,val,test shares (default 0.7,0.15,0.15)")
+    p.add_argument("--grades", type=_floats, help="shares of Genant grade 1,2,3 among positives (default 0.4,0.4,0.2)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), help="PNG bit depth (default 8)")
+    p.add_argument("--format", choices=("png", "dicom", "dicom-mono1"),
+                   help="png (default); dicom: MONOCHROME2 .dcm files with fake identifiers; dicom-mono1: MONOCHROME1")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing phantom in OUT")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_check_data(args) -> int:
+    import json
+
+    from vfa.check import check_data, format_report
+
+    rep = check_data(args.data, tuple(args.classes.split(",")), frame=args.frame, workers=args.workers,
+                     keep_identifiers=args.keep_identifiers)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0 if rep["ready"] else 1
+
+
+def add_check_data(sub) -> None:
+    p = sub.add_parser("check-data", help="one pass over a dataset: counts, sizes, formats, duplicates, bad files, verdict")
+    p.add_argument("data", help="class folder, folder of split folders (train/val/test), or manifest CSV[:SPLIT]")
+    p.add_argument("--classes", default="norm,frac", help="class names, label 0 first (default norm,frac)")
+    p.add_argument("--frame", type=int, metavar="K", help="read frame K of multi-frame files (default: refuse them)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="include DICOM PatientID, PatientName, dates and UIDs in the JSON (default: never)")
+    p.set_defaults(func=cmd_check_data)
+
+
+def cmd_split(args) -> None:
+    from vfa.split import format_summary, run_split, summary
+
+    by = args.by
+    strat = None if args.stratify in ("", "none") else args.stratify
+    out, frame = run_split(args.manifest, args.out, by, strat, args.ratios, args.folds, args.seed, args.force)
+    print(format_summary(summary(frame, by, strat)))
+    if args.folds:
+        print(format_summary(summary(frame[frame["split"] != "test"], by, strat, "fold")))
+    print(f"wrote {out} ({len(frame)} rows; no {by} in two splits)")
+
+
+def add_split(sub) -> None:
+    p = sub.add_parser("split", help="patient-level stratified train/val/test split (or folds) of a manifest")
+    p.add_argument("manifest", help="CSV with path,label,patient_id,...")
+    p.add_argument("--by", default="patient_id", help="group column: no value is in two splits (default patient_id)")
+    p.add_argument("--stratify", default="label", help="column to balance across splits, or none (default label)")
+    p.add_argument("--ratios", type=_floats, default=(0.7, 0.15, 0.15),
+                   help="train,val,test shares (default 0.7,0.15,0.15); with --folds the last is the test share")
+    p.add_argument("--folds", type=int, metavar="K", help="K cross-validation folds (a 'fold' column) over non-test rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="CSV to write (default MANIFEST_split.csv beside it; the input is never changed)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_split)
+
+
+def cmd_augment_preview(args) -> None:
+    from vfa.preview import augment_preview
+
+    drawn = augment_preview(args.data, args.out, args.preset, args.n, args.images, args.seed, args.size, args.force)
+    print(f"wrote {args.out}: {args.images} image(s) x {args.n} augmented versions ({len(drawn)} draws)")
+
+
+def add_augment_preview(sub) -> None:
+    p = sub.add_parser("augment-preview", help="grid of augmented versions of training images, labelled")
+    p.add_argument("--data", required=True, help="folder (its frac/ first), image file or glob")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--preset", default="seed",
+                   help="training preset (seed, keras215, cpu-demo, ...) or augmentation preset (tta, none, ...)")
+    p.add_argument("--n", type=int, default=8, help="augmented versions per image")
+    p.add_argument("--images", type=int, default=1, help="number of images (rows)")
+    p.add_argument("--size", type=_size, help="HxW (default: the preset's input size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_augment_preview)

@@ -1,0 +1,203 @@
+"""Commands that run a trained model: evaluate, calibrate, compare, predict, heatmap
+(each parser beside its command)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vfa import config as config_mod
+from vfa.cli.options import _predict_args, _threshold
+
+
+def cmd_evaluate(args) -> None:
+    from vfa.evaluate import evaluate
+
+    evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
+             threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
+             score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
+             force=args.force, manifest=args.manifest, gallery=args.gallery, id_column=args.id_column,
+             backend=args.backend)
+    print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=_threshold, default=None,
+                   help="0.5 (default, as the notebook), a number, youden, sensitivity=0.90, specificity=0.90, "
+                        "or model (the checkpoint's stored threshold)")
+    p.add_argument("--threshold-from", metavar="VAL_PREDICTIONS.csv",
+                   help="choose the threshold (default youden) on these validation predictions and apply it unchanged")
+    _predict_args(p)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
+    p.add_argument("--manifest", help="CSV with fractured_boxes (as vfa synth writes) for the Grad-CAM pointing "
+                                      "game; default: a phantom's manifest.csv in DATA or its parent")
+    p.add_argument("--gallery", type=int, default=4, metavar="K",
+                   help="Grad-CAM gallery in the report: up to K true positives, false positives, false negatives")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_calibrate(args) -> None:
+    from vfa.evaluate import calibrate
+
+    calibrate(args.model, args.data, args.out, threshold=args.threshold, temperature=not args.no_temperature,
+              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force)
+
+
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="labelled validation folder with norm/ and frac/")
+    p.add_argument("--out", required=True, help="checkpoint file to write (the input is never changed)")
+    p.add_argument("--threshold", type=_threshold, default="0.5",
+                   help="threshold to store: a number (default 0.5), youden, sensitivity=X, specificity=X, model")
+    p.add_argument("--no-temperature", action="store_true", help="store T = 1 (threshold only)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_compare(args) -> None:
+    import json
+
+    from vfa.evaluate import compare
+
+    res = compare(args.a, args.b, args.score, args.score_b)
+    d, f = res["delong"], lambda v: "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
+    ci = d["diff_ci"]
+    print(f"{res['n']} images matched by id (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})\n"
+          f"AUC A {f(d['auc_a'])}  B {f(d['auc_b'])}  difference {f(d['diff'])} (95% CI {f(ci[0])} to "
+          f"{f(ci[1])}), paired DeLong p = {f(d['p'])}")
+    for key, name in (("sn", "Sn"), ("sp", "Sp")):
+        mc = res[f"mcnemar_{key}"]
+        print(f"{name} A {f(res[key + '_a'])}  B {f(res[key + '_b'])}  McNemar p = {f(mc['p'])} "
+              f"({mc['method']}; discordant {mc['b']} / {mc['c']})")
+    for note in d["notes"]:
+        print(f"note: {note}")
+    if args.out:
+        from vfa.runs import atomic_write
+
+        atomic_write(Path(args.out), json.dumps(res, indent=2))
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="paired DeLong and McNemar tests of two models' predictions.csv")
+    p.add_argument("a", help="predictions.csv of model A (from vfa evaluate)")
+    p.add_argument("b", help="predictions.csv of model B, same images")
+    p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw")
+    p.add_argument("--score-b", choices=("raw", "tta_mean", "tta_max"), help="B's score if different")
+    p.add_argument("--out", help="also write the results as JSON")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_predict(args) -> None:
+    from vfa.predict import predict_files
+    from vfa.runs import atomic_write
+
+    if Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+    frame = predict_files(args.model, args.inputs, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
+                          id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
+                          on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
+                          id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend)
+    atomic_write(Path(args.out), frame.to_csv(index=False))
+    skipped = frame.attrs["skipped"]
+    if skipped:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("file", "reason"), *skipped])
+        skipped_csv = Path(args.out).with_name(Path(args.out).stem + "_skipped.csv")
+        atomic_write(skipped_csv, buf.getvalue())
+    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)} (listed in "
+                                                             f"{skipped_csv})" if skipped else ""))
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="P(fracture) for unlabeled images")
+    p.add_argument("--model", required=True)
+    p.add_argument("inputs", nargs="+", help="image or DICOM files, folders, globs or manifest CSVs")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="add DICOM PatientID, StudyDate, ... columns (default: none in any output)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    _predict_args(p)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_heatmap(args) -> None:
+    import numpy as np
+
+    from vfa.cam import write_heatmaps
+    from vfa.data import Samples, validate
+    from vfa.predict import expand_inputs, load_model
+
+    model = load_model(args.model)
+    data = Path(args.data)
+    if args.predictions:
+        from vfa.evaluate import read_predictions
+
+        frame = read_predictions(args.predictions, need_label=args.select != "all")
+        if args.select != "all":
+            y, pred = frame["label"], frame["predicted"]
+            keep = {"tp": (y == 1) & (pred == 1), "fp": (y == 0) & (pred == 1), "fn": (y == 1) & (pred == 0),
+                    "tn": (y == 0) & (pred == 0), "errors": y != pred}[args.select]
+            frame = frame[keep]
+        # evaluate's `file` is relative to its data folder; predict's is the path it was given
+        paths = [str(data / f) if (data / f).exists() else str(f) for f in frame["file"]]
+    else:
+        if args.select != "all":
+            raise config_mod.ConfigError("--select needs --predictions CSV (with label and predicted columns)")
+        paths = expand_inputs(data)
+    samples = validate(Samples(paths, [0] * len(paths), str(data)), args.on_bad_file, frame=model.config.data.frame)
+    for path, reason in samples.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    paths = samples.paths
+    if args.sample and args.sample < len(paths):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
+        paths = [paths[i] for i in keep]
+    res = write_heatmaps(model, paths, args.out, root=data if data.is_dir() else None, method=args.method,
+                         layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
+                         start_index=args.start_index, manifest=args.manifest, batch_size=args.batch_size,
+                         log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
+    loc = res.get("localization")
+    if loc:
+        lo, hi = loc["pointing_game_ci"]
+        tol = loc["pointing_game_tol15px"]
+        print(f"pointing game {loc['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f}; {loc['pointing_hits']} of "
+              f"{loc['n_fractured']} fractured images; within 15 px: {tol:.3f}), heatmap mass in boxes "
+              f"{loc['mass_in_boxes']:.3f} (localization.json)")
+
+
+
+def add_heatmap(sub) -> None:
+    p = sub.add_parser("heatmap", help="Grad-CAM overlays for a folder or a predictions CSV (resumable)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="image folder (searched recursively), file or glob; with "
+                                                  "--predictions, the folder its relative `file` paths are under")
+    p.add_argument("--out", required=True, help="output folder (mirrors DATA's sub-folders); existing heatmaps "
+                                                "are kept and skipped, so an interrupted run resumes")
+    p.add_argument("--predictions", metavar="CSV", help="only the images of this predictions.csv (vfa evaluate/predict)")
+    p.add_argument("--select", choices=("all", "tp", "fp", "fn", "tn", "errors"), default="all",
+                   help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
+    p.add_argument("--manifest", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing game and "
+                                      "heatmap mass inside the boxes -> localization.json")
+    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--target-layer", default="auto", metavar="NAME",
+                   help="module name, e.g. backbone.layer3 (default auto: the backbone's last feature map, "
+                        "for Inception-ResNet-v2 its 1536-channel output, as the notebook)")
+    p.add_argument("--alpha", type=float, default=0.3, help="heatmap weight in the blend (notebook: 0.3)")
+    p.add_argument("--panel", action="store_true", help="also write panel_NNN_NAME.png: image | overlay, P printed")
+    p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")
+    p.add_argument("--sample", type=int, metavar="N", help="a random sample of N images (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
+    p.set_defaults(func=cmd_heatmap)

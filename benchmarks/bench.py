@@ -101,11 +101,45 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
     _emit(**row)
 
 
-def worker_train(precision: str, repeats: int, profile: bool) -> None:
+def worker_peak(repeats: int) -> None:
+    """The ceiling: dense GEMM GFLOP/s on all threads (bf16, fp32), and the model's forward FLOPs per
+    image. Convolutions run as GEMM-like oneDNN kernels in both frameworks, so no pipeline can beat
+    (model FLOPs x img/s) = GEMM peak for long."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, peaks = 2048, {}
+    for tag, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        _, sec = _timed(lambda: torch.mm(a, b), 5 * repeats)
+        peaks[f"gemm_{tag}_gflops"] = round(2 * n ** 3 / sec / 1e9, 1)
+    model, x = _model()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    _emit(name="peak", img_per_s=None, model_gflops=round(counter.get_total_flops() / 1e9, 2), **peaks)
+
+
+def worker_batch_augment(repeats: int) -> None:
+    """data.augment_on=device: the seed preset on whole gray batches (here on the CPU's threads)."""
+    import torch
+
+    from vfa.augment import Augment
+
+    augment, gen = Augment("seed"), torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, 1, *SIZE)
+    _, sec = _timed(lambda: augment(x, gen, channels=3), repeats)
+    _emit(name="vfa_data_augment_batch", img_per_s=round(BATCH / sec, 3), threads=torch.get_num_threads())
+
+
+def worker_train(precision: str, repeats: int, profile: bool, compile: bool = False) -> None:
     import torch
     import torch.nn.functional as F
 
     model, x = _model(train=True)
+    if compile:  # what model.compile=true runs (vfa.train): the whole step's graph, forward + backward
+        from vfa.export import enable_compile_cache
+        enable_compile_cache()
+        model.compile()
     y = torch.tensor([0.0, 1.0] * (BATCH // 2))
     bf16 = precision == "bf16"
     if bf16:  # what trainer.precision=bf16-mixed + model.channels_last run (vfa.train)
@@ -122,8 +156,9 @@ def worker_train(precision: str, repeats: int, profile: bool) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    _, sec = _timed(step, repeats)
-    row = dict(name=f"vfa_{precision}_train", img_per_s=round(BATCH / sec, 3))
+    first, sec = _timed(step, repeats)
+    row = dict(name=f"vfa_{precision}{'_compile' if compile else ''}_train", img_per_s=round(BATCH / sec, 3),
+               first_call_s=round(first, 1))
     if profile:  # where a bf16 training step spends its time: the evidence for what limits it
         from torch.profiler import ProfilerActivity, profile as prof
 
@@ -219,7 +254,11 @@ def main() -> int:
             worker_infer(rest[0], args.repeats, tmp, Path(args.data) if extra == "stream" else None,
                          "_warm" if extra == "warm" else "")
         elif kind == "train":
-            worker_train(rest[0], max(1, args.repeats - 1), profile=len(rest) > 1)
+            worker_train(rest[0], max(1, args.repeats - 1), profile="profile" in rest, compile="compile" in rest)
+        elif kind == "peak":
+            worker_peak(args.repeats)
+        elif kind == "batch-augment":
+            worker_batch_augment(args.repeats)
         else:
             worker_data(Path(args.data) / "train", 60)
         return 0
@@ -241,13 +280,16 @@ def main() -> int:
             errors[name] = err
 
     print("vfa:", flush=True)
+    collect("peak", me + ["--worker", "peak"])
     for b in args.backends.split(","):
         collect(f"vfa_{b}_infer", me + ["--worker", "infer", b] + (["stream"] if b == "compile" else []))
         if b == "compile":
             collect("vfa_compile_infer_warm", me + ["--worker", "infer", b, "warm"])
     collect("vfa_fp32_train", me + ["--worker", "train", "fp32"])
     collect("vfa_bf16_train", me + ["--worker", "train", "bf16", "profile"])
+    collect("vfa_bf16_compile_train", me + ["--worker", "train", "bf16", "compile"], timeout=1800)
     collect("vfa_data_augment_1proc", me + ["--worker", "data"])
+    collect("vfa_data_augment_batch", me + ["--worker", "batch-augment"])
     keras = not args.no_keras and Path(args.keras_python).exists() and Path(args.keras_script).exists()
     if keras:
         print("Keras baseline:", flush=True)

@@ -12,10 +12,12 @@ LABELS = {
     "keras_bf16_infer": "Keras inference, mixed_bfloat16",
     "vfa_fp32_train": "vfa training step, fp32",
     "vfa_bf16_train": "vfa training step, bf16-mixed + channels_last",
+    "vfa_bf16_compile_train": "vfa training step, bf16-mixed + channels_last + torch.compile",
     "keras_fp32_train": "Keras training step, fp32",
     "keras_bf16_train": "Keras training step, mixed_bfloat16",
     "vfa_data_augment_1proc": "vfa input pipeline (decode+resize+seed augment), 1 core",
     "keras_data_augment_1proc": "Keras ImageDataGenerator (notebook augment), 1 process",
+    "vfa_data_augment_batch": "vfa batch augmentation (augment_on=device; here CPU threads), seed preset",
 }
 
 
@@ -35,7 +37,8 @@ def _best(rows, names):
 
 def _note(row) -> str:
     bits = []
-    if row.get("first_call_s") is not None and row["name"].endswith("_infer") and row["name"].startswith("vfa"):
+    if row.get("first_call_s") is not None and row["name"].startswith("vfa") and (
+            row["name"].endswith("_infer") or "compile" in row["name"]):
         bits.append(f"first call {row['first_call_s']} s")
     if row.get("setup_s"):
         bits.append(f"setup {row['setup_s']} s")
@@ -71,7 +74,7 @@ def render(rows: dict, errors: dict, machine: str, versions: dict, repeats: int)
     table = "\n".join(lines)
 
     best_i, best_i_name = _best(rows, [n for n in LABELS if n.startswith("vfa") and n.endswith("_infer")])
-    best_t, best_t_name = _best(rows, ["vfa_fp32_train", "vfa_bf16_train"])
+    best_t, best_t_name = _best(rows, ["vfa_fp32_train", "vfa_bf16_train", "vfa_bf16_compile_train"])
     data = _rate(rows, "vfa_data_augment_1proc")
 
     def verdict(value, target):
@@ -132,6 +135,10 @@ the one-off export + verification (cached under ~/.cache/vfa/onnx afterwards).
 |---|---|---|
 {chr(10).join(targets)}
 
+## Roofline: what share of this CPU's dense-GEMM peak each pipeline reaches
+
+{roofline(rows)}
+
 ## Where a bf16 training step spends its CPU time (torch.profiler, self time)
 
 | op | share |
@@ -141,6 +148,29 @@ the one-off export + verification (cached under ~/.cache/vfa/onnx afterwards).
     if errors:
         text += "\n## Not measured\n\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"
     return text, table
+
+
+def roofline(rows) -> str:
+    """Achieved GFLOP/s (img/s x forward GFLOP per image, x3 for a training step: forward, input and
+    weight gradients) against torch.mm's bf16 and fp32 GFLOP/s on the same threads."""
+    peak = rows.get("peak")
+    if not peak:
+        return "(not measured)"
+    gf, bf, fp = peak["model_gflops"], peak["gemm_bf16_gflops"], peak["gemm_fp32_gflops"]
+    lines = [f"Model: {gf} GFLOP per image forward (torch.utils.flop_counter; multiply-add = 2). Dense GEMM "
+             f"(2048^3, torch.mm, all threads): bf16 {bf} GFLOP/s, fp32 {fp} GFLOP/s.", "",
+             "| pipeline | img/s | achieved GFLOP/s | % of bf16 GEMM peak | % of fp32 GEMM peak |",
+             "|---|---:|---:|---:|---:|"]
+    for name, label in LABELS.items():
+        if name not in rows or not (name.endswith("_infer") or name.endswith("_train")):
+            continue
+        v = rows[name]["img_per_s"]
+        achieved = v * gf * (3 if name.endswith("_train") else 1)
+        lines.append(f"| {label} | {v:.2f} | {achieved:.0f} | {100 * achieved / bf:.0f} % | {100 * achieved / fp:.0f} % |")
+    need = 3 * (rows.get("keras_bf16_infer") or {}).get("img_per_s", float("nan")) * gf
+    lines += ["", f"3x Keras mixed-bf16 inference would need {need:.0f} GFLOP/s = {100 * need / bf:.0f} % of "
+              "the bf16 GEMM peak." if need == need else ""]
+    return "\n".join(lines)
 
 
 def _fmt(v):

@@ -110,3 +110,64 @@ def test_ddp_two_processes_metrics_match_single_process(tiny_phantom, tmp_path):
     for key in ("tn", "fp", "fn", "tp", "n"):
         assert single[key] == row[key], key
     assert single["auc"] == pytest.approx(row["auc"], abs=1e-6)
+
+
+def test_augment_on_auto_resolves_by_accelerator():
+    from vfa.train import resolve_augment_on
+
+    cfg = config_mod.resolve("cpu-demo", overrides={"trainer": {"accelerator": "cpu"}})
+    assert cfg.data.augment_on == "auto" and resolve_augment_on(cfg) == "workers"
+    cfg.trainer.accelerator = "gpu"
+    assert resolve_augment_on(cfg) == "device"
+    cfg.data.augment_on = "workers"
+    assert resolve_augment_on(cfg) == "workers"
+    with pytest.raises(config_mod.ConfigError, match="augment_on"):
+        config_mod.resolve("seed", overrides={"data": {"augment_on": "gpu"}})
+
+
+def test_device_augmentation_draws_the_preset_per_sample():
+    """The batch path applies the same preset as the workers path, with its own seeded stream."""
+    from types import SimpleNamespace
+
+    from vfa.augment import Augment, get_augment_config
+    from vfa.train import VFAModule
+
+    cfg = config_mod.resolve("cpu-demo", overrides=config_mod.parse_set(TINY + ["data.augment_on=device"]))
+    module = VFAModule(config_mod.to_dict(cfg))
+    module._trainer = SimpleNamespace(training=True)
+    gray = torch.rand(4, 1, 96, 56, generator=torch.Generator().manual_seed(0))
+    batch = (gray, torch.zeros(4), torch.arange(4))
+    module._aug_rng.manual_seed(7)
+    x, y, idx = module.on_after_batch_transfer(batch, 0)
+    assert x.shape == (4, 3, 96, 56)
+    augment = Augment(get_augment_config("seed", **cfg.augment_overrides))
+    expected = augment(gray, torch.Generator().manual_seed(7), channels=3)
+    torch.testing.assert_close(x, expected)
+    assert not torch.equal(x[0, 0], x[1, 0])  # per-sample parameters, not one draw for the batch
+    # the stream moves on between batches and is saved in checkpoints
+    again, _, _ = module.on_after_batch_transfer(batch, 0)
+    assert not torch.equal(again, x)
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    assert isinstance(ckpt["augment_rng"], torch.Tensor)
+    module._trainer = SimpleNamespace(training=False)  # validation batches are only expanded to 3 channels
+    plain, _, _ = module.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(plain, gray.expand(-1, 3, -1, -1))
+
+
+@pytest.mark.slow
+def test_train_with_device_augmentation_and_compile(tiny_phantom, tmp_path):
+    """data.augment_on=device and model.compile=true train end to end; checkpoints load uncompiled."""
+    cfg = tiny_cfg(tiny_phantom)
+    config_mod._merge(cfg, {"data": {"augment_on": "device"},
+                            "model": {"compile": True, "backbone": "vfa_cnn_small", "head": []}})
+    run = vfa.train(cfg, tmp_path / "run")
+    saved = config_mod.resolve("seed", run / "config.yaml")
+    assert saved.data.augment_on == "device" and saved.model.compile is True
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"]) and "augment_rng" in ckpt
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 1 and math.isfinite(history["train_loss"][0])
+    model = vfa.load_model(run / "checkpoints" / "last.ckpt")
+    paths = sorted(str(p) for p in (tiny_phantom / "val").rglob("*.png"))
+    assert vfa.predict(model, paths).shape == (len(paths),)

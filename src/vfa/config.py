@@ -30,6 +30,10 @@ class DataConfig:
     on_bad_file: str = "error"  # error | skip
     normalize: str = "seed"     # seed | minmax | percentile[:LO,HI] | equalize[:BINS] (vfa.io.normalize)
     frame: int | None = None    # frame of multi-frame DICOM/TIFF files to read (None: refuse them)
+    # where training augmentation runs: "workers" (per image, in DataLoader workers), "device"
+    # (whole batches on the training device, same preset and parameters: one worker then feeds a
+    # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)
+    augment_on: str = "auto"
 
 
 @dataclass
@@ -44,6 +48,9 @@ class ModelConfig:
     init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)
     channels_last: bool = False
     init_from: str | None = None  # a vfa checkpoint (e.g. from `vfa import-keras`) whose weights start training
+    # torch.compile the network for training (inductor; kernels cached under ~/.cache/vfa/inductor).
+    # Off by default: on CPU it saves only the elementwise share of a step (BENCHMARKS.md).
+    compile: bool = False
 
 
 @dataclass
@@ -175,6 +182,9 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
     return cfg
 
 
+AUGMENT_ON = ("auto", "workers", "device")
+
+
 def check(cfg: Config) -> None:
     """Catch bad values now, not inside a DataLoader worker minutes into a run."""
     from vfa.augment import get_augment_config  # torch import: only when a config is resolved
@@ -191,6 +201,8 @@ def check(cfg: Config) -> None:
     for name in ("batch_size", "num_workers"):
         if not isinstance(getattr(cfg.data, name), int) or getattr(cfg.data, name) < (name == "batch_size"):
             raise ConfigError(f"data.{name} must be a non-negative integer, got {getattr(cfg.data, name)!r}")
+    if cfg.data.augment_on not in AUGMENT_ON:
+        raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got {cfg.data.augment_on!r}")
     if cfg.optim.epochs < 1 or cfg.optim.lr <= 0:
         raise ConfigError("optim.epochs must be >= 1 and optim.lr > 0")
 

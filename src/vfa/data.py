@@ -30,13 +30,13 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: Samples, size: tuple[int, int], augment: str | None = None,
                  resize_mode: str | None = None, augment_overrides: dict | None = None,
-                 normalize: str | None = None, frame: int | None = None):
+                 normalize: str | None = None, frame: int | None = None, channels: int = 3):
         from vfa.io.normalize import parse
 
         parse(normalize)  # a bad value fails here, not in a worker mid-epoch
         self.samples = samples
         self.size = tuple(size)
-        self.normalize, self.frame = normalize, frame
+        self.normalize, self.frame, self.channels = normalize, frame, channels
         cfg = get_augment_config(augment or "none", **(augment_overrides or {}))
         self.resize_mode = resize_mode or cfg.resize
         self.augment = Augment(cfg) if augment and augment != "none" else None
@@ -52,9 +52,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = self.load(i)
         if self.augment is not None:
-            img = self.augment(img, channels=3)  # warps the gray channel once, shifts 3 channels
+            img = self.augment(img, channels=self.channels)  # warps the gray channel once, shifts each
         else:
-            img = img.expand(3, -1, -1)
+            img = img.expand(self.channels, -1, -1)
         return img.contiguous(), torch.tensor(float(self.samples.labels[i])), i
 
 
@@ -80,6 +80,8 @@ class VFADataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
+        if d.augment_on == "device":  # gray, un-augmented: 3x less to copy; VFAModule augments the batch
+            return self._loader(self.eval_dataset(self.train_samples, channels=1), shuffle=True)
         return self._loader(ImageDataset(self.train_samples, d.size, self.cfg.augment,
                                          augment_overrides=self.cfg.augment_overrides, normalize=d.normalize,
                                          frame=d.frame), shuffle=True)
@@ -87,8 +89,9 @@ class VFADataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(self.val_samples), shuffle=False)
 
-    def eval_dataset(self, samples: Samples) -> ImageDataset:
+    def eval_dataset(self, samples: Samples, channels: int = 3) -> ImageDataset:
         # Evaluation resizes as training did (nearest for keras215) but never augments.
         resize_mode = get_augment_config(self.cfg.augment, **self.cfg.augment_overrides).resize
         d = self.cfg.data
-        return ImageDataset(samples, d.size, None, resize_mode=resize_mode, normalize=d.normalize, frame=d.frame)
+        return ImageDataset(samples, d.size, None, resize_mode=resize_mode, normalize=d.normalize, frame=d.frame,
+                            channels=channels)

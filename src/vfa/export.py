@@ -26,6 +26,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VFA_CACHE") or Path.home() / ".cache" / "vfa")
 
 
+def enable_compile_cache() -> None:
+    """Keep inductor's FX-graph and kernel caches in cache_dir(), so they survive reboots and /tmp
+    cleaning and a second run skips most of torch.compile's work."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+
+
 def _session(path: str | Path, threads: int | None = None):
     try:
         import onnxruntime as ort

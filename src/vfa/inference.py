@@ -17,7 +17,6 @@ Grad-CAM always runs on the eager fp32 model (it needs gradients).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import nn
@@ -89,10 +88,9 @@ def with_backend(model: nn.Module, name: str = "torch", n_images: int | None = N
 
 
 def _compiled_fn(model: nn.Module, device: torch.device):
-    from vfa.export import cache_dir
+    from vfa.export import enable_compile_cache
 
-    # inductor's FX-graph and autotune caches live here, so they survive reboots and /tmp cleaning
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    enable_compile_cache()
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # weights become constants: conv+BN folding, prepacked bf16 kernels

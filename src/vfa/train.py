@@ -30,6 +30,7 @@ from vfa.schedule import build_scheduler
 # Lightning-internal deprecation noise that users cannot act on
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")  # ours, on purpose
 
 HISTORY_KEYS = ("epoch", "train_loss", "lr", *SCALAR_KEYS)
 
@@ -42,7 +43,17 @@ class VFAModule(L.LightningModule):
         self.model = build_from_config(self.cfg.model)
         if self.cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cfg.model.compile:
+            from vfa.export import enable_compile_cache
+            enable_compile_cache()
+            self.model.compile()  # in place: state_dict keys (and checkpoints) stay as without compile
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
+        # data.augment_on=device: the loader yields gray, un-augmented images; augment whole batches here
+        self.batch_augment = None
+        if self.cfg.data.augment_on == "device" and self.cfg.augment != "none":
+            from vfa.augment import Augment, get_augment_config
+            self.batch_augment = Augment(get_augment_config(self.cfg.augment, **self.cfg.augment_overrides))
+        self._aug_rng = torch.Generator()
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
 
@@ -50,6 +61,28 @@ class VFAModule(L.LightningModule):
         if self.cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def on_train_start(self):
+        if not getattr(self, "_aug_rng_restored", False):  # one stream per rank, reproducible
+            self._aug_rng.manual_seed(self.cfg.seed * 1000 + self.global_rank)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y, idx = batch
+        if x.shape[1] == 1:  # from the device-augmentation loader
+            if self.batch_augment is not None and self.trainer.training:
+                # parameters drawn on the CPU (float64, seeded), applied to the batch where it is
+                x = self.batch_augment(x, self._aug_rng, channels=3)
+            else:
+                x = x.expand(-1, 3, -1, -1)
+        return x, y, idx
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["augment_rng"] = self._aug_rng.get_state()  # a resume continues the same stream
+
+    def on_load_checkpoint(self, checkpoint):
+        if "augment_rng" in checkpoint:
+            self._aug_rng.set_state(checkpoint["augment_rng"])
+            self._aug_rng_restored = True
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
@@ -234,6 +267,16 @@ def load_init(cfg, log=print) -> dict:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+def resolve_augment_on(cfg) -> str:
+    """"auto" -> "device" when training runs on a GPU (workers would starve it), else "workers"."""
+    if cfg.data.augment_on != "auto":
+        return cfg.data.augment_on
+    acc = str(cfg.trainer.accelerator).lower()
+    gpu = acc in ("gpu", "cuda", "mps") or (acc == "auto" and (torch.cuda.is_available()
+                                                              or torch.backends.mps.is_available()))
+    return "device" if gpu else "workers"
+
+
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
     """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt;
     `cfg.model.init_from` (`vfa train --init CKPT`) starts from that checkpoint's weights."""
@@ -246,6 +289,7 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     else:
         runs.prepare_run_dir(run_dir, force)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg.data.augment_on = resolve_augment_on(cfg)
     tr, va = load_data(cfg, log=log)
     if not resume:
         runs.write_run_files(run_dir, cfg)

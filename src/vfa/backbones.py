@@ -14,20 +14,49 @@ from timm.models import register_model
 from torch import nn
 
 
-def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, dilation * (kernel // 2), dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DenseMaxPool(nn.Module):
+    """MaxPool2d(2) evaluated at every position of a map already `dilation` times denser than the
+    pooled network's: out[i] = max(x[i], x[i + dilation]) (per axis), -inf padded at the far edge.
+    With the following convolutions dilated to match, the network computes the stride-32 network's
+    outputs at stride 32 / 2^k (its [::2^k, ::2^k] samples are those outputs exactly) with the same
+    weights: shift-and-stitch / a trous (Long et al. 2015; Chen et al. 2015). Grad-CAM uses it for
+    finer maps of a network trained at full stride."""
+
+    def __init__(self, dilation: int):
+        super().__init__()
+        self.dilation = dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dilation
+        x = nn.functional.pad(x, (0, d, 0, d), value=float("-inf"))
+        return nn.functional.max_pool2d(x, 2, stride=1, dilation=d)
 
 
 class SmallCNN(nn.Module):
     """timm-style: `num_features`, `forward_features` (last feature map), `forward_head`, `reset_classifier`."""
 
     def __init__(self, widths=(16, 24, 32, 48, 64, 64), num_classes: int = 0, in_chans: int = 3,
-                 global_pool: str = "max", drop_rate: float = 0.0, **_):
+                 global_pool: str = "max", drop_rate: float = 0.0, output_stride: int = 32, **_):
         super().__init__()
+        stride = 2 ** (len(widths) - 1)
+        if output_stride not in [stride >> k for k in range(len(widths) - 2)]:
+            raise ValueError(f"vfa_cnn_small: output_stride must be one of "
+                             f"{[stride >> k for k in range(len(widths) - 2)]}, got {output_stride}")
         layers = [_conv(in_chans, widths[0], stride=2, kernel=5), _conv(widths[0], widths[1])]
+        reduction, dilation = 2, 1
         for cin, cout in zip(widths[1:-1], widths[2:]):
-            layers += [nn.MaxPool2d(2), _conv(cin, cout)]
+            if reduction < output_stride:
+                layers.append(nn.MaxPool2d(2))
+                reduction *= 2
+            else:  # past output_stride: the same pooling, evaluated at every position (a trous)
+                layers.append(DenseMaxPool(dilation))
+                dilation *= 2
+            layers.append(_conv(cin, cout, dilation=dilation))
         self.features = nn.Sequential(*layers)
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate

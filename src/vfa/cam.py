@@ -35,7 +35,7 @@ from vfa.config import ConfigError
 from vfa.io import read_image
 from vfa.runs import atomic_write
 
-METHODS = ("gradcam", "gradcam++")
+METHODS = ("gradcam", "gradcam++", "hirescam")
 _DONE = re.compile(r"^(heatmap|panel)_\d{3}_")
 CSV_FIELDS = ("file", "p_fracture", "heatmap", "label", "n_boxes", "pointing_hit", "pointing_hit_tol", "mass_in_boxes")
 
@@ -69,6 +69,79 @@ def _as_nchw(t: torch.Tensor, backbone) -> torch.Tensor:
     return t
 
 
+def _activations(model, x: torch.Tensor, target):
+    """(target layer's output, logits) with the graph kept; target None: forward_features' output."""
+    if target is None:
+        acts = model.backbone.forward_features(x)
+        return acts, model.head(model.backbone.forward_head(acts)).squeeze(-1)
+    store = {}
+
+    def hook(module, inputs, output):
+        store["a"] = output
+        return output.clone()  # later in-place ops (ReLU, +=) must not touch the stored map
+    handle = target.register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return store["a"], logits
+
+
+def _geometry_twin(model):
+    """A copy of `model` with every weight positive and uniform (1 / fan-in), biases zero and
+    normalisation layers the identity: every path from input to a cell then carries gradient, and
+    pooling on a random input has no preferred side, so |d cell / d input| is the receptive field's
+    own shape rather than what training made of it."""
+    import copy
+
+    twin = copy.deepcopy(model).float().eval()
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() > 1:
+                p.fill_(1.0 / p[0].numel())
+            else:
+                p.fill_(1.0)
+        for m in twin.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+    return twin
+
+
+def cell_centres(model, layer: str | None = None, n: int = 2, probes: int = 6) -> tuple[float, float, float, float]:
+    """(oy, sy, ox, sx): cell (i, j) of the CAM layer's map is centred on network-input pixel
+    (oy + sy*i, ox + sx*j). Measured for any backbone as the centroid of |d cell / d input| of the
+    `_geometry_twin` at up to `probes` interior cells, fitted by least squares: unpadded stems,
+    even-sized pooling and dilated maps put the centres off the half-cell grid a plain resize assumes
+    (for vfa_cnn_small by 15 px at output stride 8, enough to miss a vertebra)."""
+    twin = _geometry_twin(model)
+    # a canvas twice the input: cells in its middle have receptive fields the borders do not clip
+    # (a clipped one's centroid is pulled inwards); o + s*i holds at any input size for a CNN
+    h_in, w_in = (2 * v for v in model.config.data.size)
+    x = torch.rand(n, 3, h_in, w_in, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(twin.parameters()).device).requires_grad_(True)
+    with torch.enable_grad():
+        acts = _as_nchw(_activations(twin, x, resolve_layer(twin, layer))[0], twin.backbone)
+        h, w = acts.shape[-2:]
+        if min(h, w) < 8:  # too few interior cells to fit: the half-cell grid
+            return (h_in / h - 1) / 2, h_in / h, (w_in / w - 1) / 2, w_in / w
+        k = min(probes, h // 2, w // 2)  # the middle half of the map, on a diagonal
+        rows = np.linspace(h // 4, h - 1 - h // 4, k).round().astype(int)
+        cols = np.linspace(w // 4, w - 1 - w // 4, k).round().astype(int)
+        ys, xs = [], []
+        for t, (r, c) in enumerate(zip(rows, cols)):
+            g = torch.autograd.grad(acts[:, :, r, c].sum(), x, retain_graph=t + 1 < k)[0]
+            m = g.abs().sum(dim=(0, 1)).double().cpu()
+            m = m / m.sum()
+            ys.append(float((m.sum(1) * torch.arange(h_in)).sum()))
+            xs.append(float((m.sum(0) * torch.arange(w_in)).sum()))
+    sy, oy = np.polyfit(rows, ys, 1)
+    sx, ox = np.polyfit(cols, xs, 1)
+    return float(oy), float(sy), float(ox), float(sx)
+
+
 def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None = None):
     """(cams (B, h, w) float32 in [0, 1], logits (B,)) for images x (B, 3, H, W) preprocessed as for predict."""
     if method not in METHODS:
@@ -77,40 +150,78 @@ def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None 
     # the input requires grad so that the map does even in a backbone without parameters
     x = x.to(next(model.parameters()).device).detach().requires_grad_(True)
     with torch.enable_grad():
-        if target is None:
-            acts = model.backbone.forward_features(x)
-            logits = model.head(model.backbone.forward_head(acts)).squeeze(-1)
-        else:
-            store = {}
-
-            def hook(module, inputs, output):
-                store["a"] = output
-                return output.clone()  # later in-place ops (ReLU, +=) must not touch the stored map
-            handle = target.register_forward_hook(hook)
-            try:
-                logits = model(x)
-            finally:
-                handle.remove()
-            acts = store["a"]
+        acts, logits = _activations(model, x, target)
         grads = torch.autograd.grad(logits.float().sum(), acts)[0]  # images are independent (eval mode)
     a, g = (_as_nchw(t.detach().float(), model.backbone) for t in (acts, grads))
-    if method == "gradcam":
-        weights = g.mean(dim=(2, 3))
-    else:  # Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g))
-        g2, g3 = g.pow(2), g.pow(3)
-        alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3 + 1e-7)
-        weights = (torch.where(g != 0, alpha, 0) * g.clamp(min=0)).sum(dim=(2, 3))
-    cam = (weights[:, :, None, None] * a).sum(1).clamp(min=0)
+    if method == "hirescam":  # Draelos & Carin 2020: gradient x activation per cell, summed over channels
+        cam = (g * a).sum(1).clamp(min=0)
+    else:
+        if method == "gradcam":
+            weights = g.mean(dim=(2, 3))
+        else:  # Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g))
+            g2, g3 = g.pow(2), g.pow(3)
+            alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3 + 1e-7)
+            weights = (torch.where(g != 0, alpha, 0) * g.clamp(min=0)).sum(dim=(2, 3))
+        cam = (weights[:, :, None, None] * a).sum(1).clamp(min=0)
     peak = cam.amax(dim=(1, 2), keepdim=True)
     # an all-zero map stays zero (the notebook's division would have given NaN)
     cam = torch.where(peak > 0, cam / peak.clamp(min=1e-12), torch.zeros_like(cam))
     return cam.cpu().numpy().astype(np.float32), logits.detach().float().cpu().numpy()
 
 
-def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel centres, as cv2.resize) to size = (H, W) of the original image."""
-    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+def dense_model(model, output_stride: int | None):
+    """`model` with its backbone evaluated at `output_stride` (same weights, dilated instead of
+    strided: a trous / shift-and-stitch), whose last feature map is 2^k times finer; `model` itself
+    for None. A stride-32 map of a 384x224 input is 12x7 cells of ~55 px on a 640x384 scan, wider
+    than a vertebral body, and a Grad-CAM maximum can only sit at a cell centre."""
+    if not output_stride:
+        return model
+    import copy
+
+    from vfa.model import build_from_config
+
+    cfg = copy.deepcopy(model.config.model)
+    cfg.backbone_kwargs = {**cfg.backbone_kwargs, "output_stride": int(output_stride)}
+    device = next(model.parameters()).device
+    probe = torch.zeros(1, 3, *model.config.data.size, device=device)
+    try:
+        dense = build_from_config(cfg).to(device).eval()
+        dense.load_state_dict(model.state_dict())
+        dense.config = model.config
+        with torch.no_grad():
+            native, fine = (m.backbone.forward_features(probe).shape[-2:] for m in (model, dense))
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"--output-stride {output_stride}: {model.config.model.backbone} cannot run at it "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if fine == native and output_stride < model.config.data.size[0] / native[0] - 1:
+        raise ConfigError(f"--output-stride {output_stride}: {model.config.model.backbone} ignores timm's "
+                          f"output_stride (its map stays {native[0]}x{native[1]}); leave the option out")
+    return dense
+
+
+def upsample(cam: np.ndarray, size: tuple[int, int], centres=None, input_size=None) -> np.ndarray:
+    """Bilinear to size = (H, W) of the original image, constant beyond the outermost cells.
+
+    centres None: cells on the half-pixel grid (as cv2.resize). Otherwise (oy, sy, ox, sx) from
+    `cell_centres` in pixels of the network input of `input_size`, which was a resize of the original."""
+    h, w = cam.shape
+    H, W = size
+
+    def knots(n, out, o, s, n_in):  # cell centres in original pixels
+        if o is None:
+            return (np.arange(n) + 0.5) * out / n - 0.5
+        return (o + s * np.arange(n) + 0.5) * out / n_in - 0.5
+
+    def weights(n, out, o=None, s=None, n_in=None):  # (out, n) hat functions: linear between knots
+        k = knots(n, out, o, s, n_in)
+        return np.stack([np.interp(np.arange(out), k, np.eye(n)[c]) for c in range(n)], 1)
+
+    if centres is None:
+        wy, wx = weights(h, H), weights(w, W)
+    else:
+        oy, sy, ox, sx = centres
+        wy, wx = weights(h, H, oy, sy, input_size[0]), weights(w, W, ox, sx, input_size[1])
+    return np.clip(wy @ cam.astype(np.float64) @ wx.T, 0, 1).astype(np.float32)
 
 
 # --- pictures ----------------------------------------------------------------------------------
@@ -228,19 +339,26 @@ def find_manifest(data: str | Path) -> Path | None:
 
 # --- batch over a folder ----------------------------------------------------------------------
 
-def iter_cams(model, paths: list[str], method: str = "gradcam", layer: str | None = None, batch_size: int = 4):
-    """Stream (path, P(fracture), original gray image, heatmap at its resolution), O(batch) memory."""
+def iter_cams(model, paths: list[str], method: str = "gradcam", layer: str | None = None, batch_size: int = 4,
+              output_stride: int | None = None):
+    """Stream (path, P(fracture), original gray image, heatmap at its resolution), O(batch) memory.
+    With `output_stride`, maps come from `dense_model` and P(fracture) from the model as trained."""
     from torch.utils.data import DataLoader
 
     from vfa.predict import eval_dataset
 
     temperature = float(getattr(model, "temperature", 1.0))  # as vfa predict reports P(fracture)
     loader = DataLoader(eval_dataset(model, list(paths)), batch_size=batch_size, num_workers=0)
+    dense = dense_model(model, output_stride)
+    centres = cell_centres(dense, layer)
     for x, _, idx in loader:
-        cams, logits = grad_cam(model, x, method, layer)
+        cams, logits = grad_cam(dense, x, method, layer)
+        if dense is not model:  # the denser network's global max can differ: report the real model's p
+            with torch.no_grad():
+                logits = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
         for cam, z, i in zip(cams, logits, idx.tolist()):
             gray = read_image(paths[i])
-            yield paths[i], float(1 / (1 + math.exp(-float(z) / temperature))), gray, upsample(cam, gray.shape)
+            yield paths[i], float(1 / (1 + math.exp(-float(z) / temperature))), gray, upsample(cam, gray.shape, centres, model.config.data.size)
 
 
 def _label(path: str, classes) -> int | str:
@@ -251,7 +369,8 @@ def _label(path: str, classes) -> int | str:
 def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | None = None,
                    method: str = "gradcam", layer: str | None = None, alpha: float = 0.3,
                    with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
-                   batch_size: int = 4, progress: bool = True, log=print) -> dict:
+                   batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
+                   log=print) -> dict:
     """Overlay (and optionally panel) files for `paths` under `out`, mirroring their folders below `root`.
 
     Streaming and resumable: an image whose overlay already exists is skipped (and, with a
@@ -295,7 +414,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     log(f"heatmaps: {len(todo)} to write, {len(paths[start_index:]) - len(todo)} already there, "
         f"{min(start_index, len(paths))} before --start-index")
     classes = tuple(model.config.data.classes)
-    cams = iter_cams(model, todo, method, layer, batch_size)
+    cams = iter_cams(model, todo, method, layer, batch_size, output_stride)
     if progress:
         from tqdm import tqdm
         cams = tqdm(cams, total=len(todo), desc="heatmaps", unit="img")
@@ -333,11 +452,11 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
 # --- for vfa evaluate: localization over a labelled set and a TP / FP / FN gallery -------------
 
 def localization_rows(model, paths: list[str], boxes: dict[str, list], method: str = "gradcam",
-                      layer: str | None = None, batch_size: int = 4) -> list[dict]:
+                      layer: str | None = None, batch_size: int = 4, output_stride: int | None = None) -> list[dict]:
     """One row per image of `paths` that has fractured boxes (others are not scored)."""
     scored = [p for p in paths if boxes.get(os.path.realpath(p))]
     rows = []
-    for path, p, _, heat in iter_cams(model, scored, method, layer, batch_size):
+    for path, p, _, heat in iter_cams(model, scored, method, layer, batch_size, output_stride):
         fb = boxes[os.path.realpath(path)]
         rows.append({"file": path, "p_fracture": p, "n_boxes": len(fb), **localize(heat, fb)})
     return rows

@@ -189,3 +189,56 @@ def test_evaluate_reports_localization_and_gallery_when_boxes_exist(ckpt, tiny_p
     html = (tmp_path / "ev" / "report.html").read_text()
     assert "Localization (Grad-CAM)" in html and "fig-heatmap_gallery" in html
     assert (tmp_path / "ev" / "heatmap_gallery.png").is_file()
+
+
+def _small_cnn_model(stride=None, size=(128, 96)):
+    from vfa import config as config_mod
+    from vfa.model import build_from_config
+
+    cfg = config_mod.resolve("cpu-demo", overrides={"data": {"size": list(size)}})
+    cfg.model.cam_output_stride = stride
+    torch.manual_seed(0)
+    model = build_from_config(cfg.model).eval()
+    model.config = cfg
+    return model
+
+
+@pytest.mark.parametrize("stride", [None, 8])
+def test_cell_centres_match_the_network_geometry(stride):
+    """vfa_cnn_small: conv s2 (centre 2i), then max pools of 2 that each add half a window: cell i of
+    the stride-32 map is centred on input pixel 32 i + 15, and at output stride 8 on 8 i + 15."""
+    model = _small_cnn_model(size=(256, 192))  # the 159 px receptive field fits the probe canvas
+    net = cam.dense_model(model, stride)
+    oy, sy, ox, sx = cam.cell_centres(net)
+    s = stride or 32
+    assert sy == pytest.approx(s, abs=0.3) and sx == pytest.approx(s, abs=0.3)
+    assert oy == pytest.approx(15, abs=2.5) and ox == pytest.approx(15, abs=2.5)
+
+
+def test_upsample_puts_a_cell_where_its_centre_is():
+    heat = np.zeros((4, 3), np.float32)
+    heat[2, 1] = 1.0
+    plain = cam.upsample(heat, (80, 60))  # half-cell grid: cell (2, 1) centred on (50, 30) - 0.5
+    assert np.unravel_index(plain.argmax(), plain.shape) in {(49, 29), (50, 30), (49, 30), (50, 29)}
+    # cells centred at 5 + 10 i on a 40x30 input, which was a 2x downsampling of the 80x60 original
+    moved = cam.upsample(heat, (80, 60), centres=(5, 10, 5, 10), input_size=(40, 30))
+    r, c = np.unravel_index(moved.argmax(), moved.shape)
+    assert (r, c) in {(50, 30), (51, 31), (50, 31), (51, 30)}  # (5 + 20 + 0.5) * 2 - 0.5 = 50.5
+    assert moved[0, 0] == moved[0, 1]  # constant beyond the outermost cells
+
+
+def test_output_stride_from_config_explicit_and_refused():
+    model = _small_cnn_model(stride=4)
+    net, used, centres = cam.cam_network(model)
+    assert used == 4 and net is not model and centres[1] == pytest.approx(4, abs=0.3)
+    assert cam.cam_network(model, 0)[:2] == (model, None)
+    x = torch.rand(1, 3, 128, 96)
+    maps, logits = cam.grad_cam(net, x)
+    assert maps.shape == (1, 32, 24)
+    torch.manual_seed(0)
+    other = build_model("resnet18", head=(8,)).eval()
+    other.config = model.config
+    with pytest.raises(ConfigError, match="output-stride 4"):
+        cam.cam_network(other, 4)
+    with pytest.warns(UserWarning, match="own last feature map"):  # the config's default: fall back
+        assert cam.cam_network(other)[1] is None

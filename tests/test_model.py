@@ -67,3 +67,22 @@ def test_unknown_backbone_and_init():
         build_model("not_a_net")
     with pytest.raises(ValueError, match="unknown init"):
         build_model("resnet18", init="bogus")
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_small_cnn_at_a_finer_output_stride_computes_the_same_network(output_stride):
+    """Same weights, dense pooling + dilation: every (32/os)-th cell is the stride-32 network's output."""
+    import timm
+
+    torch.manual_seed(0)
+    native = timm.create_model("vfa_cnn_small").eval()
+    dense = timm.create_model("vfa_cnn_small", output_stride=output_stride).eval()
+    dense.load_state_dict(native.state_dict())
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        a, b = native.forward_features(x), dense.forward_features(x)
+    k = 32 // output_stride
+    assert b.shape[-2:] == (a.shape[-2] * k, a.shape[-1] * k)
+    torch.testing.assert_close(b[..., ::k, ::k], a, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="output_stride"):
+        timm.create_model("vfa_cnn_small", output_stride=2)

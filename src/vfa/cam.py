@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,33 @@ def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None 
     # an all-zero map stays zero (the notebook's division would have given NaN)
     cam = torch.where(peak > 0, cam / peak.clamp(min=1e-12), torch.zeros_like(cam))
     return cam.cpu().numpy().astype(np.float32), logits.detach().float().cpu().numpy()
+
+
+_NETWORKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cam_network(model, output_stride: int | None = None, layer: str | None = None):
+    """(network for the maps, output stride used (None: the backbone's own), cell centres), cached per
+    model. output_stride None -> the model config's cam_output_stride, which falls back to the
+    backbone's own map with a warning where the backbone cannot run at it; 0 -> the backbone's own."""
+    cache = _NETWORKS.setdefault(model, {})
+    if (output_stride, layer) in cache:
+        net, used, centres = cache[output_stride, layer]
+        return net or model, used, centres
+    wanted = output_stride
+    if wanted is None:
+        wanted = getattr(getattr(getattr(model, "config", None), "model", None), "cam_output_stride", None)
+    try:
+        net, used = dense_model(model, wanted or None), wanted or None
+    except ConfigError as exc:
+        if output_stride is not None:  # asked for explicitly: say no
+            raise
+        import warnings  # the config's default does not fit this backbone (cpu-demo + another one)
+        warnings.warn(f"{exc}; Grad-CAM uses the backbone's own last feature map", stacklevel=2)
+        net, used = model, None
+    centres = cell_centres(net, layer)
+    cache[output_stride, layer] = (None if net is model else net), used, centres  # no reference to the key
+    return net, used, centres
 
 
 def dense_model(model, output_stride: int | None):
@@ -342,15 +370,15 @@ def find_manifest(data: str | Path) -> Path | None:
 def iter_cams(model, paths: list[str], method: str = "gradcam", layer: str | None = None, batch_size: int = 4,
               output_stride: int | None = None):
     """Stream (path, P(fracture), original gray image, heatmap at its resolution), O(batch) memory.
-    With `output_stride`, maps come from `dense_model` and P(fracture) from the model as trained."""
+    `output_stride`: None -> the model's `cam_output_stride`; 0 -> the backbone's own. Finer maps
+    come from `dense_model`; P(fracture) always from the model as trained."""
     from torch.utils.data import DataLoader
 
     from vfa.predict import eval_dataset
 
     temperature = float(getattr(model, "temperature", 1.0))  # as vfa predict reports P(fracture)
     loader = DataLoader(eval_dataset(model, list(paths)), batch_size=batch_size, num_workers=0)
-    dense = dense_model(model, output_stride)
-    centres = cell_centres(dense, layer)
+    dense, _, centres = cam_network(model, output_stride, layer)
     for x, _, idx in loader:
         cams, logits = grad_cam(dense, x, method, layer)
         if dense is not model:  # the denser network's global max can differ: report the real model's p
@@ -442,7 +470,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     result = {"written": len(todo), "skipped_existing": len(paths[start_index:]) - len(todo)}
     if boxes is not None:
         wanted = {rel(p) for p in paths[start_index:]}
-        result["localization"] = summarize([r for k, r in done.items() if k in wanted])
+        result["localization"] = {**summarize([r for k, r in done.items() if k in wanted]), "method": method,
+                                  "output_stride": cam_network(model, output_stride, layer)[1]}
         from vfa.evaluate import json_safe
         atomic_write(out / "localization.json", json.dumps(json_safe(result["localization"]), indent=2))
     return result

@@ -48,6 +48,9 @@ class ModelConfig:
     init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)
     channels_last: bool = False
     init_from: str | None = None  # a vfa checkpoint (e.g. from `vfa import-keras`) whose weights start training
+    # Grad-CAM evaluates the backbone at this output stride (same weights, dilated instead of strided)
+    # for maps finer than the backbone's own last one; None: the backbone's own (timm's output_stride)
+    cam_output_stride: int | None = None
     # torch.compile the network for training (inductor; kernels cached under ~/.cache/vfa/inductor).
     # Off by default: on CPU it saves only the elementwise share of a step (BENCHMARKS.md).
     compile: bool = False
@@ -106,7 +109,8 @@ PRESETS: dict[str, dict] = {
     },
     "cpu-demo": {  # a small plain CNN (vfa.backbones) at reduced size: the whole pipeline on 2 CPU cores
         "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
-        "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max", "channels_last": True},
+        "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max", "channels_last": True,
+                  "cam_output_stride": 4},  # 96x56 Grad-CAM cells instead of 12x7 (vfa.cam.dense_model)
         # milder geometry than the seed's, plus brightness: a from-scratch net on ~800 images
         # must not settle on absolute density first, or it sits at chance for many epochs
         "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,

@@ -168,7 +168,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     if boxes:
         rows = cam.localization_rows(model, [str(root / f) for f in frame["file"][frame["label"] == 1]], boxes,
                                      cam_method, batch_size=min(batch_size, 8))
-        result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method}
+        result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method,
+                                  "output_stride": cam.cam_network(model)[1]}
         loc = result["localization"]
         log(f"Grad-CAM pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
             f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "

@@ -165,6 +165,7 @@ def cmd_heatmap(args) -> None:
     res = write_heatmaps(model, paths, args.out, root=data if data.is_dir() else None, method=args.method,
                          layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
                          start_index=args.start_index, manifest=args.manifest, batch_size=args.batch_size,
+                         output_stride=args.output_stride,
                          log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
@@ -189,7 +190,11 @@ def add_heatmap(sub) -> None:
                    help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
     p.add_argument("--manifest", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing game and "
                                       "heatmap mass inside the boxes -> localization.json")
-    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "hirescam"), default="gradcam",
+                   help="gradcam (the notebook's), gradcam++, hirescam (gradient x activation per cell)")
+    p.add_argument("--output-stride", type=int, metavar="N",
+                   help="evaluate the backbone at output stride N for finer maps (same weights, a trous); "
+                        "default: the model's model.cam_output_stride (cpu-demo: 4); 0: the backbone's own")
     p.add_argument("--target-layer", default="auto", metavar="NAME",
                    help="module name, e.g. backbone.layer3 (default auto: the backbone's last feature map, "
                         "for Inception-ResNet-v2 its 1536-channel output, as the notebook)")

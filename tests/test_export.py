@@ -80,3 +80,51 @@ def test_trained_model_backends_preserve_auc(tiny_phantom, tmp_path_factory, mon
     ref, got = probs("torch"), probs(backend)
     assert np.abs(got - ref).max() <= 0.02
     assert abs(roc_auc_score(y, got) - roc_auc_score(y, ref)) <= 0.002
+
+
+@pytest.mark.slow
+def test_int8_backend_preserves_a_discriminating_models_auc(tmp_path, monkeypatch):
+    """int8 on a model that separates its classes (the 3-epoch phantom model's scores are tied
+    within 1e-4, which any quantization reorders): max |delta p| <= 0.02, |delta AUC| <= 0.002."""
+    from tests.conftest import write_folder
+
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path / "cache"))
+    for split, seed in (("train", 0), ("val", 1), ("test", 2)):
+        write_folder(tmp_path / "data" / split, n_per_class=20, size=(96, 56), seed=seed)
+    run = vfa.train(tiny_cfg(tmp_path / "data", epochs=3), tmp_path / "run", log=lambda m: None)
+    samples = load_samples(tmp_path / "data" / "test")
+    y = np.asarray(samples.labels)
+
+    def probs(name):
+        model = load_model(run / "checkpoints" / "best.ckpt")
+        loader = torch.utils.data.DataLoader(eval_dataset(model, samples.paths), batch_size=8)
+        return predict_loader(with_backend(model, name, calibration=samples.paths), loader)
+
+    ref, got = probs("torch"), probs("onnxruntime-int8")
+    assert roc_auc_score(y, ref) >= 0.9  # the comparison means something
+    assert np.abs(got - ref).max() <= 0.02
+    assert abs(roc_auc_score(y, got) - roc_auc_score(y, ref)) <= 0.002
+
+
+def test_int8_export_is_quantized_checked_and_refused_when_too_far(ckpt, tmp_path, capsys, monkeypatch):
+    from tests.conftest import write_folder
+
+    data = write_folder(tmp_path / "cal", n_per_class=5, size=(70, 44))
+    out = tmp_path / "model-int8.onnx"
+    args = ["export", "--model", str(ckpt), "--format", "onnx-int8", "--out", str(out)]
+    assert cli_main(args) == 2 and "--calibration" in capsys.readouterr().err
+    assert cli_main(args + ["--calibration", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8: calibrated on 5 images" in printed and "on 5 others" in printed
+    graph = onnx.load(str(out))
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert "vfa_config" in meta and meta["vfa_int8_calibration_images"] == "5"
+
+    import vfa.export as export_mod  # a bound no int8 model meets: the file is refused and removed
+    monkeypatch.setattr(export_mod, "INT8_TOLERANCE", 0.0)
+    bad = tmp_path / "bad.onnx"
+    assert cli_main(["export", "--model", str(ckpt), "--format", "onnx-int8", "--out", str(bad),
+                     "--calibration", str(data)]) != 0
+    assert "int8 quantization changes P(fracture)" in capsys.readouterr().err
+    assert not bad.exists() and not list(tmp_path.glob("bad.onnx*"))

@@ -137,7 +137,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     from vfa.inference import resolve_backend, with_backend
 
     backend = resolve_backend(backend, len(samples.paths) * (1 + tta))  # Grad-CAM below stays eager fp32
-    res = tta_predict(with_backend(model, backend), loader, tta, tta_preset, seed, progress=progress)
+    res = tta_predict(with_backend(model, backend, calibration=samples.paths), loader, tta, tta_preset, seed,
+                      progress=progress)
     root = Path(samples.root)
     frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(samples.rel_paths(), None, id_regex),
                           "file": samples.rel_paths(),

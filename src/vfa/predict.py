@@ -74,11 +74,13 @@ def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, p
             backend: str = "torch") -> np.ndarray:
     """P(fracture) for a list of image paths or a (B, 3, H, W) tensor already preprocessed to [0, 1].
 
-    `backend`: torch (fp32, default here), torch-bf16, compile, onnxruntime or auto (vfa.inference)."""
+    `backend`: torch (fp32, default here), torch-bf16, compile, onnxruntime, onnxruntime-int8 or auto
+    (vfa.inference)."""
     if backend != "torch":
         from vfa.inference import with_backend
 
-        model = with_backend(model, backend, n_images=len(images) if hasattr(images, "__len__") else None)
+        model = with_backend(model, backend, n_images=len(images) if hasattr(images, "__len__") else None,
+                             calibration=[images] if isinstance(images, str | Path) else images)
     if isinstance(images, torch.Tensor):
         with torch.inference_mode():
             x = images.to(next(model.parameters()).device)
@@ -185,7 +187,7 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
         (log or (lambda m: None))(f"skipped {path}: {reason}")
     from vfa.inference import with_backend
 
-    runner = with_backend(model, backend, n_images=len(samples.paths) * (1 + tta))
+    runner = with_backend(model, backend, n_images=len(samples.paths) * (1 + tta), calibration=samples.paths)
     res = tta_predict(runner, eval_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
                       num_workers, progress)
     ids = [id_map.get(p, Path(p).as_posix()) for p in samples.paths] if id_column else \

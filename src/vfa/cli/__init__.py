@@ -19,7 +19,7 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa train --init MODEL.ckpt --train ... --out RUN   fine-tune from a checkpoint's weights
   vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
   vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
-  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend auto|torch|torch-bf16|compile|onnxruntime]
+  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend auto|torch|torch-bf16|compile|onnxruntime|onnxruntime-int8]
   vfa export --model CKPT --format onnx --out model.onnx     ONNX, verified against torch
   vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
   vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)

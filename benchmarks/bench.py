@@ -24,7 +24,7 @@ BATCH, SIZE = 12, (600, 360)
 TINY = bool(os.environ.get("VFA_BENCH_TINY"))  # smoke test of the script itself: a small CNN at 96x56
 if TINY:
     SIZE = (96, 56)
-INFER = ("torch", "torch-bf16", "compile", "onnxruntime")
+INFER = ("torch", "torch-bf16", "compile", "onnxruntime", "onnxruntime-int8")
 
 
 def _emit(**row):
@@ -71,7 +71,8 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
 
     model, x = _model()
     t0 = time.perf_counter()
-    runner = with_backend(model, backend)  # onnxruntime: export + verification happen here
+    # onnxruntime: export + verification happen here; int8 also calibrates (on the bench batch)
+    runner = with_backend(model, backend, calibration=x)
     setup = time.perf_counter() - t0
     with torch.inference_mode():
         first, sec = _timed(lambda: runner(x), repeats)
@@ -113,6 +114,12 @@ def worker_peak(repeats: int) -> None:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         _, sec = _timed(lambda: torch.mm(a, b), 5 * repeats)
         peaks[f"gemm_{tag}_gflops"] = round(2 * n ** 3 / sec / 1e9, 1)
+    # one large 3x3 convolution, bf16 channels_last: the best case of the kernels IRv2 is made of
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    xc = torch.rand(BATCH, 256, 75, 45).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, sec = _timed(lambda: conv(xc), repeats)
+    peaks["conv_bf16_gflops"] = round(2 * BATCH * 256 * 256 * 9 * 75 * 45 / sec / 1e9, 1)
     model, x = _model()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x[:1])

@@ -8,6 +8,7 @@ LABELS = {
     "vfa_torch-bf16_infer": "vfa inference, bf16 autocast + channels_last",
     "vfa_compile_infer": "vfa inference, torch.compile (frozen) + bf16",
     "vfa_onnxruntime_infer": "vfa inference, ONNX Runtime fp32",
+    "vfa_onnxruntime-int8_infer": "vfa inference, ONNX Runtime int8 (static, convolutions)",
     "keras_fp32_infer": "Keras inference, fp32 (the notebook)",
     "keras_bf16_infer": "Keras inference, mixed_bfloat16",
     "vfa_fp32_train": "vfa training step, fp32",
@@ -158,7 +159,9 @@ def roofline(rows) -> str:
         return "(not measured)"
     gf, bf, fp = peak["model_gflops"], peak["gemm_bf16_gflops"], peak["gemm_fp32_gflops"]
     lines = [f"Model: {gf} GFLOP per image forward (torch.utils.flop_counter; multiply-add = 2). Dense GEMM "
-             f"(2048^3, torch.mm, all threads): bf16 {bf} GFLOP/s, fp32 {fp} GFLOP/s.", "",
+             f"(2048^3, torch.mm, all threads): bf16 {bf} GFLOP/s, fp32 {fp} GFLOP/s. One large bf16 "
+             f"3x3 convolution (256->256 channels, 75x45, batch {12}, channels_last): "
+             f"{peak.get('conv_bf16_gflops', 'n/a')} GFLOP/s.", "",
              "| pipeline | img/s | achieved GFLOP/s | % of bf16 GEMM peak | % of fp32 GEMM peak |",
              "|---|---:|---:|---:|---:|"]
     for name, label in LABELS.items():

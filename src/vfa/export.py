@@ -20,7 +20,7 @@ from vfa import config as config_mod
 
 TOLERANCE = 1e-4  # max |delta P(fracture)| between onnxruntime and torch fp32 for an export to be kept
 INT8_TOLERANCE = 0.02  # the bound issue 7 sets for any reduced-precision backend
-CALIBRATION_N = 32  # images: half calibrate the int8 ranges, the other half check the result
+CALIBRATION_N = 64  # images: half calibrate the int8 ranges, the other half check the result
 
 
 def cache_dir() -> Path:

@@ -138,7 +138,8 @@ def worker_batch_augment(repeats: int) -> None:
     _emit(name="vfa_data_augment_batch", img_per_s=round(BATCH / sec, 3), threads=torch.get_num_threads())
 
 
-def worker_train(precision: str, repeats: int, profile: bool, compile: bool = False) -> None:
+def worker_train(precision: str, repeats: int, profile: bool, compile: bool = False,
+                 layout: str | None = None) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -149,7 +150,8 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
         model.compile()
     y = torch.tensor([0.0, 1.0] * (BATCH // 2))
     bf16 = precision == "bf16"
-    if bf16:  # what trainer.precision=bf16-mixed + model.channels_last run (vfa.train)
+    layout = layout or ("cl" if bf16 else "nchw")  # default rows: as named in report_md.LABELS
+    if layout == "cl":  # what model.channels_last=true runs (vfa.train)
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -164,7 +166,8 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
         opt.zero_grad(set_to_none=True)
 
     first, sec = _timed(step, repeats)
-    row = dict(name=f"vfa_{precision}{'_compile' if compile else ''}_train", img_per_s=round(BATCH / sec, 3),
+    tag = {"fp32": {"cl": "_cl"}, "bf16": {"nchw": "_nchw"}}[precision].get(layout, "")
+    row = dict(name=f"vfa_{precision}{tag}{'_compile' if compile else ''}_train", img_per_s=round(BATCH / sec, 3),
                first_call_s=round(first, 1))
     if profile:  # where a bf16 training step spends its time: the evidence for what limits it
         from torch.profiler import ProfilerActivity, profile as prof
@@ -261,7 +264,8 @@ def main() -> int:
             worker_infer(rest[0], args.repeats, tmp, Path(args.data) if extra == "stream" else None,
                          "_warm" if extra == "warm" else "")
         elif kind == "train":
-            worker_train(rest[0], max(1, args.repeats - 1), profile="profile" in rest, compile="compile" in rest)
+            worker_train(rest[0], max(1, args.repeats - 1), profile="profile" in rest, compile="compile" in rest,
+                         layout=next((r for r in rest if r in ("cl", "nchw")), None))
         elif kind == "peak":
             worker_peak(args.repeats)
         elif kind == "batch-augment":
@@ -293,6 +297,8 @@ def main() -> int:
         if b == "compile":
             collect("vfa_compile_infer_warm", me + ["--worker", "infer", b, "warm"])
     collect("vfa_fp32_train", me + ["--worker", "train", "fp32"])
+    collect("vfa_fp32_cl_train", me + ["--worker", "train", "fp32", "cl"])
+    collect("vfa_bf16_nchw_train", me + ["--worker", "train", "bf16", "nchw"])
     collect("vfa_bf16_train", me + ["--worker", "train", "bf16", "profile"])
     collect("vfa_bf16_compile_train", me + ["--worker", "train", "bf16", "compile"], timeout=1800)
     collect("vfa_data_augment_1proc", me + ["--worker", "data"])

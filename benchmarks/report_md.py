@@ -11,8 +11,10 @@ LABELS = {
     "vfa_onnxruntime-int8_infer": "vfa inference, ONNX Runtime int8 (static, convolutions)",
     "keras_fp32_infer": "Keras inference, fp32 (the notebook)",
     "keras_bf16_infer": "Keras inference, mixed_bfloat16",
-    "vfa_fp32_train": "vfa training step, fp32",
-    "vfa_bf16_train": "vfa training step, bf16-mixed + channels_last",
+    "vfa_fp32_train": "vfa training step, fp32 (NCHW)",
+    "vfa_fp32_cl_train": "vfa training step, fp32 + channels_last",
+    "vfa_bf16_nchw_train": "vfa training step, bf16-mixed (NCHW)",
+    "vfa_bf16_train": "vfa training step, bf16-mixed + channels_last (the default on this CPU)",
     "vfa_bf16_compile_train": "vfa training step, bf16-mixed + channels_last + torch.compile",
     "keras_fp32_train": "Keras training step, fp32",
     "keras_bf16_train": "Keras training step, mixed_bfloat16",
@@ -75,7 +77,7 @@ def render(rows: dict, errors: dict, machine: str, versions: dict, repeats: int)
     table = "\n".join(lines)
 
     best_i, best_i_name = _best(rows, [n for n in LABELS if n.startswith("vfa") and n.endswith("_infer")])
-    best_t, best_t_name = _best(rows, ["vfa_fp32_train", "vfa_bf16_train", "vfa_bf16_compile_train"])
+    best_t, best_t_name = _best(rows, [n for n in LABELS if n.startswith("vfa") and n.endswith("_train")])
     data = _rate(rows, "vfa_data_augment_1proc")
 
     def verdict(value, target):

@@ -125,6 +125,25 @@ def test_augment_on_auto_resolves_by_accelerator():
         config_mod.resolve("seed", overrides={"data": {"augment_on": "gpu"}})
 
 
+def test_precision_auto_is_bf16_only_where_the_device_has_it(monkeypatch):
+    import vfa.train as train_mod
+
+    cfg = config_mod.resolve("seed", overrides={"trainer": {"accelerator": "cpu"}})
+    assert cfg.trainer.precision == "auto"
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: device == "cpu")
+    assert train_mod.resolve_precision(cfg) == "bf16-mixed"
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
+    assert train_mod.resolve_precision(cfg) == "32-true"
+    cfg.trainer.precision = "16-mixed"  # an explicit choice is kept
+    assert train_mod.resolve_precision(cfg) == "16-mixed"
+    # the executed Keras 2.1.5 behaviour ran in fp32
+    assert config_mod.resolve("keras215").trainer.precision == "32-true"
+    monkeypatch.undo()
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert train_mod.native_bf16("cpu") == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert train_mod.native_bf16("mps") is False
+
+
 def test_device_augmentation_draws_the_preset_per_sample():
     """The batch path applies the same preset as the workers path, with its own seeded stream."""
     from types import SimpleNamespace

@@ -210,8 +210,9 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
     dataset = ImageDataset(samples, cfg.data.size, cfg.augment, augment_overrides=cfg.augment_overrides)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                         drop_last=False)
+    from vfa.train import resolve_precision
     result = range_test(module, loader, lrs, per_epoch, beta, early_stop, cfg.trainer.accelerator,
-                        cfg.trainer.precision, progress)
+                        resolve_precision(cfg), progress)
     result.update(min_lr=min_lr, max_lr=max_lr, train=str(train), model=str(model) if model is not None else None,
                   augment=cfg.augment, batch_size=cfg.data.batch_size, pos_weight=pos_weight)
     from vfa.evaluate import json_safe

@@ -267,14 +267,39 @@ def load_init(cfg, log=print) -> dict:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+def _training_device(cfg) -> str:
+    acc = str(cfg.trainer.accelerator).lower()
+    if acc == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    return {"gpu": "cuda"}.get(acc, acc)
+
+
+def native_bf16(device: str) -> bool:
+    """bf16 without emulation: a CUDA GPU that supports it, or an x86 CPU with avx512_bf16 / AMX."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg) -> str:
+    """trainer.precision "auto" -> bf16-mixed on a device with native bf16, else 32-true."""
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if native_bf16(_training_device(cfg)) else "32-true"
+
+
 def resolve_augment_on(cfg) -> str:
     """"auto" -> "device" when training runs on a GPU (workers would starve it), else "workers"."""
     if cfg.data.augment_on != "auto":
         return cfg.data.augment_on
-    acc = str(cfg.trainer.accelerator).lower()
-    gpu = acc in ("gpu", "cuda", "mps") or (acc == "auto" and (torch.cuda.is_available()
-                                                              or torch.backends.mps.is_available()))
-    return "device" if gpu else "workers"
+    return "device" if _training_device(cfg) in ("cuda", "mps") else "workers"
 
 
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
@@ -290,6 +315,7 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
         runs.prepare_run_dir(run_dir, force)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg.data.augment_on = resolve_augment_on(cfg)
+    cfg.trainer.precision = resolve_precision(cfg)
     tr, va = load_data(cfg, log=log)
     if not resume:
         runs.write_run_files(run_dir, cfg)

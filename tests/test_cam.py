@@ -203,16 +203,36 @@ def _small_cnn_model(stride=None, size=(128, 96)):
     return model
 
 
-@pytest.mark.parametrize("stride", [None, 8])
-def test_cell_centres_match_the_network_geometry(stride):
-    """vfa_cnn_small: conv s2 (centre 2i), then max pools of 2 that each add half a window: cell i of
-    the stride-32 map is centred on input pixel 32 i + 15, and at output stride 8 on 8 i + 15."""
-    model = _small_cnn_model(size=(256, 192))  # the 159 px receptive field fits the probe canvas
-    net = cam.dense_model(model, stride)
-    oy, sy, ox, sx = cam.cell_centres(net)
-    s = stride or 32
-    assert sy == pytest.approx(s, abs=0.3) and sx == pytest.approx(s, abs=0.3)
-    assert oy == pytest.approx(15, abs=2.5) and ox == pytest.approx(15, abs=2.5)
+@pytest.mark.parametrize("backbone,stride,centre,step", [
+    ("vfa_cnn_small", 8, 15, 8),  # conv s2 (centre 2i) + 4 max pools of 2 (each +half a window): 8 i + 15
+    ("resnet18", None, 0, 32),    # odd kernels, symmetric padding: 32 i, not the half-cell grid's 32 i + 15.5
+])
+def test_cell_centres_match_the_network_geometry(backbone, stride, centre, step):
+    model = _small_cnn_model(size=(256, 192))  # receptive fields fit the probe canvas
+    if backbone != "vfa_cnn_small":
+        torch.manual_seed(0)
+        config = model.config
+        model = build_model(backbone, head=(8,)).eval()
+        model.config = config
+    oy, sy, ox, sx = cam.cell_centres(cam.dense_model(model, stride))
+    assert sy == pytest.approx(step, abs=0.3) and sx == pytest.approx(step, abs=0.3)
+    assert oy == pytest.approx(centre, abs=2.5) and ox == pytest.approx(centre, abs=2.5)
+
+
+def test_token_maps_and_sizes_that_break_equivalence_fall_back_or_refuse():
+    from vfa.model import build_from_config
+
+    model = _small_cnn_model(size=(136, 104))  # not a multiple of 32: a strided pool drops a row
+    with pytest.raises(ConfigError, match="does not reproduce"):
+        cam.dense_model(model, 8)
+    cfg = model.config
+    cfg.model.backbone, cfg.model.backbone_kwargs = "vit_tiny_patch16_224", {"img_size": (128, 96)}
+    cfg.data.size = (128, 96)
+    vit = build_from_config(cfg.model).eval()
+    vit.config = cfg
+    assert cam.cell_centres(vit) is None  # tokens: the half-cell grid
+    net, used, centres = cam.cam_network(vit, 0)
+    assert net is vit and used is None and centres is None
 
 
 def test_upsample_puts_a_cell_where_its_centre_is():

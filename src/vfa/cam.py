@@ -111,12 +111,13 @@ def _geometry_twin(model):
     return twin
 
 
-def cell_centres(model, layer: str | None = None, n: int = 2, probes: int = 6) -> tuple[float, float, float, float]:
+def cell_centres(model, layer: str | None = None, n: int = 1, probes: int = 6):
     """(oy, sy, ox, sx): cell (i, j) of the CAM layer's map is centred on network-input pixel
     (oy + sy*i, ox + sx*j). Measured for any backbone as the centroid of |d cell / d input| of the
     `_geometry_twin` at up to `probes` interior cells, fitted by least squares: unpadded stems,
     even-sized pooling and dilated maps put the centres off the half-cell grid a plain resize assumes
-    (for vfa_cnn_small by 15 px at output stride 8, enough to miss a vertebra)."""
+    (for vfa_cnn_small by 15 px at output stride 8, enough to miss a vertebra). None (the half-cell
+    grid) for token maps (ViTs) and for networks that only take their own input size."""
     twin = _geometry_twin(model)
     # a canvas twice the input: cells in its middle have receptive fields the borders do not clip
     # (a clipped one's centroid is pulled inwards); o + s*i holds at any input size for a CNN
@@ -124,10 +125,16 @@ def cell_centres(model, layer: str | None = None, n: int = 2, probes: int = 6) -
     x = torch.rand(n, 3, h_in, w_in, generator=torch.Generator().manual_seed(0))
     x = x.to(next(twin.parameters()).device).requires_grad_(True)
     with torch.enable_grad():
-        acts = _as_nchw(_activations(twin, x, resolve_layer(twin, layer))[0], twin.backbone)
+        try:
+            acts = _activations(twin, x, resolve_layer(twin, layer))[0]
+        except (AssertionError, RuntimeError, ValueError):  # a fixed input size (ViT, Swin)
+            return None
+        if acts.dim() != 4:
+            return None
+        acts = _as_nchw(acts, twin.backbone)
         h, w = acts.shape[-2:]
-        if min(h, w) < 8:  # too few interior cells to fit: the half-cell grid
-            return (h_in / h - 1) / 2, h_in / h, (w_in / w - 1) / 2, w_in / w
+        if min(h, w) < 8:  # too few interior cells to fit
+            return None
         k = min(probes, h // 2, w // 2)  # the middle half of the map, on a diagonal
         rows = np.linspace(h // 4, h - 1 - h // 4, k).round().astype(int)
         cols = np.linspace(w // 4, w - 1 - w // 4, k).round().astype(int)
@@ -211,19 +218,30 @@ def dense_model(model, output_stride: int | None):
     cfg = copy.deepcopy(model.config.model)
     cfg.backbone_kwargs = {**cfg.backbone_kwargs, "output_stride": int(output_stride)}
     device = next(model.parameters()).device
-    probe = torch.zeros(1, 3, *model.config.data.size, device=device)
     try:
         dense = build_from_config(cfg).to(device).eval()
         dense.load_state_dict(model.state_dict())
         dense.config = model.config
+        probe = torch.rand(1, 3, *model.config.data.size, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
-            native, fine = (m.backbone.forward_features(probe).shape[-2:] for m in (model, dense))
+            a, b = (_as_nchw(m.backbone.forward_features(probe), m.backbone) for m in (model, dense))
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
         raise ConfigError(f"--output-stride {output_stride}: {model.config.model.backbone} cannot run at it "
                           f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    if fine == native and output_stride < model.config.data.size[0] / native[0] - 1:
-        raise ConfigError(f"--output-stride {output_stride}: {model.config.model.backbone} ignores timm's "
-                          f"output_stride (its map stays {native[0]}x{native[1]}); leave the option out")
+    name = f"--output-stride {output_stride}: {model.config.model.backbone}"
+    if b.shape[-2:] == a.shape[-2:]:
+        if output_stride >= 0.75 * model.config.data.size[0] / a.shape[-2]:  # its own stride: nothing to do
+            return model
+        raise ConfigError(f"{name} ignores timm's output_stride (its map stays {a.shape[-2]}x{a.shape[-1]}); "
+                          "leave the option out")
+    k = round(b.shape[-2] / a.shape[-2])
+    # the finer map must hold the trained network's own outputs on its every k-th cell; it does not
+    # where the input size is not a multiple of the stride (a strided layer drops an edge row)
+    sub = b[..., ::k, ::k]
+    if sub.shape != a.shape or not torch.allclose(sub, a, rtol=1e-3, atol=1e-4 * float(a.abs().max())):
+        raise ConfigError(f"{name} does not reproduce the trained network's outputs at input size "
+                          f"{model.config.data.size[0]}x{model.config.data.size[1]} (use sizes that are "
+                          f"multiples of the network's stride)")
     return dense
 
 
@@ -439,6 +457,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
         return ok and (boxes is None or rel(p) in done)
 
     todo = [p for p in paths[start_index:] if not existing(p)]
+    _, used_stride, _ = cam_network(model, output_stride, layer)  # a bad --output-stride fails before any file
     log(f"heatmaps: {len(todo)} to write, {len(paths[start_index:]) - len(todo)} already there, "
         f"{min(start_index, len(paths))} before --start-index")
     classes = tuple(model.config.data.classes)
@@ -471,7 +490,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     if boxes is not None:
         wanted = {rel(p) for p in paths[start_index:]}
         result["localization"] = {**summarize([r for k, r in done.items() if k in wanted]), "method": method,
-                                  "output_stride": cam_network(model, output_stride, layer)[1]}
+                                  "output_stride": used_stride}
         from vfa.evaluate import json_safe
         atomic_write(out / "localization.json", json.dumps(json_safe(result["localization"]), indent=2))
     return result

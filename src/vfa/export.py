@@ -96,12 +96,13 @@ def export_onnx(model, out: str | Path, batch: int = 2, opset: int = 18, verify:
 def calibration_batch(model, images, n: int = CALIBRATION_N) -> torch.Tensor:
     """Up to `n` images, evenly spaced through `images` (a sorted folder lists one class first),
     preprocessed exactly as `vfa predict` does: (N, 3, H, W) float32."""
-    step = max(1, len(images) // n)
+    idx = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)) if len(images) else []
     if isinstance(images, torch.Tensor):
-        return images[::step][:n].float().cpu()
+        return images[torch.as_tensor(idx, dtype=torch.long)].float().cpu()
     from vfa.predict import eval_dataset
 
-    ds = eval_dataset(model, [str(p) for p in list(images)[::step][:n]])
+    images = list(images)
+    ds = eval_dataset(model, [str(images[i]) for i in idx])
     if len(ds) == 0:
         raise config_mod.ConfigError("int8 quantization needs calibration images (none given)")
     return torch.stack([ds[i][0] for i in range(len(ds))])
@@ -154,19 +155,20 @@ def quantize_onnx(model, fp32: str | Path, out: str | Path, calibration: torch.T
 @torch.inference_mode()
 def verify_onnx(model, path: str | Path, x: torch.Tensor) -> float:
     """max |sigmoid(onnx logit) - sigmoid(torch logit)| on batch x."""
-    ref = torch.sigmoid(model(x).float()).numpy()
+    ref = torch.sigmoid(model(x.to(next(model.parameters()).device)).float()).cpu().numpy()
     got = 1 / (1 + np.exp(-_session(path).run(None, {"image": x.numpy()})[0]))
     return float(np.abs(got.reshape(-1) - ref.reshape(-1)).max())
 
 
 def cached_int8(model, calibration) -> Path:
-    """An int8 ONNX of `model` under cache_dir(), keyed by its weights and its calibration batch."""
+    """An int8 ONNX of `model` under cache_dir(), keyed by its weights and its calibration batch
+    (a job with other images quantizes anew: the cache grows by one file per distinct calibration set)."""
     batch = calibration_batch(model, calibration)
     fp32 = cached_onnx(model)
     key = hashlib.sha256(fp32.stem.encode() + batch.numpy().tobytes()).hexdigest()[:20]
     path = cache_dir() / "onnx" / f"{fp32.stem}-int8-{key}.onnx"
     if not path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent jobs do not share a temp file
         quantize_onnx(model, fp32, tmp, batch)
         os.replace(tmp, path)
     return path

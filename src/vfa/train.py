@@ -62,9 +62,6 @@ class VFAModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def on_train_start(self):
-        if not getattr(self, "_aug_rng_restored", False):  # one stream per rank, reproducible
-            self._aug_rng.manual_seed(self.cfg.seed * 1000 + self.global_rank)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y, idx = batch
@@ -75,14 +72,6 @@ class VFAModule(L.LightningModule):
             else:
                 x = x.expand(-1, 3, -1, -1)
         return x, y, idx
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["augment_rng"] = self._aug_rng.get_state()  # a resume continues the same stream
-
-    def on_load_checkpoint(self, checkpoint):
-        if "augment_rng" in checkpoint:
-            self._aug_rng.set_state(checkpoint["augment_rng"])
-            self._aug_rng_restored = True
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
@@ -100,6 +89,9 @@ class VFAModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
+        # device augmentation: a stream per (seed, rank, epoch), so a resumed run (any rank) draws
+        # what an uninterrupted one would, with no generator state to carry in checkpoints
+        self._aug_rng.manual_seed((self.cfg.seed * 1_000_003 + self.global_rank) * 10_007 + self.current_epoch)
         # Lightning steps epoch schedulers before validation runs: record the rate this epoch used.
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
@@ -277,7 +269,8 @@ def _training_device(cfg) -> str:
 def native_bf16(device: str) -> bool:
     """bf16 without emulation: a CUDA GPU that supports it, or an x86 CPU with avx512_bf16 / AMX."""
     if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # including_emulation=False: pre-Ampere GPUs can hold bf16 tensors but compute them slowly
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device != "cpu":
         return False
     try:

@@ -100,7 +100,7 @@ def add_export(sub) -> None:
     p.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
                    help="onnx-int8: static int8 quantization (onnxruntime), kept only within 0.02 of fp32")
     p.add_argument("--calibration", metavar="DATA", help="onnx-int8: folder, file list or manifest of images "
-                                                         "like those the model will see (64 are used: 32 calibrate, 32 check)")
+                                                         "like those the model will see (up to 64, evenly spaced: half calibrate, half check)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx (batch size is dynamic)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--batch", type=int, default=2, help="batch of random images used to trace and verify")

@@ -47,7 +47,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    choices=("auto", "torch", "torch-bf16", "compile", "onnxruntime", "onnxruntime-int8"),
                    help="inference backend (vfa.inference): auto = compile (bf16, cached kernels) for 256+ "
                         "images, else torch fp32; torch-bf16; onnxruntime (exported once, cached); "
-                        "onnxruntime-int8 (quantized, calibrated on 32 of the images, checked on 32 others, checked within 0.02)")
+                        "onnxruntime-int8 (quantized, calibrated on up to 32 of the images, checked within "
+                        "0.02 on up to 32 others)")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

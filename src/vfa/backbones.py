@@ -30,9 +30,13 @@ class DenseMaxPool(nn.Module):
     def __init__(self, dilation: int):
         super().__init__()
         self.dilation = dilation
+        self.average = False  # the same window averaged: vfa.cam's geometry twin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.dilation
+        if self.average:
+            x = nn.functional.pad(x, (0, d, 0, d))
+            return (x[..., :-d, :-d] + x[..., d:, :-d] + x[..., :-d, d:] + x[..., d:, d:]) / 4
         x = nn.functional.pad(x, (0, d, 0, d), value=float("-inf"))
         return nn.functional.max_pool2d(x, 2, stride=1, dilation=d)
 

@@ -89,13 +89,22 @@ def _activations(model, x: torch.Tensor, target):
 
 
 def _geometry_twin(model):
-    """A copy of `model` with every weight positive and uniform (1 / fan-in), biases zero and
-    normalisation layers the identity: every path from input to a cell then carries gradient, and
-    pooling on a random input has no preferred side, so |d cell / d input| is the receptive field's
-    own shape rather than what training made of it."""
+    """A copy of `model` with every weight positive and uniform (1 / fan-in), biases zero,
+    normalisation layers the identity and max pools replaced by average pools over the same windows:
+    a positive linear network, so |d cell / d input| is the receptive field's own shape (the same for
+    any input) rather than what training, or one input's max-pool choices, made of it."""
     import copy
 
+    from vfa.backbones import DenseMaxPool
+
     twin = copy.deepcopy(model).float().eval()
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, DenseMaxPool):
+            m.average = True
+        elif isinstance(m, torch.nn.MaxPool2d) and m.dilation in (1, (1, 1)):
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, attr, torch.nn.AvgPool2d(
+                m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, count_include_pad=True))
     with torch.no_grad():
         for name, p in twin.named_parameters():
             if name.endswith("bias"):
@@ -117,7 +126,9 @@ def cell_centres(model, layer: str | None = None, n: int = 1, probes: int = 6):
     `_geometry_twin` at up to `probes` interior cells, fitted by least squares: unpadded stems,
     even-sized pooling and dilated maps put the centres off the half-cell grid a plain resize assumes
     (for vfa_cnn_small by 15 px at output stride 8, enough to miss a vertebra). None (the half-cell
-    grid) for token maps (ViTs) and for networks that only take their own input size."""
+    grid) for token maps (ViTs) and for networks that only take their own input size. A receptive
+    field wider than the input is clipped by the canvas, which biases the fit slightly (ResNet-18 at
+    256x192: stride 31.8 instead of 32; exact from 384x288)."""
     twin = _geometry_twin(model)
     # a canvas twice the input: cells in its middle have receptive fields the borders do not clip
     # (a clipped one's centroid is pulled inwards); o + s*i holds at any input size for a CNN

@@ -46,7 +46,8 @@ class ModelConfig:
     head_batchnorm: bool = False  # the notebook's undocumented "with BN" variant
     head_dropout: float = 0.0
     init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)
-    # NHWC: what oneDNN and cuDNN convolutions prefer; IRv2 training on 2 CPU cores: +38 % fp32, +27 % bf16
+    # NHWC: what oneDNN and cuDNN convolutions prefer; IRv2 training on 2 CPU cores: +22 % fp32,
+    # +52 % bf16 (BENCHMARKS.md)
     channels_last: bool = True
     init_from: str | None = None  # a vfa checkpoint (e.g. from `vfa import-keras`) whose weights start training
     # Grad-CAM evaluates the backbone at this output stride (same weights, dilated instead of strided)

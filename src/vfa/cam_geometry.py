@@ -216,9 +216,16 @@ def upsample(cam: np.ndarray, size: tuple[int, int], centres=None, input_size=No
             return (np.arange(n) + 0.5) * out / n - 0.5
         return (o + s * np.arange(n) + 0.5) * out / n_in - 0.5
 
-    def weights(n, out, o=None, s=None, n_in=None):  # (out, n) hat functions: linear between knots
+    def weights(n, out, o=None, s=None, n_in=None):  # (out, n): linear between knots, constant outside
         k = knots(n, out, o, s, n_in)
-        return np.stack([np.interp(np.arange(out), k, np.eye(n)[c]) for c in range(n)], 1)
+        pos = np.clip(np.arange(out, dtype=np.float64), k[0], k[-1])
+        i = np.clip(np.searchsorted(k, pos, side="right") - 1, 0, max(n - 2, 0))
+        frac = (pos - k[i]) / (k[i + 1] - k[i]) if n > 1 else np.zeros(out)
+        m = np.zeros((out, n))
+        m[np.arange(out), i] = 1 - frac
+        if n > 1:
+            m[np.arange(out), i + 1] += frac
+        return m
 
     if centres is None:
         wy, wx = weights(h, H), weights(w, W)

@@ -21,7 +21,6 @@ Grad-CAM always runs on the eager fp32 model (it needs gradients).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -62,7 +62,6 @@ class VFAModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y, idx = batch
         if x.shape[1] == 1:  # from the device-augmentation loader

@@ -117,20 +117,53 @@ def bone_area(img, box):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_crush_fracture_shrinks_l1(seed):
+def test_crush_fracture_shrinks_l1_and_the_spine_settles(seed):
     frac = [dict(level="L1", grade=3, type="crush", height_loss=0.5)]
     a, ann_a = render_phantom(np.random.default_rng(seed), SMALL)
     b, ann_b = render_phantom(np.random.default_rng(seed), SMALL, frac)
-    box = ann_a["boxes"]["L1"]
-    area, thr = bone_area(a, box)
-    x0, y0, x1, y1 = box
+    ba, bb = ann_a["boxes"], ann_b["boxes"]
+    area, thr = bone_area(a, ba["L1"])
+    x0, y0, x1, y1 = bb["L1"]
     shrink = 1 - (b[y0:y1, x0:x1] > thr).sum() / (area > thr).sum()
     assert 0.35 < shrink < 0.6
-    # only L1 (and its blur margin) changed: same patient otherwise, no global shortcut
-    changed = np.argwhere(a != b)
-    assert changed[:, 0].min() >= y0 - 3 and changed[:, 0].max() < y1 + 3
-    assert ann_b["boxes"]["T12"] == ann_a["boxes"]["T12"] and ann_b["boxes"]["L2"] == ann_a["boxes"]["L2"]
-    assert ann_b["boxes"]["L1"][3] - ann_b["boxes"]["L1"][1] < 0.75 * (y1 - y0)
+    assert y1 - y0 < 0.75 * (ba["L1"][3] - ba["L1"][1])
+    # the neighbours settle onto the collapsed body: no widened disc space above or below it
+    gap = lambda boxes, up, down: boxes[down][1] - boxes[up][3]   # noqa: E731
+    for up, down in (("T12", "L1"), ("L1", "L2")):
+        assert abs(gap(bb, up, down) - gap(ba, up, down)) <= 2, (up, down)
+    # every other vertebra keeps its size: the deformity itself is the only change in shape
+    size = lambda box: (box[2] - box[0], box[3] - box[1])          # noqa: E731
+    assert all(np.allclose(size(bb[lv]), size(ba[lv]), atol=1) for lv in LEVELS if lv != "L1")
+
+
+def _rim(an, sh, j, side, plate):
+    """Image position of vertebra j's end plate at its anterior (-1) or posterior (+1) rim."""
+    phi, s = an["phi"][j], sh[j]
+    eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
+    hu = s["ha"] if side < 0 else s["hp"]
+    v = -s["ref"] / 2 + s["k_top"] * (s["ref"] - hu) if plate == "top" else s["ref"] / 2 - (1 - s["k_top"]) * (s["ref"] - hu)
+    return np.array([an["cx"][j], an["cy"][j]]) + side * an["w"][j] / 2 * eu + v * ev
+
+
+def test_settle_keeps_discs_and_adds_the_wedge_angle_as_local_kyphosis():
+    from vfa.synth import _settle
+
+    n = len(LEVELS)   # a straight spine of bodies 10 tall, 14 deep, discs 3
+    an = dict(cx=np.full(n, 50.0), cy=np.arange(n) * 13.0, phi=np.zeros(n), h=np.full(n, 10.0),
+              w=np.full(n, 14.0), frame=np.array([50.0, 6 * 13.0]))
+    sh = [dict(ha=10.0, hm=10.0, hp=10.0, ref=10.0, k_top=0.5, ha0=10.0, hp0=10.0) for _ in range(n)]
+    sh[6].update(ha=5.0, hm=7.5, k_top=0.7)                     # T10: anterior wedge, half its height
+    disc = lambda a, j, side: np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))  # noqa: E731
+    assert disc(an, 5, -1) == pytest.approx(3 + 0.7 * 5)         # before: the gap a real spine closes
+    out = _settle(an, sh)
+    for j in range(n - 1):
+        for side in (-1, 1):
+            assert disc(out, j, side) == pytest.approx(3, abs=0.25), (j, side)
+    # the column above tilts forward by the whole wedge angle, the fractured body by its lower share
+    assert out["phi"][5] - out["phi"][7] == pytest.approx(5 / 14, rel=0.02)
+    assert out["phi"][6] - out["phi"][7] == pytest.approx(0.3 * 5 / 14, rel=0.02)
+    assert np.allclose(np.diff(out["cy"][7:]), 13) and np.allclose(out["phi"][7:], 0)
+    assert _settle(an, [dict(s, ha=s["ha0"], hm=10.0, k_top=0.5) for s in sh]) is an   # no fracture: untouched
 
 
 def test_grade1_height_loss_is_20_to_25_percent():

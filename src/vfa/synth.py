@@ -4,11 +4,13 @@ No patient images ship with vfa, so this phantom is the default data for the dem
 model-quality checks. Everything is drawn analytically from a numpy Generator:
 
     anatomy (S-curve, 13 vertebrae T4..L4, discs, ribs, soft tissue)  ->  fractures (height loss)
+    ->  the column settles onto collapsed bodies
     ->  rendering (bone density, texture, blur, noise, gain/offset)  ->  uint8/uint16 image + boxes
 
-The only thing that differs between a normal and a fractured image is the deformed vertebral body
-itself (shape, and the slight densification of compressed bone): every global parameter is drawn
-the same way for both classes so that a model cannot learn a shortcut.
+What differs between a normal and a fractured image is the deformed vertebral body (shape, and the
+slight densification of compressed bone) and, as in vivo, the spine settling onto it (discs keep
+their height; a wedge adds local kyphosis): every global parameter is drawn the same way for both
+classes so that a model cannot learn a shortcut.
 """
 from __future__ import annotations
 
@@ -115,9 +117,15 @@ def _anatomy(rng: np.random.Generator, H: int, W: int) -> dict:
     scale = rng.uniform(0.80, 0.90) * H / ext_y     # leaves >= 5 % margins, of which 3 % for shifting
     fx, ty = rng.uniform(0.38, 0.46), rng.uniform(-0.03, 0.03)
     cx, cy = cx * scale, cy * scale
-    cy += H / 2 - (cy.min() + cy.max()) / 2 + ty * H
-    cx += W * fx - cx.mean()
-    return dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale)
+    an = dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale, frame=np.array([W * fx, H / 2 + ty * H]))
+    return _frame(an)
+
+
+def _frame(an: dict) -> dict:
+    """Place the spine: its mean x and its vertical mid-point at the drawn position `frame`."""
+    an["cy"] = an["cy"] + an["frame"][1] - (an["cy"].min() + an["cy"].max()) / 2
+    an["cx"] = an["cx"] + an["frame"][0] - an["cx"].mean()
+    return an
 
 
 def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[dict]:
@@ -131,6 +139,8 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
     dens = rng.uniform(0.92, 1.08, n)      # level-to-level bone density variation
     out = [dict(ha=h[i] * ra[i], hm=h[i] * rm[i] * (ra[i] + 1) / 2, hp=h[i], ref=h[i],
                 k_top=0.5, dens=dens[i], sclerosis=1.0) for i in range(n)]
+    for v in out:
+        v.update(ha0=v["ha"], hp0=v["hp"])   # pre-fracture rims: how far the column settles (_settle)
     for f in fractures:
         if f["level"] not in LEVELS:
             raise ValueError(f"unknown level {f['level']!r}; expected one of {LEVELS}")
@@ -147,6 +157,39 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
         # fractured levels are excluded from DXA BMD); grade 1 stays within the normal +-8 % spread
         v.update(k_top=k_top[LEVELS.index(f["level"])], sclerosis=1 + 0.4 * loss)
     return out
+
+
+def _settle(an: dict, shapes: list[dict]) -> dict:
+    """Let the spine settle onto collapsed bodies, as it does in vivo: the discs keep their height,
+    so the column above a fracture descends (and, for a wedge, tilts forward: local kyphosis) instead
+    of leaving a widened disc space, a cue outside the vertebra that real scans do not show.
+
+    Each end plate moves by its collapse at the anterior and posterior rims (u = -w/2, +w/2); a
+    rigid motion of everything cranial to it (translation along the body's axis + rotation about the
+    end plate's centre) re-seats the neighbour on it. Then the spine is framed again as drawn."""
+    if all(sh["ha"] == sh["ha0"] and sh["hp"] == sh["hp0"] and sh["k_top"] == 0.5 for sh in shapes):
+        return an                                    # no fracture: the very same geometry
+    an = {k: np.array(v, dtype=float) for k, v in an.items()}
+    for i in reversed(range(len(shapes))):          # caudal first: an upper fracture rides along
+        sh = shapes[i]
+        kt, ref, w = sh["k_top"], sh["ref"], an["w"][i]
+        # end plate displacement at the rims, relative to the body as it was (k_top 0.5)
+        drop = lambda k, h, h0: k * (ref - h) - 0.5 * (ref - h0)              # noqa: E731
+        for k, first, sign in ((1 - kt, i, 1), (kt, i - 1, -1)):           # bottom plate, then top
+            da, dp = drop(k, sh["ha"], sh["ha0"]), drop(k, sh["hp"], sh["hp0"])
+            # L4's lower neighbour is not drawn: framing absorbs its settling
+            if first < 0 or i == len(shapes) - 1 and sign > 0 or abs(da) + abs(dp) < 1e-9:
+                continue
+            phi = an["phi"][i]
+            ev = np.array([math.sin(phi), math.cos(phi)])
+            pivot = np.array([an["cx"][i], an["cy"][i]]) + sign * ref / 2 * ev
+            alpha = (dp - da) / w                    # frame rotation; an image rotation by +alpha
+            rot = np.array([[math.cos(alpha), -math.sin(alpha)], [math.sin(alpha), math.cos(alpha)]])
+            pts = np.stack([an["cx"][:first + 1], an["cy"][:first + 1]], 1) - pivot
+            pts = pts @ rot.T + pivot + (da + dp) / 2 * ev
+            an["cx"][:first + 1], an["cy"][:first + 1] = pts[:, 0], pts[:, 1]
+            an["phi"][:first + 1] -= alpha
+    return _frame(an)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -268,6 +311,7 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
     s = H / 1024                                           # pixel scale relative to the default size
     an = _anatomy(rng, H, W)
     shapes = _shapes(rng, an, fractures)
+    an = _settle(an, shapes)
     p = dict(s=s, density=rng.uniform(0.5, 1.1),           # bone density -> bone/soft-tissue contrast
              trab=rng.uniform(0.2, 0.3), cortex=rng.uniform(0.3, 0.5), cortex_px=rng.uniform(1.5, 2.5) * s,
              texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),

@@ -134,6 +134,10 @@ def test_crush_fracture_shrinks_l1_and_the_spine_settles(seed):
     # every other vertebra keeps its size: the deformity itself is the only change in shape
     size = lambda box: (box[2] - box[0], box[3] - box[1])          # noqa: E731
     assert all(np.allclose(size(bb[lv]), size(ba[lv]), atol=1) for lv in LEVELS if lv != "L1")
+    # and the trunk (soft tissue, rib cage) away from the spine is the same: no cue far from L1
+    x0, x1 = min(v[0] for v in ba.values()), max(v[2] for v in ba.values())
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff[:, :x0 - 15].mean() < 0.05 and diff[:, x1 + 40:].mean() < 0.05
 
 
 def _rim(an, sh, j, side, plate):
@@ -150,7 +154,7 @@ def test_settle_keeps_discs_and_adds_the_wedge_angle_as_local_kyphosis():
 
     n = len(LEVELS)   # a straight spine of bodies 10 tall, 14 deep, discs 3
     an = dict(cx=np.full(n, 50.0), cy=np.arange(n) * 13.0, phi=np.zeros(n), h=np.full(n, 10.0),
-              w=np.full(n, 14.0), frame=np.array([50.0, 6 * 13.0]))
+              w=np.full(n, 14.0), frame=np.array([50.0, 6 * 13.0]), size=np.array([100, 200]))
     sh = [dict(ha=10.0, hm=10.0, hp=10.0, ref=10.0, k_top=0.5, ha0=10.0, hp0=10.0) for _ in range(n)]
     sh[6].update(ha=5.0, hm=7.5, k_top=0.7)                     # T10: anterior wedge, half its height
     disc = lambda a, j, side: np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))  # noqa: E731

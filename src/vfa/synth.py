@@ -117,7 +117,8 @@ def _anatomy(rng: np.random.Generator, H: int, W: int) -> dict:
     scale = rng.uniform(0.80, 0.90) * H / ext_y     # leaves >= 5 % margins, of which 3 % for shifting
     fx, ty = rng.uniform(0.38, 0.46), rng.uniform(-0.03, 0.03)
     cx, cy = cx * scale, cy * scale
-    an = dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale, frame=np.array([W * fx, H / 2 + ty * H]))
+    an = dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale, frame=np.array([W * fx, H / 2 + ty * H]),
+              size=np.array([W, H]))
     return _frame(an)
 
 
@@ -166,7 +167,7 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
 
     Each end plate moves by its collapse at the anterior and posterior rims (u = -w/2, +w/2); a
     rigid motion of everything cranial to it (translation along the body's axis + rotation about the
-    end plate's centre) re-seats the neighbour on it. Then the spine is framed again as drawn."""
+    end plate's centre) re-seats the neighbour on it."""
     if all(sh["ha"] == sh["ha0"] and sh["hp"] == sh["hp0"] and sh["k_top"] == 0.5 for sh in shapes):
         return an                                    # no fracture: the very same geometry
     an = {k: np.array(v, dtype=float) for k, v in an.items()}
@@ -189,7 +190,11 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
             pts = pts @ rot.T + pivot + (da + dp) / 2 * ev
             an["cx"][:first + 1], an["cy"][:first + 1] = pts[:, 0], pts[:, 1]
             an["phi"][:first + 1] -= alpha
-    return _frame(an)
+    # L4 stays put, so the trunk around the spine is unchanged; framed again only if a body would
+    # leave the image (several severe wedges swing the thoracic spine forward)
+    lo, hi = np.r_[an["cx"], an["cy"]] - np.r_[an["w"], an["h"]], np.r_[an["cx"], an["cy"]] + np.r_[an["w"], an["h"]]
+    inside = (lo >= 0).all() and (hi <= np.repeat(an["size"], len(shapes))).all()
+    return an if inside else _frame(an)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -246,12 +251,16 @@ def _vertebra(canvas, i, an, sh, p, tex_seed):
     return [int(x0 + cols.min()), int(y0 + rows.min()), int(x0 + cols.max() + 1), int(y0 + rows.max() + 1)]
 
 
-def _ribs(rng, an, H, W, p):
-    """Both sides' ribs (T2-T12) as curved bands with brighter cortical edges, over the thorax."""
+def _ribs(rng, an, cage, H, W, p):
+    """Both sides' ribs (T2-T12) as curved bands with brighter cortical edges, over the thorax.
+    Each rib's head follows its vertebra (`an`); the rest of it follows the rib cage (`cage`, the
+    spine before settling), which a collapsed body does not pull down: rib crowding anterior to a
+    fracture would be a cue far from the vertebra."""
     layers, i = [], np.arange(-2, 9)                     # T2..T12 (T2/T3 extrapolated upwards)
     ext = lambda a: np.where(i < 0, a[0] + i * (a[1] - a[0]), a[np.maximum(i, 0)])  # noqa: E731
-    cx, cy, w, h = (ext(an[k]) for k in ("cx", "cy", "w", "h"))
-    phi = an["phi"][:9].mean()   # ribs hang from the thorax as a whole, not from each vertebra's tilt
+    w, h = ext(cage["w"]), ext(cage["h"])
+    heads, ends = (np.stack([ext(a["cx"]), ext(a["cy"])], 1) for a in (an, cage))
+    phi = cage["phi"][:9].mean()   # ribs hang from the thorax as a whole, not from each vertebra's tilt
     eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
     jitter = rng.uniform(-0.12, 0.12, (2, len(i), 4))
     side_off = rng.uniform(0.2, 0.5) * h[0]
@@ -263,7 +272,7 @@ def _ribs(rng, an, H, W, p):
             j = jitter[side, k]
             ctrl = np.array([[0.75, -0.1], [2.3 + j[0], 0.2 + j[1]], [0.3, 2.4 + j[2]], [-3.6, 3.4 + j[3]]])
             ctrl = ctrl * [w[k], h[k]] * (1 + 0.08 * side) + [0, side * side_off]
-            P = np.array([cx[k], cy[k]]) + ctrl[:, :1] * eu + ctrl[:, 1:] * ev
+            P = np.stack([heads[k], ends[k], ends[k], ends[k]]) + ctrl[:, :1] * eu + ctrl[:, 1:] * ev
             bern = np.hstack([(1 - b) ** 3, 3 * (1 - b) ** 2 * b, 3 * (1 - b) * b ** 2, b ** 3])
             curve = bern @ P / 2                              # cubic Bezier, on the half-res canvas
             tang = np.gradient(curve, axis=0)
@@ -303,22 +312,26 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
     """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with level/grade/type/height_loss).
 
     Every random draw happens in a fixed order that does not depend on `fractures`, so the same rng
-    state with and without fractures gives the same patient, differing only at the fractured levels.
+    state with and without fractures gives the same patient, differing only at the fractured levels
+    and in the spine above them, which settles onto the collapsed bodies (`_settle`).
     Boxes are [x0, y0, x1, y1] in pixels of the final image (x1/y1 exclusive).
     """
     H, W = size
     fractures = list(fractures or [])
     s = H / 1024                                           # pixel scale relative to the default size
-    an = _anatomy(rng, H, W)
-    shapes = _shapes(rng, an, fractures)
-    an = _settle(an, shapes)
+    an0 = _anatomy(rng, H, W)
+    shapes = _shapes(rng, an0, fractures)
+    an = _settle(an0, shapes)
     p = dict(s=s, density=rng.uniform(0.5, 1.1),           # bone density -> bone/soft-tissue contrast
              trab=rng.uniform(0.2, 0.3), cortex=rng.uniform(0.3, 0.5), cortex_px=rng.uniform(1.5, 2.5) * s,
              texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),
              rib=rng.uniform(0.04, 0.09), rib_w=rng.uniform(0.4, 0.55))
     tex_seeds = rng.integers(0, 2 ** 63, len(LEVELS))
-    canvas = _background(rng, an, H, W, s)
-    canvas += p["density"] * _ribs(rng, an, H, W, p)
+    # body outline and rib cage: the spine before settling, framed as the settled one (L4 moves only
+    # by framing); a local collapse does not reshape the trunk, so nothing far from it changes
+    cage = dict(an0, cx=an0["cx"] + an["cx"][-1] - an0["cx"][-1], cy=an0["cy"] + an["cy"][-1] - an0["cy"][-1])
+    canvas = _background(rng, cage, H, W, s)
+    canvas += p["density"] * _ribs(rng, an, cage, H, W, p)
     boxes = {lv: _vertebra(canvas, i, an, shapes[i], p, tex_seeds[i]) for i, lv in enumerate(LEVELS)}
     # acquisition: scanner blur, quantum noise (+ faint scan-line noise), gain/offset
     canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.7, 1.6) * s)

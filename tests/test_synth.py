@@ -131,9 +131,9 @@ def test_crush_fracture_shrinks_l1_and_the_spine_settles(seed):
     gap = lambda boxes, up, down: boxes[down][1] - boxes[up][3]   # noqa: E731
     for up, down in (("T12", "L1"), ("L1", "L2")):
         assert abs(gap(bb, up, down) - gap(ba, up, down)) <= 2, (up, down)
-    # every other vertebra keeps its size: the deformity itself is the only change in shape
+    # every other vertebra keeps its size (up to the ~2 % the framing adds): only L1 changes shape
     size = lambda box: (box[2] - box[0], box[3] - box[1])          # noqa: E731
-    assert all(np.allclose(size(bb[lv]), size(ba[lv]), atol=1) for lv in LEVELS if lv != "L1")
+    assert all(np.allclose(size(bb[lv]), size(ba[lv]), atol=2) for lv in LEVELS if lv != "L1")
     # and the trunk (soft tissue, rib cage) away from the spine is the same: no cue far from L1
     x0, x1 = min(v[0] for v in ba.values()), max(v[2] for v in ba.values())
     diff = np.abs(a.astype(int) - b.astype(int))
@@ -154,19 +154,21 @@ def test_settle_keeps_discs_and_adds_the_wedge_angle_as_local_kyphosis():
 
     n = len(LEVELS)   # a straight spine of bodies 10 tall, 14 deep, discs 3
     an = dict(cx=np.full(n, 50.0), cy=np.arange(n) * 13.0, phi=np.zeros(n), h=np.full(n, 10.0),
-              w=np.full(n, 14.0), frame=np.array([50.0, 6 * 13.0]), size=np.array([100, 200]))
+              w=np.full(n, 14.0), frame=np.array([50.0, 100.0]), size=np.array([100, 200]), fill=0.83)
     sh = [dict(ha=10.0, hm=10.0, hp=10.0, ref=10.0, k_top=0.5, ha0=10.0, hp0=10.0) for _ in range(n)]
     sh[6].update(ha=5.0, hm=7.5, k_top=0.7)                     # T10: anterior wedge, half its height
     disc = lambda a, j, side: np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))  # noqa: E731
     assert disc(an, 5, -1) == pytest.approx(3 + 0.7 * 5)         # before: the gap a real spine closes
     out = _settle(an, sh)
+    k = out["h"][0] / 10                                        # framed again: 166 px tall as before
+    assert k == pytest.approx(166 / (166 - 5), rel=0.01)
     for j in range(n - 1):
         for side in (-1, 1):
-            assert disc(out, j, side) == pytest.approx(3, abs=0.25), (j, side)
+            assert disc(out, j, side) == pytest.approx(3 * k, abs=0.25), (j, side)
     # the column above tilts forward by the whole wedge angle, the fractured body by its lower share
     assert out["phi"][5] - out["phi"][7] == pytest.approx(5 / 14, rel=0.02)
     assert out["phi"][6] - out["phi"][7] == pytest.approx(0.3 * 5 / 14, rel=0.02)
-    assert np.allclose(np.diff(out["cy"][7:]), 13) and np.allclose(out["phi"][7:], 0)
+    assert np.allclose(np.diff(out["cy"][7:]), 13 * k) and np.allclose(out["phi"][7:], 0)
     assert _settle(an, [dict(s, ha=s["ha0"], hm=10.0, k_top=0.5) for s in sh]) is an   # no fracture: untouched
 
 

@@ -110,23 +110,23 @@ def _anatomy(rng: np.random.Generator, H: int, W: int) -> dict:
     ds = np.gradient(s)
     x, y = np.cumsum(np.sin(phi_s) * ds), np.cumsum(np.cos(phi_s) * ds)
     cx, cy, phi = (np.interp(centre_s, s, a) for a in (x, y, phi_s))
-    # scale so the spine fills 80-90 % of the image height, then translate within the free margin
-    # (vertical extent of the bodies ~ centres +- half heights, plus what the tilted corners add)
-    half = h / 2 * np.cos(phi)
-    ext_y = np.ptp(np.r_[cy - half, cy + half]) + 0.5 * w.mean() * np.ptp(np.sin(phi))
-    scale = rng.uniform(0.80, 0.90) * H / ext_y     # leaves >= 5 % margins, of which 3 % for shifting
+    an = dict(cx=cx, cy=cy, phi=phi, h=h, w=w, fill=rng.uniform(0.80, 0.90), size=np.array([W, H]))
     fx, ty = rng.uniform(0.38, 0.46), rng.uniform(-0.03, 0.03)
-    cx, cy = cx * scale, cy * scale
-    an = dict(cx=cx, cy=cy, phi=phi, h=h * scale, w=w * scale, frame=np.array([W * fx, H / 2 + ty * H]),
-              size=np.array([W, H]))
-    return _frame(an)
+    an["frame"] = np.array([W * fx, H / 2 + ty * H])
+    return _frame(an)[0]
 
 
-def _frame(an: dict) -> dict:
-    """Place the spine: its mean x and its vertical mid-point at the drawn position `frame`."""
+def _frame(an: dict) -> tuple[dict, float]:
+    """Scale the spine to fill `fill` of the image height (leaves >= 5 % margins, 3 % of them for
+    shifting), then put its mean x and vertical mid-point at `frame`. Returns it and the scale."""
+    # vertical extent of the bodies ~ centres +- half heights, plus what the tilted corners add
+    half = an["h"] / 2 * np.cos(an["phi"])
+    ext_y = np.ptp(np.r_[an["cy"] - half, an["cy"] + half]) + 0.5 * an["w"].mean() * np.ptp(np.sin(an["phi"]))
+    k = an["fill"] * an["size"][1] / ext_y
+    an = dict(an, **{key: an[key] * k for key in ("cx", "cy", "h", "w")})
     an["cy"] = an["cy"] + an["frame"][1] - (an["cy"].min() + an["cy"].max()) / 2
     an["cx"] = an["cx"] + an["frame"][0] - an["cx"].mean()
-    return an
+    return an, k
 
 
 def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[dict]:
@@ -190,11 +190,12 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
             pts = pts @ rot.T + pivot + (da + dp) / 2 * ev
             an["cx"][:first + 1], an["cy"][:first + 1] = pts[:, 0], pts[:, 1]
             an["phi"][:first + 1] -= alpha
-    # L4 stays put, so the trunk around the spine is unchanged; framed again only if a body would
-    # leave the image (several severe wedges swing the thoracic spine forward)
-    lo, hi = np.r_[an["cx"], an["cy"]] - np.r_[an["w"], an["h"]], np.r_[an["cx"], an["cy"]] + np.r_[an["w"], an["h"]]
-    inside = (lo >= 0).all() and (hi <= np.repeat(an["size"], len(shapes))).all()
-    return an if inside else _frame(an)
+    # framed again as any spine is, so a shorter spine is no cue: the bodies (and `shapes`, in
+    # place) grow by the ~1-3 % the collapse took from its length
+    an, k = _frame(an)
+    for sh in shapes:
+        sh.update({key: sh[key] * k for key in ("ha", "hm", "hp", "ref", "ha0", "hp0")})
+    return an
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -327,11 +328,10 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
              texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),
              rib=rng.uniform(0.04, 0.09), rib_w=rng.uniform(0.4, 0.55))
     tex_seeds = rng.integers(0, 2 ** 63, len(LEVELS))
-    # body outline and rib cage: the spine before settling, framed as the settled one (L4 moves only
-    # by framing); a local collapse does not reshape the trunk, so nothing far from it changes
-    cage = dict(an0, cx=an0["cx"] + an["cx"][-1] - an0["cx"][-1], cy=an0["cy"] + an["cy"][-1] - an0["cy"][-1])
-    canvas = _background(rng, cage, H, W, s)
-    canvas += p["density"] * _ribs(rng, an, cage, H, W, p)
+    # body outline and rib cage follow the spine as it was: a local collapse does not reshape the
+    # trunk or crowd the ribs, so nothing far from the spine changes
+    canvas = _background(rng, an0, H, W, s)
+    canvas += p["density"] * _ribs(rng, an, an0, H, W, p)
     boxes = {lv: _vertebra(canvas, i, an, shapes[i], p, tex_seeds[i]) for i, lv in enumerate(LEVELS)}
     # acquisition: scanner blur, quantum noise (+ faint scan-line noise), gain/offset
     canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.7, 1.6) * s)

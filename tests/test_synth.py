@@ -117,10 +117,27 @@ def bone_area(img, box):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_crush_fracture_shrinks_l1_and_the_spine_settles(seed):
+def test_crush_fracture_shrinks_l1(seed):
     frac = [dict(level="L1", grade=3, type="crush", height_loss=0.5)]
     a, ann_a = render_phantom(np.random.default_rng(seed), SMALL)
     b, ann_b = render_phantom(np.random.default_rng(seed), SMALL, frac)
+    box = ann_a["boxes"]["L1"]
+    area, thr = bone_area(a, box)
+    x0, y0, x1, y1 = box
+    shrink = 1 - (b[y0:y1, x0:x1] > thr).sum() / (area > thr).sum()
+    assert 0.35 < shrink < 0.6
+    # only L1 (and its blur margin) changed: same patient otherwise, no global shortcut
+    changed = np.argwhere(a != b)
+    assert changed[:, 0].min() >= y0 - 3 and changed[:, 0].max() < y1 + 3
+    assert ann_b["boxes"]["T12"] == ann_a["boxes"]["T12"] and ann_b["boxes"]["L2"] == ann_a["boxes"]["L2"]
+    assert ann_b["boxes"]["L1"][3] - ann_b["boxes"]["L1"][1] < 0.75 * (y1 - y0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crush_fracture_shrinks_l1_and_the_spine_settles(seed):
+    frac = [dict(level="L1", grade=3, type="crush", height_loss=0.5)]
+    a, ann_a = render_phantom(np.random.default_rng(seed), SMALL)
+    b, ann_b = render_phantom(np.random.default_rng(seed), SMALL, frac, settle=True)
     ba, bb = ann_a["boxes"], ann_b["boxes"]
     area, thr = bone_area(a, ba["L1"])
     x0, y0, x1, y1 = bb["L1"]
@@ -154,7 +171,7 @@ def test_settle_keeps_discs_and_adds_the_wedge_angle_as_local_kyphosis():
 
     n = len(LEVELS)   # a straight spine of bodies 10 tall, 14 deep, discs 3
     an = dict(cx=np.full(n, 50.0), cy=np.arange(n) * 13.0, phi=np.zeros(n), h=np.full(n, 10.0),
-              w=np.full(n, 14.0), frame=np.array([50.0, 100.0]), size=np.array([100, 200]), fill=0.83)
+              w=np.full(n, 14.0), frame=np.array([0.5, 0.0]), size=np.array([100, 200]), fill=0.83)
     sh = [dict(ha=10.0, hm=10.0, hp=10.0, ref=10.0, k_top=0.5, ha0=10.0, hp0=10.0) for _ in range(n)]
     sh[6].update(ha=5.0, hm=7.5, k_top=0.7)                     # T10: anterior wedge, half its height
     disc = lambda a, j, side: np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))  # noqa: E731

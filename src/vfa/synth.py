@@ -4,13 +4,14 @@ No patient images ship with vfa, so this phantom is the default data for the dem
 model-quality checks. Everything is drawn analytically from a numpy Generator:
 
     anatomy (S-curve, 13 vertebrae T4..L4, discs, ribs, soft tissue)  ->  fractures (height loss)
-    ->  the column settles onto collapsed bodies
+    ->  (optionally) the column settles onto collapsed bodies
     ->  rendering (bone density, texture, blur, noise, gain/offset)  ->  uint8/uint16 image + boxes
 
-What differs between a normal and a fractured image is the deformed vertebral body (shape, and the
-slight densification of compressed bone) and, as in vivo, the spine settling onto it (discs keep
-their height; a wedge adds local kyphosis): every global parameter is drawn the same way for both
-classes so that a model cannot learn a shortcut.
+The only thing that differs between a normal and a fractured image is the deformed vertebral body
+itself (shape, and the slight densification of compressed bone): every global parameter is drawn
+the same way for both classes so that a model cannot learn a shortcut. Its neighbours stay put, so
+the disc spaces next to a collapse widen, which real spines do not show; `settle=True` lets the
+column settle instead (discs keep their height, a wedge adds local kyphosis), see `_settle`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class PhantomConfig:
     bit_depth: int = 8        # 8 or 16
     format: str = "png"       # png | dicom (MONOCHROME2 .dcm, fake identifiers) | dicom-mono1 (MONOCHROME1)
     workers: int | None = None  # None = os.cpu_count()
+    # experimental: the spine settles onto collapsed bodies (vfa.synth._settle). Off by default:
+    # the cpu-demo network then learns spine-wide correlates (README, "The phantom")
+    settle: bool = False
 
     def validate(self) -> None:
         if int(self.n) < 1:
@@ -111,21 +115,21 @@ def _anatomy(rng: np.random.Generator, H: int, W: int) -> dict:
     x, y = np.cumsum(np.sin(phi_s) * ds), np.cumsum(np.cos(phi_s) * ds)
     cx, cy, phi = (np.interp(centre_s, s, a) for a in (x, y, phi_s))
     an = dict(cx=cx, cy=cy, phi=phi, h=h, w=w, fill=rng.uniform(0.80, 0.90), size=np.array([W, H]))
-    fx, ty = rng.uniform(0.38, 0.46), rng.uniform(-0.03, 0.03)
-    an["frame"] = np.array([W * fx, H / 2 + ty * H])
+    an["frame"] = np.array([rng.uniform(0.38, 0.46), rng.uniform(-0.03, 0.03)])   # x share, y offset
     return _frame(an)[0]
 
 
 def _frame(an: dict) -> tuple[dict, float]:
     """Scale the spine to fill `fill` of the image height (leaves >= 5 % margins, 3 % of them for
-    shifting), then put its mean x and vertical mid-point at `frame`. Returns it and the scale."""
+    shifting), then put its mean x and vertical mid-point where `frame` says. Returns it, the scale."""
     # vertical extent of the bodies ~ centres +- half heights, plus what the tilted corners add
     half = an["h"] / 2 * np.cos(an["phi"])
     ext_y = np.ptp(np.r_[an["cy"] - half, an["cy"] + half]) + 0.5 * an["w"].mean() * np.ptp(np.sin(an["phi"]))
     k = an["fill"] * an["size"][1] / ext_y
     an = dict(an, **{key: an[key] * k for key in ("cx", "cy", "h", "w")})
-    an["cy"] = an["cy"] + an["frame"][1] - (an["cy"].min() + an["cy"].max()) / 2
-    an["cx"] = an["cx"] + an["frame"][0] - an["cx"].mean()
+    (W, H), (fx, ty) = an["size"], an["frame"]
+    an["cy"] = an["cy"] + (H / 2 - (an["cy"].min() + an["cy"].max()) / 2 + ty * H)
+    an["cx"] = an["cx"] + (W * fx - an["cx"].mean())
     return an, k
 
 
@@ -309,12 +313,12 @@ def _background(rng, an, H, W, s):
 
 
 def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[dict] | None = None,
-                   bit_depth=8) -> tuple[np.ndarray, dict]:
+                   bit_depth=8, settle: bool = False) -> tuple[np.ndarray, dict]:
     """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with level/grade/type/height_loss).
 
     Every random draw happens in a fixed order that does not depend on `fractures`, so the same rng
     state with and without fractures gives the same patient, differing only at the fractured levels
-    and in the spine above them, which settles onto the collapsed bodies (`_settle`).
+    (and, with `settle`, in the spine's alignment, which settles onto the collapsed bodies).
     Boxes are [x0, y0, x1, y1] in pixels of the final image (x1/y1 exclusive).
     """
     H, W = size
@@ -322,7 +326,7 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
     s = H / 1024                                           # pixel scale relative to the default size
     an0 = _anatomy(rng, H, W)
     shapes = _shapes(rng, an0, fractures)
-    an = _settle(an0, shapes)
+    an = _settle(an0, shapes) if settle else an0
     p = dict(s=s, density=rng.uniform(0.5, 1.1),           # bone density -> bone/soft-tissue contrast
              trab=rng.uniform(0.2, 0.3), cortex=rng.uniform(0.3, 0.5), cortex_px=rng.uniform(1.5, 2.5) * s,
              texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),
@@ -373,7 +377,7 @@ def _make_one(job) -> dict:
     i, label, split, out, cfg = job
     r_frac, r_img = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, 0, i]).spawn(2))
     fractures = sample_fractures(r_frac, cfg.grades) if label else []
-    img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth)
+    img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth, getattr(cfg, "settle", False))
     fmt = getattr(cfg, "format", "png")
     rel = f"{split}/{'frac' if label else 'norm'}/phantom_{i:05d}.{'png' if fmt == 'png' else 'dcm'}"
     if fmt == "png":

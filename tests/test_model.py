@@ -86,3 +86,19 @@ def test_small_cnn_at_a_finer_output_stride_computes_the_same_network(output_str
     torch.testing.assert_close(b[..., ::k, ::k], a, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="output_stride"):
         timm.create_model("vfa_cnn_small", output_stride=2)
+
+
+@pytest.mark.parametrize("kernels, rf", [(None, 159), ((3, 3, 3, 1, 1), 63)])
+def test_small_cnn_kernels_bound_the_receptive_field(kernels, rf):
+    """An output cell's input support (gradient != 0) spans exactly the computed receptive field."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("vfa_cnn_small", kernels=kernels).eval()
+    x = torch.randn(1, 3, 512, 512, requires_grad=True)
+    y = net.forward_features(x)
+    y[0, :, 8, 8].sum().backward()
+    rows = torch.nonzero(x.grad[0].abs().sum((0, 2))).flatten()
+    assert int(rows.max() - rows.min()) + 1 == rf
+    with pytest.raises(ValueError, match="kernels"):
+        timm.create_model("vfa_cnn_small", kernels=(3, 1))

@@ -45,22 +45,28 @@ class SmallCNN(nn.Module):
     """timm-style: `num_features`, `forward_features` (last feature map), `forward_head`, `reset_classifier`."""
 
     def __init__(self, widths=(16, 24, 32, 48, 64, 64), num_classes: int = 0, in_chans: int = 3,
-                 global_pool: str = "max", drop_rate: float = 0.0, output_stride: int = 32, **_):
+                 global_pool: str = "max", drop_rate: float = 0.0, output_stride: int = 32,
+                 kernels: tuple[int, ...] | None = None, **_):
         super().__init__()
+        # kernel size of each conv after the stem; 1s in the last stages bound the receptive field,
+        # so that global max pooling sees local evidence only (default: all 3, RF 159 px)
+        kernels = tuple(kernels or (3,) * (len(widths) - 1))
+        if len(kernels) != len(widths) - 1 or any(k % 2 == 0 or k < 1 for k in kernels):
+            raise ValueError(f"vfa_cnn_small: kernels must be {len(widths) - 1} odd sizes, got {kernels}")
         stride = 2 ** (len(widths) - 1)
         if output_stride not in [stride >> k for k in range(len(widths) - 2)]:
             raise ValueError(f"vfa_cnn_small: output_stride must be one of "
                              f"{[stride >> k for k in range(len(widths) - 2)]}, got {output_stride}")
-        layers = [_conv(in_chans, widths[0], stride=2, kernel=5), _conv(widths[0], widths[1])]
+        layers = [_conv(in_chans, widths[0], stride=2, kernel=5), _conv(widths[0], widths[1], kernel=kernels[0])]
         reduction, dilation = 2, 1
-        for cin, cout in zip(widths[1:-1], widths[2:]):
+        for cin, cout, kernel in zip(widths[1:-1], widths[2:], kernels[1:]):
             if reduction < output_stride:
                 layers.append(nn.MaxPool2d(2))
                 reduction *= 2
             else:  # past output_stride: the same pooling, evaluated at every position (a trous)
                 layers.append(DenseMaxPool(dilation))
                 dilation *= 2
-            layers.append(_conv(cin, cout, dilation=dilation))
+            layers.append(_conv(cin, cout, kernel=kernel, dilation=dilation))
         self.features = nn.Sequential(*layers)
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate

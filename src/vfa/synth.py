@@ -174,14 +174,14 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
     end plate's centre) re-seats the neighbour on it."""
     if all(sh["ha"] == sh["ha0"] and sh["hp"] == sh["hp0"] and sh["k_top"] == 0.5 for sh in shapes):
         return an                                    # no fracture: the very same geometry
-    an = {k: np.array(v, dtype=float) for k, v in an.items()}
+    an = {key: np.array(v, dtype=float) for key, v in an.items()}
     for i in reversed(range(len(shapes))):          # caudal first: an upper fracture rides along
         sh = shapes[i]
         kt, ref, w = sh["k_top"], sh["ref"], an["w"][i]
         # end plate displacement at the rims, relative to the body as it was (k_top 0.5)
-        drop = lambda k, h, h0: k * (ref - h) - 0.5 * (ref - h0)              # noqa: E731
-        for k, first, sign in ((1 - kt, i, 1), (kt, i - 1, -1)):           # bottom plate, then top
-            da, dp = drop(k, sh["ha"], sh["ha0"]), drop(k, sh["hp"], sh["hp0"])
+        drop = lambda share, h, h0: share * (ref - h) - 0.5 * (ref - h0)      # noqa: E731
+        for share, first, sign in ((1 - kt, i, 1), (kt, i - 1, -1)):       # bottom plate, then top
+            da, dp = drop(share, sh["ha"], sh["ha0"]), drop(share, sh["hp"], sh["hp0"])
             # L4's lower neighbour is not drawn: framing absorbs its settling
             if first < 0 or i == len(shapes) - 1 and sign > 0 or abs(da) + abs(dp) < 1e-9:
                 continue

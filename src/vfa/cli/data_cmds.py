@@ -10,7 +10,8 @@ def cmd_synth(args) -> None:
 
     defaults = dict(config_mod.resolve(args.preset or "seed").synth)
     given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
-             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format, "settle": args.settle or None}
+             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format,
+             "settle": args.settle or None}
     defaults.update({k: v for k, v in given.items() if v is not None})
     if "size" in defaults:
         defaults["size"] = tuple(defaults["size"])

@@ -69,6 +69,43 @@ def test_cam_peaks_where_the_logit_looks(method, blob, stripes):
         assert cam.localize(heat, [inside])["mass_in_boxes"] > 0.5
 
 
+def test_layercam_keeps_only_the_positive_evidence_per_cell():
+    # channel 0 (the blob) raises the logit, channel 1 (the stripes) lowers it: Grad-CAM is the
+    # clamped weighted sum of both maps, LayerCAM the blob's map alone (its gradient is negative)
+    img = scene((8, 8), (40, 24))
+    x = torch.from_numpy(img)[None, None].expand(1, 3, -1, -1)
+    model = detector_model([1.0, -0.5])
+    feats = model.forward_features(x)[0].detach()
+    layer, _ = cam.grad_cam(model, x, "layercam")
+    np.testing.assert_allclose(layer[0], (feats[0] / feats[0].max()).numpy(), atol=1e-6)
+    grad, _ = cam.grad_cam(model, x, "gradcam")
+    mixed = (feats[0] - 0.5 * feats[1]).clamp(min=0)
+    np.testing.assert_allclose(grad[0], (mixed / mixed.max()).numpy(), atol=1e-6)
+
+
+def test_cam_settings_come_from_the_model_unless_given():
+    from vfa import config as config_mod
+    from vfa.model import build_from_config
+
+    cfg = config_mod.resolve("cpu-demo")
+    model = build_from_config(cfg.model)
+    model.config = cfg
+    assert cam.cam_settings(model) == ("layercam", "backbone.features.5")      # the preset's
+    assert cam.cam_settings(model, "gradcam", "auto") == ("gradcam", "auto")  # explicit wins
+    assert cam.cam_settings(model, "hirescam") == ("hirescam", "backbone.features.5")
+    model.config = config_mod.resolve("seed")
+    assert cam.cam_settings(model) == ("gradcam", "auto")                     # the notebook's
+    cfg = config_mod.resolve("cpu-demo", overrides={"model": {"backbone": "resnet18"}})
+    model = build_from_config(cfg.model)
+    model.config = cfg
+    with pytest.warns(UserWarning, match="not in this resnet18"):              # a preset layer elsewhere
+        assert cam.cam_settings(model) == ("layercam", "auto")
+    with pytest.raises(ConfigError, match="CAM method"):
+        cam.cam_settings(model, "smoothgrad")
+    with pytest.raises(ConfigError, match="model.cam_method"):
+        config_mod.resolve("cpu-demo", overrides={"model": {"cam_method": "smoothgrad"}})
+
+
 def test_auto_target_is_the_last_feature_map_and_layers_can_be_named():
     torch.manual_seed(0)
     model = build_model("resnet18", head=(8,)).eval()
@@ -163,6 +200,24 @@ def test_heatmap_folder_names_resume_and_pointing_game(ckpt, tiny_phantom, tmp_p
     assert res["written"] == 2 and len(list((tmp_path / "late").rglob("heatmap_*"))) == 2
 
 
+def test_heatmaps_use_the_models_cam_method_and_layer(tiny_phantom, tmp_path):
+    from vfa import config as config_mod
+    from vfa.train import VFAModule
+
+    cfg = config_mod.resolve("cpu-demo", overrides={"data": {"size": [64, 64]}})
+    torch.manual_seed(0)
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": VFAModule(config_mod.to_dict(cfg)).state_dict(),
+                "hyper_parameters": {"config": config_mod.to_dict(cfg)}}, path)
+    paths = sorted(str(q) for q in (tiny_phantom / "test" / "frac").glob("*.png"))[:3]
+    kw = dict(root=tiny_phantom / "test", manifest=tiny_phantom / "manifest.csv", progress=False, log=lambda m: None)
+    loc = cam.write_heatmaps(path, paths, tmp_path / "a", **kw)["localization"]
+    assert (loc["method"], loc["layer"], loc["output_stride"]) == ("layercam", "backbone.features.5", 4)
+    assert json.loads((tmp_path / "a" / "localization.json").read_text())["layer"] == "backbone.features.5"
+    loc = cam.write_heatmaps(path, paths, tmp_path / "b", method="gradcam", layer="auto", **kw)["localization"]
+    assert (loc["method"], loc["layer"]) == ("gradcam", "auto")
+
+
 def test_heatmaps_from_a_predictions_csv_select_false_negatives(ckpt, tiny_phantom, tmp_path):
     from vfa.cli import main
 
@@ -187,5 +242,5 @@ def test_evaluate_reports_localization_and_gallery_when_boxes_exist(ckpt, tiny_p
     loc = res["localization"]   # the phantom's manifest.csv was found next to test/
     assert loc["n_fractured"] == res["n_frac"] and loc["manifest"].endswith("manifest.csv")
     html = (tmp_path / "ev" / "report.html").read_text()
-    assert "Localization (Grad-CAM)" in html and "fig-heatmap_gallery" in html
+    assert "Localization (LayerCAM)" in html and "fig-heatmap_gallery" in html   # cpu-demo's method
     assert (tmp_path / "ev" / "heatmap_gallery.png").is_file()

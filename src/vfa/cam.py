@@ -9,7 +9,9 @@ timm's `forward_features` returns for every backbone, so it is the default targe
 
 We differentiate the logit, not the probability: dp/dA = p(1-p) * dlogit/dA, a positive factor
 per image that the division by the maximum cancels, so Grad-CAM maps are the notebook's exactly.
-Grad-CAM++ (Chattopadhay et al. 2018) is the `method="gradcam++"` option.
+Grad-CAM++ (Chattopadhay et al. 2018) is the `method="gradcam++"` option. LayerCAM (Jiang et al.
+2021) weights each cell by its own positive gradient instead of the channel mean, so it works on
+earlier, finer layers; a model's config can make it its default (`model.cam_method`, `cam_layer`).
 
 Why not a library: `grad-cam` (pytorch_grad_cam 1.5) requires opencv-python-headless (a 61 MB
 binary wheel) and ttach, only to do what the ~40 lines below do; MONAI's CAMs min-max normalise
@@ -30,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vfa.config import CAM_METHODS as METHODS
 from vfa.config import ConfigError
 from vfa.io import read_image
 from vfa.runs import atomic_write
 
-METHODS = ("gradcam", "gradcam++", "hirescam")
 _DONE = re.compile(r"^(heatmap|panel)_\d{3}_")
 CSV_FIELDS = ("file", "p_fracture", "heatmap", "label", "n_boxes", "pointing_hit", "pointing_hit_tol", "mass_in_boxes")
 
@@ -46,6 +48,24 @@ from vfa.localization import (POINTING_TOLERANCE_PX, box_mask, find_manifest, lo
 
 
 # --- the map -----------------------------------------------------------------------------------
+
+def cam_settings(model, method: str | None = None, layer: str | None = None) -> tuple[str, str]:
+    """(method, layer): None picks the model's own `model.cam_method` / `model.cam_layer` (the
+    notebook's Grad-CAM on the last feature map unless its preset says otherwise); layer "auto" is
+    the last feature map whatever the model's default."""
+    mc = getattr(getattr(model, "config", None), "model", None)
+    method = method or getattr(mc, "cam_method", "gradcam")
+    if method not in METHODS:
+        raise ConfigError(f"CAM method must be one of {METHODS}, got {method!r}")
+    if layer is None:
+        layer = getattr(mc, "cam_layer", None) or "auto"
+        if layer != "auto" and layer not in dict(model.named_modules()):
+            import warnings  # a preset's layer on another backbone (cpu-demo + --set model.backbone=...)
+            warnings.warn(f"model.cam_layer {layer!r} is not in this {mc.backbone}; the heatmaps use its "
+                          "last feature map", stacklevel=2)
+            layer = "auto"
+    return method, layer
+
 
 def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None = None):
     """(cams (B, h, w) float32 in [0, 1], logits (B,)) for images x (B, 3, H, W) preprocessed as for predict."""
@@ -60,6 +80,8 @@ def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None 
     a, g = (_as_nchw(t.detach().float(), model.backbone) for t in (acts, grads))
     if method == "hirescam":  # Draelos & Carin 2020: gradient x activation per cell, summed over channels
         cam = (g * a).sum(1).clamp(min=0)
+    elif method == "layercam":  # Jiang et al. 2021: the same with the gradient's positive part only
+        cam = (g.clamp(min=0) * a).sum(1).clamp(min=0)
     else:
         if method == "gradcam":
             weights = g.mean(dim=(2, 3))
@@ -117,7 +139,7 @@ def heatmap_name(p: float, name: str, prefix: str = "heatmap") -> str:
 
 # --- batch over a folder ----------------------------------------------------------------------
 
-def iter_cams(model, paths: list[str], method: str = "gradcam", layer: str | None = None, batch_size: int = 4,
+def iter_cams(model, paths: list[str], method: str | None = None, layer: str | None = None, batch_size: int = 4,
               output_stride: int | None = None):
     """Stream (path, P(fracture), original gray image, heatmap at its resolution), O(batch) memory.
     `output_stride`: None -> the model's `cam_output_stride`; 0 -> the backbone's own. Finer maps
@@ -126,6 +148,7 @@ def iter_cams(model, paths: list[str], method: str = "gradcam", layer: str | Non
 
     from vfa.predict import eval_dataset
 
+    method, layer = cam_settings(model, method, layer)
     temperature = float(getattr(model, "temperature", 1.0))  # as vfa predict reports P(fracture)
     loader = DataLoader(eval_dataset(model, list(paths)), batch_size=batch_size, num_workers=0)
     dense, _, centres = cam_network(model, output_stride, layer)
@@ -145,7 +168,7 @@ def _label(path: str, classes) -> int | str:
 
 
 def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | None = None,
-                   method: str = "gradcam", layer: str | None = None, alpha: float = 0.3,
+                   method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                    with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
                    batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
                    log=print) -> dict:
@@ -160,9 +183,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
 
     if not isinstance(model, torch.nn.Module):
         model = load_model(model)
+    method, layer = cam_settings(model, method, layer)
     resolve_layer(model, layer)
-    if method not in METHODS:
-        raise ConfigError(f"CAM method must be one of {METHODS}, got {method!r}")
     out, root = Path(out), Path(root) if root else None
     boxes = read_manifest(manifest) if manifest else None
     table = out / "heatmaps.csv"
@@ -222,7 +244,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     if boxes is not None:
         wanted = {rel(p) for p in paths[start_index:]}
         result["localization"] = {**summarize([r for k, r in done.items() if k in wanted]), "method": method,
-                                  "output_stride": used_stride}
+                                  "layer": layer, "output_stride": used_stride}
         from vfa.evaluate import json_safe
         atomic_write(out / "localization.json", json.dumps(json_safe(result["localization"]), indent=2))
     return result
@@ -231,7 +253,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
 
 # --- for vfa evaluate: localization over a labelled set and a TP / FP / FN gallery -------------
 
-def localization_rows(model, paths: list[str], boxes: dict[str, list], method: str = "gradcam",
+def localization_rows(model, paths: list[str], boxes: dict[str, list], method: str | None = None,
                       layer: str | None = None, batch_size: int = 4, output_stride: int | None = None) -> list[dict]:
     """One row per image of `paths` that has fractured boxes (others are not scored)."""
     scored = [p for p in paths if boxes.get(os.path.realpath(p))]
@@ -257,7 +279,7 @@ def select_gallery(frame, score: str, k: int = 4) -> dict[str, list[int]]:
 
 
 def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | None = None,
-                method: str = "gradcam", layer: str | None = None, alpha: float = 0.3,
+                method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                 thumb: int = 320) -> bytes:
     """A grid of overlays, one row per group (e.g. true positives), fractured boxes outlined in white."""
     import matplotlib

@@ -53,6 +53,10 @@ class ModelConfig:
     # Grad-CAM evaluates the backbone at this output stride (same weights, dilated instead of strided)
     # for maps finer than the backbone's own last one; None: the backbone's own (timm's output_stride)
     cam_output_stride: int | None = None
+    # the heatmap's method and target layer (vfa heatmap / evaluate defaults): the notebook's Grad-CAM
+    # on the last feature map, or e.g. LayerCAM on an earlier, finer layer (cpu-demo)
+    cam_method: str = "gradcam"
+    cam_layer: str | None = None
     # torch.compile the network for training (inductor; kernels cached under ~/.cache/vfa/inductor).
     # Off by default: on CPU it saves only the elementwise share of a step (BENCHMARKS.md).
     compile: bool = False
@@ -116,7 +120,9 @@ PRESETS: dict[str, dict] = {
     "cpu-demo": {  # a small plain CNN (vfa.backbones) at reduced size: the whole pipeline on 2 CPU cores
         "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
         "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
-                  "cam_output_stride": 4},  # 96x56 Grad-CAM cells instead of 12x7 (vfa.cam.dense_model)
+                  # LayerCAM on the stride-8 stage: with 159 px receptive fields, last-layer Grad-CAM
+                  # often peaks a level off the fracture (README, Heatmaps)
+                  "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
         # milder geometry than the seed's, plus brightness: a from-scratch net on ~800 images
         # must not settle on absolute density first, or it sits at chance for many epochs
         "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
@@ -192,6 +198,7 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
 
 
 AUGMENT_ON = ("auto", "workers", "device")
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 
 
 def check(cfg: Config) -> None:
@@ -210,6 +217,8 @@ def check(cfg: Config) -> None:
     for name in ("batch_size", "num_workers"):
         if not isinstance(getattr(cfg.data, name), int) or getattr(cfg.data, name) < (name == "batch_size"):
             raise ConfigError(f"data.{name} must be a non-negative integer, got {getattr(cfg.data, name)!r}")
+    if cfg.model.cam_method not in CAM_METHODS:
+        raise ConfigError(f"model.cam_method must be one of {CAM_METHODS}, got {cfg.model.cam_method!r}")
     if cfg.data.augment_on not in AUGMENT_ON:
         raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got {cfg.data.augment_on!r}")
     if cfg.optim.epochs < 1 or cfg.optim.lr <= 0:

@@ -97,15 +97,15 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              id_column: str | None = None, split: str | None = None,
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
-             gallery: int = 4, cam_method: str = "gradcam", backend: str = "auto") -> dict:
+             gallery: int = 4, cam_method: str | None = None, backend: str = "auto") -> dict:
     """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
 
     The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
     `report` (default: only when standalone, metrics_name == "metrics.json") adds the Excel
-    workbook, the notebook's .npy set, the figures and report.html, with a Grad-CAM gallery of up
+    workbook, the notebook's .npy set, the figures and report.html, with a heatmap gallery of up
     to `gallery` true positives, false positives and false negatives each (0: none).
     Where fractured-vertebra boxes exist (`manifest`, or a phantom's manifest.csv found in `data`
-    or its parent), metrics.json gets "localization": the Grad-CAM pointing game and box mass.
+    or its parent), metrics.json gets "localization": the pointing game and box mass of the model's CAM method.
     """
     if tta < 0:
         raise ConfigError(f"--tta must be >= 0, got {tta}")
@@ -166,13 +166,14 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
 
     manifest = manifest or cam.find_manifest(data)
     boxes = cam.read_manifest(manifest) if manifest else None
+    cam_method, cam_layer = cam.cam_settings(model, cam_method)   # None: the model's own (cpu-demo: LayerCAM)
     if boxes:
         rows = cam.localization_rows(model, [str(root / f) for f in frame["file"][frame["label"] == 1]], boxes,
-                                     cam_method, batch_size=min(batch_size, 8))
+                                     cam_method, cam_layer, batch_size=min(batch_size, 8))
         result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method,
-                                  "output_stride": cam.cam_network(model)[1]}
+                                  "layer": cam_layer, "output_stride": cam.cam_network(model, None, cam_layer)[1]}
         loc = result["localization"]
-        log(f"Grad-CAM pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
+        log(f"{cam_method} pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
             f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "
             f"{loc['pointing_game_tol15px']:.3f}), heatmap mass in boxes "
             f"{loc['mass_in_boxes']:.3f}" if loc["n_fractured"] else "localization: no fractured image has boxes")
@@ -190,7 +191,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
                 "image IDs": f"regex {id_regex}" if id_regex else "path relative to the data folder"}
         picks = cam.select_gallery(frame, score, gallery) if gallery > 0 else {}
         png = cam.gallery_png(model, {k: [str(root / frame["file"].iloc[i]) for i in v] for k, v in picks.items()},
-                              boxes, cam_method) if picks else None
+                              boxes, cam_method, cam_layer) if picks else None
         report_mod.write_all(out, frame, result, info, gallery=png)
     for s in scores:
         md = per_score[s]

@@ -261,8 +261,12 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
                      f"src='data:image/png;base64,{b64}'>")
     if results.get("localization"):
         loc = results["localization"]
-        parts += ["<h2>Localization (Grad-CAM)</h2>", localization_table(loc).to_html(index=False),
-                  f"<p>{e(loc.get('definition', ''))} Method: {e(str(loc.get('method', 'gradcam')))}.</p>"]
+        names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+        method = names.get(loc.get("method", "gradcam"), str(loc.get("method")))
+        layer = loc.get("layer") or "auto"
+        where = "the last feature map" if layer == "auto" else layer
+        parts += [f"<h2>Localization ({e(method)})</h2>", localization_table(loc).to_html(index=False),
+                  f"<p>{e(loc.get('definition', ''))} Method: {e(method)} on {e(where)}.</p>"]
     if gallery:
         parts.append("<h2>Heatmaps</h2><img id='fig-heatmap_gallery' alt='heatmap gallery' "
                      f"src='data:image/png;base64,{base64.b64encode(gallery).decode('ascii')}'>")
@@ -276,7 +280,7 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
 def write_all(out: Path, frame: pd.DataFrame, results: dict, info: dict,
               gallery: bytes | None = None) -> dict[str, Path]:
     """Figures (PNG), final_results.xlsx, the .npy set and report.html into `out`
-    (with `gallery`, a Grad-CAM gallery PNG: heatmap_gallery.png, also in the report)."""
+    (with `gallery`, a heatmap gallery PNG: heatmap_gallery.png, also in the report)."""
     out = Path(out)
     figures = render_figures(frame, results)
     written = {}

@@ -35,7 +35,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--manifest", help="CSV with fractured_boxes (as vfa synth writes) for the Grad-CAM pointing "
                                       "game; default: a phantom's manifest.csv in DATA or its parent")
     p.add_argument("--gallery", type=int, default=4, metavar="K",
-                   help="Grad-CAM gallery in the report: up to K true positives, false positives, false negatives")
+                   help="heatmap gallery in the report (the model's CAM method): up to K true positives, false positives, false negatives")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -190,14 +190,17 @@ def add_heatmap(sub) -> None:
                    help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
     p.add_argument("--manifest", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing game and "
                                       "heatmap mass inside the boxes -> localization.json")
-    p.add_argument("--method", choices=("gradcam", "gradcam++", "hirescam"), default="gradcam",
-                   help="gradcam (the notebook's), gradcam++, hirescam (gradient x activation per cell)")
+    p.add_argument("--method", choices=config_mod.CAM_METHODS,
+                   help="gradcam (the notebook's), gradcam++, hirescam (gradient x activation per cell), "
+                        "layercam (the same, positive gradients only; for earlier layers); default: the "
+                        "model's model.cam_method (cpu-demo: layercam, else gradcam)")
     p.add_argument("--output-stride", type=int, metavar="N",
                    help="evaluate the backbone at output stride N for finer maps (same weights, a trous); "
                         "default: the model's model.cam_output_stride (cpu-demo: 4); 0: the backbone's own")
-    p.add_argument("--target-layer", default="auto", metavar="NAME",
-                   help="module name, e.g. backbone.layer3 (default auto: the backbone's last feature map, "
-                        "for Inception-ResNet-v2 its 1536-channel output, as the notebook)")
+    p.add_argument("--target-layer", metavar="NAME",
+                   help="module name, e.g. backbone.layer3; auto: the backbone's last feature map (for "
+                        "Inception-ResNet-v2 its 1536-channel output, as the notebook); default: the model's "
+                        "model.cam_layer (cpu-demo: backbone.features.5, else auto)")
     p.add_argument("--alpha", type=float, default=0.3, help="heatmap weight in the blend (notebook: 0.3)")
     p.add_argument("--panel", action="store_true", help="also write panel_NNN_NAME.png: image | overlay, P printed")
     p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")

@@ -127,7 +127,8 @@ PRESETS: dict[str, dict] = {
         # must not settle on absolute density first, or it sits at chance for many epochs
         "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
                               "zoom": 0.05, "brightness": 0.2},
-        "optim": {"lr": 2e-3, "epochs": 20, "sgdr_steps": 20, "weight_decay": 1e-4},
+        # 40 epochs: on the settled phantom 20 reach test AUC 0.93 (grade 1: 0.82), 40 reach 0.996
+        "optim": {"lr": 2e-3, "epochs": 40, "sgdr_steps": 40, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
     },
 }

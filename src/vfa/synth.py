@@ -4,14 +4,15 @@ No patient images ship with vfa, so this phantom is the default data for the dem
 model-quality checks. Everything is drawn analytically from a numpy Generator:
 
     anatomy (S-curve, 13 vertebrae T4..L4, discs, ribs, soft tissue)  ->  fractures (height loss)
-    ->  (optionally) the column settles onto collapsed bodies
+    ->  the column settles onto collapsed bodies (unless settle=False)
     ->  rendering (bone density, texture, blur, noise, gain/offset)  ->  uint8/uint16 image + boxes
 
 The only thing that differs between a normal and a fractured image is the deformed vertebral body
 itself (shape, and the slight densification of compressed bone): every global parameter is drawn
-the same way for both classes so that a model cannot learn a shortcut. Its neighbours stay put, so
-the disc spaces next to a collapse widen, which real spines do not show; `settle=True` lets the
-column settle instead (discs keep their height, a wedge adds local kyphosis), see `_settle`.
+the same way for both classes so that a model cannot learn a shortcut. The column settles onto a
+collapsed body as a real one does (discs keep their height, a wedge adds local kyphosis that the
+spine above balances out), see `_settle`; `settle=False` is the earlier phantom, whose neighbours
+stay put so that the disc spaces next to a collapse widen. Normal images are the same in both.
 """
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ class PhantomConfig:
     bit_depth: int = 8        # 8 or 16
     format: str = "png"       # png | dicom (MONOCHROME2 .dcm, fake identifiers) | dicom-mono1 (MONOCHROME1)
     workers: int | None = None  # None = os.cpu_count()
-    # experimental: the spine settles onto collapsed bodies (vfa.synth._settle). Off by default:
-    # the cpu-demo network then learns spine-wide correlates (README, "The phantom")
-    settle: bool = False
+    # the spine settles onto collapsed bodies (vfa.synth._settle); False: the earlier phantom, whose
+    # widened disc spaces next to a collapse are a cue outside the vertebra (README, "The phantom")
+    settle: bool = True
 
     def validate(self) -> None:
         if int(self.n) < 1:
@@ -164,6 +165,24 @@ def _shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> list[d
     return out
 
 
+def _axis(an: dict, i: int) -> np.ndarray:
+    """Unit vector along vertebra i's axis, pointing caudally."""
+    return np.array([math.sin(an["phi"][i]), math.cos(an["phi"][i])])
+
+
+def _plate(an: dict, shapes: list[dict], i: int, side: int) -> np.ndarray:
+    """Centre of vertebra i's upper (side -1) or lower (+1) end plate as it was drawn before collapse."""
+    return np.array([an["cx"][i], an["cy"][i]]) + side * shapes[i]["ref"] / 2 * _axis(an, i)
+
+
+def _rotate(an: dict, last: int, pivot: np.ndarray, alpha: float, shift=0.0) -> None:
+    """Rotate vertebrae 0..last (in place) about `pivot` by +alpha in the image, then shift them."""
+    rot = np.array([[math.cos(alpha), -math.sin(alpha)], [math.sin(alpha), math.cos(alpha)]])
+    pts = (np.stack([an["cx"][:last + 1], an["cy"][:last + 1]], 1) - pivot) @ rot.T + pivot + shift
+    an["cx"][:last + 1], an["cy"][:last + 1] = pts[:, 0], pts[:, 1]
+    an["phi"][:last + 1] -= alpha
+
+
 def _settle(an: dict, shapes: list[dict]) -> dict:
     """Let the spine settle onto collapsed bodies, as it does in vivo: the discs keep their height,
     so the column above a fracture descends (and, for a wedge, tilts forward: local kyphosis) instead
@@ -171,7 +190,9 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
 
     Each end plate moves by its collapse at the anterior and posterior rims (u = -w/2, +w/2); a
     rigid motion of everything cranial to it (translation along the body's axis + rotation about the
-    end plate's centre) re-seats the neighbour on it."""
+    end plate's centre) re-seats the neighbour on it. The discs above then take the tilt back, an
+    equal share each, as a patient keeps upright (sagittal balance): otherwise a lumbar wedge would
+    tilt the whole thoracic spine by up to 20 degrees, a cue far from the fracture."""
     if all(sh["ha"] == sh["ha0"] and sh["hp"] == sh["hp0"] and sh["k_top"] == 0.5 for sh in shapes):
         return an                                    # no fracture: the very same geometry
     an = {key: np.array(v, dtype=float) for key, v in an.items()}
@@ -185,15 +206,11 @@ def _settle(an: dict, shapes: list[dict]) -> dict:
             # L4's lower neighbour is not drawn: framing absorbs its settling
             if first < 0 or i == len(shapes) - 1 and sign > 0 or abs(da) + abs(dp) < 1e-9:
                 continue
-            phi = an["phi"][i]
-            ev = np.array([math.sin(phi), math.cos(phi)])
-            pivot = np.array([an["cx"][i], an["cy"][i]]) + sign * ref / 2 * ev
             alpha = (dp - da) / w                    # frame rotation; an image rotation by +alpha
-            rot = np.array([[math.cos(alpha), -math.sin(alpha)], [math.sin(alpha), math.cos(alpha)]])
-            pts = np.stack([an["cx"][:first + 1], an["cy"][:first + 1]], 1) - pivot
-            pts = pts @ rot.T + pivot + (da + dp) / 2 * ev
-            an["cx"][:first + 1], an["cy"][:first + 1] = pts[:, 0], pts[:, 1]
-            an["phi"][:first + 1] -= alpha
+            _rotate(an, first, _plate(an, shapes, i, sign), alpha, (da + dp) / 2 * _axis(an, i))
+            for j in range(first - 1, -1, -1):       # disc j (between j and j + 1) turns by -alpha / first
+                centre = (_plate(an, shapes, j, 1) + _plate(an, shapes, j + 1, -1)) / 2
+                _rotate(an, j, centre, -alpha / first)
     # framed again as any spine is, so a shorter spine is no cue: the bodies (and `shapes`, in
     # place) grow by the ~1-3 % the collapse took from its length
     an, k = _frame(an)
@@ -258,9 +275,8 @@ def _vertebra(canvas, i, an, sh, p, tex_seed):
 
 def _ribs(rng, an, cage, H, W, p):
     """Both sides' ribs (T2-T12) as curved bands with brighter cortical edges, over the thorax.
-    Each rib's head follows its vertebra (`an`); the rest of it follows the rib cage (`cage`, the
-    spine before settling), which a collapsed body does not pull down: rib crowding anterior to a
-    fracture would be a cue far from the vertebra."""
+    Each rib's head sits on its vertebra (`an`), its far end on `cage`, whose sizes and mean tilt
+    also shape it (render_phantom: the spine before settling, moved with each vertebra)."""
     layers, i = [], np.arange(-2, 9)                     # T2..T12 (T2/T3 extrapolated upwards)
     ext = lambda a: np.where(i < 0, a[0] + i * (a[1] - a[0]), a[np.maximum(i, 0)])  # noqa: E731
     w, h = ext(cage["w"]), ext(cage["h"])
@@ -313,12 +329,12 @@ def _background(rng, an, H, W, s):
 
 
 def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[dict] | None = None,
-                   bit_depth=8, settle: bool = False) -> tuple[np.ndarray, dict]:
+                   bit_depth=8, settle: bool = True) -> tuple[np.ndarray, dict]:
     """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with level/grade/type/height_loss).
 
     Every random draw happens in a fixed order that does not depend on `fractures`, so the same rng
     state with and without fractures gives the same patient, differing only at the fractured levels
-    (and, with `settle`, in the spine's alignment, which settles onto the collapsed bodies).
+    and (with `settle`, the default) in the spine's alignment, which settles onto the collapsed bodies.
     Boxes are [x0, y0, x1, y1] in pixels of the final image (x1/y1 exclusive).
     """
     H, W = size
@@ -332,10 +348,10 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
              texture=rng.uniform(0.08, 0.2), posterior=rng.uniform(0.1, 0.2),
              rib=rng.uniform(0.04, 0.09), rib_w=rng.uniform(0.4, 0.55))
     tex_seeds = rng.integers(0, 2 ** 63, len(LEVELS))
-    # body outline and rib cage follow the spine as it was: a local collapse does not reshape the
-    # trunk or crowd the ribs, so nothing far from the spine changes
-    canvas = _background(rng, an0, H, W, s)
-    canvas += p["density"] * _ribs(rng, an, an0, H, W, p)
+    # the trunk follows the settled spine, and each rib moves with its vertebra without turning
+    # (its shape and slope come from the spine as it was): nothing spine-wide tells a fracture
+    canvas = _background(rng, an, H, W, s)
+    canvas += p["density"] * _ribs(rng, an, dict(an0, cx=an["cx"], cy=an["cy"]), H, W, p)
     boxes = {lv: _vertebra(canvas, i, an, shapes[i], p, tex_seeds[i]) for i, lv in enumerate(LEVELS)}
     # acquisition: scanner blur, quantum noise (+ faint scan-line noise), gain/offset
     canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.7, 1.6) * s)
@@ -377,7 +393,7 @@ def _make_one(job) -> dict:
     i, label, split, out, cfg = job
     r_frac, r_img = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, 0, i]).spawn(2))
     fractures = sample_fractures(r_frac, cfg.grades) if label else []
-    img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth, getattr(cfg, "settle", False))
+    img, ann = render_phantom(r_img, tuple(cfg.size), fractures, cfg.bit_depth, getattr(cfg, "settle", True))
     fmt = getattr(cfg, "format", "png")
     rel = f"{split}/{'frac' if label else 'norm'}/phantom_{i:05d}.{'png' if fmt == 'png' else 'dcm'}"
     if fmt == "png":

@@ -1,6 +1,8 @@
 """Dataset commands: synth, check-data, split, augment-preview (each parser beside its command)."""
 from __future__ import annotations
 
+import argparse
+
 from vfa import config as config_mod
 from vfa.cli.options import _floats, _size
 
@@ -11,7 +13,7 @@ def cmd_synth(args) -> None:
     defaults = dict(config_mod.resolve(args.preset or "seed").synth)
     given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
              "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format,
-             "settle": args.settle or None}
+             "settle": args.settle}
     defaults.update({k: v for k, v in given.items() if v is not None})
     if "size" in defaults:
         defaults["size"] = tuple(defaults["size"])
@@ -33,8 +35,9 @@ def add_synth(sub) -> None:
     p.add_argument("--format", choices=("png", "dicom", "dicom-mono1"),
                    help="png (default); dicom: MONOCHROME2 .dcm files with fake identifiers; dicom-mono1: MONOCHROME1")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--settle", action="store_true",
-                   help="experimental: the spine settles onto collapsed bodies (no widened disc spaces; README)")
+    p.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
+                   help="the spine settles onto collapsed bodies (default); --no-settle: the earlier phantom, "
+                        "whose disc spaces next to a collapse widen (README, The phantom)")
     p.add_argument("--force", action="store_true", help="replace an existing phantom in OUT")
     p.set_defaults(func=cmd_synth)
 

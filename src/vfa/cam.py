@@ -49,6 +49,8 @@ from vfa.localization import (POINTING_TOLERANCE_PX, box_mask, find_manifest, lo
 
 # --- the map -----------------------------------------------------------------------------------
 
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+
 def cam_settings(model, method: str | None = None, layer: str | None = None) -> tuple[str, str]:
     """(method, layer): None picks the model's own `model.cam_method` / `model.cam_layer` (the
     notebook's Grad-CAM on the last feature map unless its preset says otherwise); layer "auto" is
@@ -301,15 +303,18 @@ def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | No
             ax.axis("on")
             ax.set(xticks=[], yticks=[])
             s = min(1.0, thumb / gray.shape[0])
-            small = (slice(None, None, max(1, round(1 / s))),) * 2  # a cheap thumbnail for the figure
-            ax.imshow(overlay(gray[small], heat[small], alpha), extent=(0, gray.shape[1], gray.shape[0], 0))
+            # overlay first, then shrink with antialiasing: subsampling the map would drop a focal peak
+            small = Image.fromarray(overlay(gray, heat, alpha)).resize(
+                (max(1, round(gray.shape[1] * s)), max(1, round(gray.shape[0] * s))), Image.LANCZOS)
+            ax.imshow(np.asarray(small), extent=(0, gray.shape[1], gray.shape[0], 0))
             for x0, y0, x1, y1 in (boxes or {}).get(os.path.realpath(path), []):
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=0.8))
             ax.text(0.02, 0.98, f"p={p:.2f}", color="white", fontsize=8, va="top", transform=ax.transAxes,
                     bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
             ax.set_xlabel(Path(path).name, fontsize=6)
-    fig.suptitle("Grad-CAM (JET, alpha 0.3); white boxes: fractured vertebrae" if boxes
-                 else "Grad-CAM (JET, alpha 0.3)", fontsize=10)
+    method, layer = cam_settings(model, method, layer)
+    title = f"{METHOD_NAMES[method]} on {'the last feature map' if layer == 'auto' else layer} (JET, alpha {alpha})"
+    fig.suptitle(title + ("; white boxes: fractured vertebrae" if boxes else ""), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -261,8 +261,9 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
                      f"src='data:image/png;base64,{b64}'>")
     if results.get("localization"):
         loc = results["localization"]
-        names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
-        method = names.get(loc.get("method", "gradcam"), str(loc.get("method")))
+        from vfa.cam import METHOD_NAMES
+
+        method = METHOD_NAMES.get(loc.get("method", "gradcam"), str(loc.get("method")))
         layer = loc.get("layer") or "auto"
         where = "the last feature map" if layer == "auto" else layer
         parts += [f"<h2>Localization ({e(method)})</h2>", localization_table(loc).to_html(index=False),

@@ -51,6 +51,7 @@ from vfa.localization import (POINTING_TOLERANCE_PX, box_mask, find_manifest, lo
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
+
 def cam_settings(model, method: str | None = None, layer: str | None = None) -> tuple[str, str]:
     """(method, layer): None picks the model's own `model.cam_method` / `model.cam_layer` (the
     notebook's Grad-CAM on the last feature map unless its preset says otherwise); layer "auto" is

@@ -285,6 +285,7 @@ def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | No
                 method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                 thumb: int = 320) -> bytes:
     """A grid of overlays, one row per group (e.g. true positives), fractured boxes outlined in white."""
+    method, layer = cam_settings(model, method, layer)  # once: the maps and the title name the same
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,7 +314,6 @@ def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | No
             ax.text(0.02, 0.98, f"p={p:.2f}", color="white", fontsize=8, va="top", transform=ax.transAxes,
                     bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
             ax.set_xlabel(Path(path).name, fontsize=6)
-    method, layer = cam_settings(model, method, layer)
     title = f"{METHOD_NAMES[method]} on {'the last feature map' if layer == 'auto' else layer} (JET, alpha {alpha})"
     fig.suptitle(title + ("; white boxes: fractured vertebrae" if boxes else ""), fontsize=10)
     fig.tight_layout()

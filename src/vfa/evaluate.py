@@ -173,7 +173,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         result["localization"] = {**cam.summarize(rows), "manifest": str(manifest), "method": cam_method,
                                   "layer": cam_layer, "output_stride": cam.cam_network(model, None, cam_layer)[1]}
         loc = result["localization"]
-        log(f"{cam_method} pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
+        log(f"{cam.METHOD_NAMES[cam_method]} pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
             f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "
             f"{loc['pointing_game_tol15px']:.3f}), heatmap mass in boxes "
             f"{loc['mass_in_boxes']:.3f}" if loc["n_fractured"] else "localization: no fractured image has boxes")

@@ -36,10 +36,11 @@ demo: $(STAMP)
 	$(VFA) evaluate --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/test --tta 5 \
 		--threshold-from $(DEMO_RUN)/val/predictions.csv --force
 	$(VFA) heatmap --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/heatmaps \
-		--manifest $(DEMO_DATA)/manifest.csv
+		--boxes $(DEMO_DATA)/manifest.csv
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/"
 
 test: $(STAMP) $(KERAS_STAMP)
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -n 2 --dist loadgroup
 
 # vfa vs the Keras baseline (../shared/bench/keras_seed.py) in one run: table on stdout, BENCHMARKS.md

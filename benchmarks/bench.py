@@ -41,7 +41,7 @@ def _model(train: bool = False):
     import torch
 
     from vfa import config as config_mod
-    from vfa.model import build_from_config
+    from vfa.models.network import build_from_config
 
     cfg = config_mod.resolve("seed2019", overrides={"data": {"size": SIZE}, "model": {
         "backbone": "vfa_cnn_small", "head": [16]}} if TINY else None)
@@ -67,7 +67,7 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
     import numpy as np
     import torch
 
-    from vfa.inference import with_backend
+    from vfa.inference.backends import with_backend
 
     model, x = _model()
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
     if data is not None:  # streaming over real images: resident memory after each batch
         from torch.utils.data import DataLoader
 
-        from vfa.predict import eval_dataset, predict_loader
+        from vfa.inference.predict import eval_dataset, predict_loader
 
         paths = sorted(str(f) for f in data.rglob("*.png"))
         rss = []
@@ -130,7 +130,7 @@ def worker_batch_augment(repeats: int) -> None:
     """data.augment_on=device: the seed preset on whole gray batches (here on the CPU's threads)."""
     import torch
 
-    from vfa.augment import Augment
+    from vfa.data.augment import Augment
 
     augment, gen = Augment("seed"), torch.Generator().manual_seed(0)
     x = torch.rand(BATCH, 1, *SIZE)
@@ -145,7 +145,7 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
 
     model, x = _model(train=True)
     if compile:  # what model.compile=true runs (vfa.train): the whole step's graph, forward + backward
-        from vfa.export import enable_compile_cache
+        from vfa.inference.export import enable_compile_cache
         enable_compile_cache()
         model.compile()
     y = torch.tensor([0.0, 1.0] * (BATCH // 2))
@@ -183,7 +183,8 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
 def worker_data(data: Path, n: int) -> None:
     import torch
 
-    from vfa.data import ImageDataset, load_samples
+    from vfa.data.dataset import ImageDataset
+    from vfa.data.samples import load_samples
 
     torch.set_num_threads(1)  # per core: one process, one thread, as a DataLoader worker runs
     ds = ImageDataset(load_samples(data), SIZE, "seed")
@@ -212,7 +213,7 @@ def run_rows(cmd: list[str], timeout: int = 900, env: dict | None = None) -> tup
 
 def ensure_phantom(path: Path) -> Path:
     if not (path / "train" / "frac").is_dir():
-        from vfa.synth import PhantomConfig, synthesize
+        from vfa.phantom.synth import PhantomConfig, synthesize
 
         # the seed's input: 1024x614 8-bit PNGs, resized to 600x360 by the pipeline
         synthesize(path, PhantomConfig(n=80, size=(1024, 614), prevalence=0.5, seed=0), progress=False, force=True)

@@ -5,19 +5,25 @@ Library API (the CLI wraps exactly these; all work the same from a notebook):
     run = vfa.train(cfg, "runs/x")
     model = vfa.load_model(run / "checkpoints" / "best.ckpt")
     probs = vfa.predict(model, ["image.png"])
+    metrics = vfa.evaluate(run / "checkpoints" / "best.ckpt", "d/test", "runs/x/test")
+
+The package layout and its dependency rule are in docs/architecture.md.
 """
 from vfa.config import Config, resolve
 
 __version__ = "0.1.0"
 __all__ = ["Config", "resolve", "train", "evaluate", "predict", "load_model", "build_model", "synthesize"]
 
+# name -> (module, attribute), imported on first use so that `import vfa` stays light until torch is needed
+_LAZY = {"train": ("vfa.api", "train"), "evaluate": ("vfa.evaluation.evaluate", "evaluate"),
+         "predict": ("vfa.inference.predict", "predict"), "load_model": ("vfa.checkpoint", "load_model"),
+         "build_model": ("vfa.models.network", "build_model"), "synthesize": ("vfa.phantom.synth", "synthesize")}
 
-def __getattr__(name):  # lazy, so `import vfa` stays light until torch is needed
+
+def __getattr__(name):
     import importlib
 
-    if name in ("train", "evaluate", "predict"):  # callable modules: vfa.train(cfg, out) works
-        return importlib.import_module(f"vfa.{name}")
-    homes = {"load_model": "vfa.predict", "build_model": "vfa.model", "synthesize": "vfa.synth"}
-    if name in homes:
-        return getattr(importlib.import_module(homes[name]), name)
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'vfa' has no attribute {name!r}")

@@ -14,8 +14,61 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot drive a run (unknown key, missing data path, bad value)."""
+from vfa.errors import ConfigError  # noqa: F401  (vfa.config.ConfigError: the name every caller uses)
+from vfa.registry import CAM_METHODS
+
+
+# --- augmentation presets (applied by vfa.data.augment; docs/notebook-differences.md) ---------
+
+@dataclass
+class AugmentConfig:
+    rotation: float = 30.0          # degrees, theta ~ U(-r, r)
+    shift_rows: float = 0.2         # fraction of H, tx ~ U(-f, f) * H  (Keras height_shift_range)
+    shift_cols: float = 0.2         # fraction of W, ty ~ U(-f, f) * W  (Keras width_shift_range)
+    shear: float = 0.2              # range, in shear_units
+    shear_units: str = "radians"    # "radians" (notebook prose) | "degrees" (what Keras 2.1.5 ran)
+    zoom: float = 0.1               # zx, zy ~ U(1 - z, 1 + z)
+    zoom_independent: bool = False  # False: one draw for both axes (keeps aspect); True: Keras
+    channel_shift: float = 0.1
+    channel_shift_scale: str = "unit"  # "unit": on [0,1], clip [0,1]; "uint8": /255, clip image min..max
+    fill: float = 0.0
+    resize: str = "bilinear"        # "bilinear" | "nearest" (PIL nearest, as flow_from_directory)
+    # not in the notebook (Keras 2.1.5 had no brightness_range): multiply by U(1-b, 1+b) so that a
+    # net cannot lean on absolute bone density, which varies between scanners and patients
+    brightness: float = 0.0
+
+    def __post_init__(self):
+        for name, ok in (("shear_units", ("radians", "degrees")),
+                         ("channel_shift_scale", ("unit", "uint8")),
+                         ("resize", ("bilinear", "nearest"))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be one of {ok}, got {getattr(self, name)!r}")
+
+
+_KERAS = dict(shear_units="degrees", zoom_independent=True, channel_shift_scale="uint8", resize="nearest")
+_TTA = dict(rotation=20.0, shift_rows=0.0, shift_cols=0.0, shear=0.0, zoom=0.1, channel_shift=0.1)
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "seed": AugmentConfig(),
+    "keras215": AugmentConfig(**_KERAS),
+    "tta": AugmentConfig(**_TTA),
+    "tta-keras215": AugmentConfig(**_TTA, **_KERAS),
+    "none": AugmentConfig(rotation=0.0, shift_rows=0.0, shift_cols=0.0, shear=0.0, zoom=0.0,
+                          channel_shift=0.0),
+}
+
+
+def get_augment_config(name: str, **overrides) -> AugmentConfig:
+    """A fresh copy of preset ``name`` with ``overrides`` applied."""
+    if name not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; valid: {sorted(AUGMENT_PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown augmentation option(s) {bad}; valid: {sorted(fields)}")
+    return dataclasses.replace(AUGMENT_PRESETS[name], **overrides)
+
+
+# --- the run configuration ---------------------------------------------------------------------
 
 
 @dataclass
@@ -95,7 +148,7 @@ class TrainerConfig:
 class Config:
     preset: str = "seed"
     seed: int = 42
-    augment: str = "seed"  # name of an augmentation preset (vfa.augment.PRESETS)
+    augment: str = "seed"  # name of an augmentation preset (AUGMENT_PRESETS)
     augment_overrides: dict = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,7 +165,7 @@ PRESETS: dict[str, dict] = {
         "optim": {"epochs": 10, "class_weights": True, "sgdr": True, "sgdr_steps": 10,
                   "sgdr_cycles": 1, "sgdr_exp": 2},
     },
-    "keras215": {  # what Keras 2.1.5 actually executed (seed-behaviour.md), in fp32 as it ran
+    "keras215": {  # what Keras 2.1.5 actually executed (docs/notebook-differences.md), in fp32 as it ran
         "augment": "keras215",
         "model": {"init": "keras"},
         "trainer": {"precision": "32-true"},
@@ -199,13 +252,10 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
 
 
 AUGMENT_ON = ("auto", "workers", "device")
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 
 
 def check(cfg: Config) -> None:
     """Catch bad values now, not inside a DataLoader worker minutes into a run."""
-    from vfa.augment import get_augment_config  # torch import: only when a config is resolved
-
     if not isinstance(cfg.augment_overrides, dict):
         raise ConfigError(f"augment_overrides must be a mapping, got {cfg.augment_overrides!r} "
                           "(YAML flow maps need a space after each colon: {rotation: 5})")
@@ -218,8 +268,7 @@ def check(cfg: Config) -> None:
     for name in ("batch_size", "num_workers"):
         if not isinstance(getattr(cfg.data, name), int) or getattr(cfg.data, name) < (name == "batch_size"):
             raise ConfigError(f"data.{name} must be a non-negative integer, got {getattr(cfg.data, name)!r}")
-    if cfg.model.cam_method not in CAM_METHODS:
-        raise ConfigError(f"model.cam_method must be one of {CAM_METHODS}, got {cfg.model.cam_method!r}")
+    CAM_METHODS.check(cfg.model.cam_method, "model.cam_method")
     if cfg.data.augment_on not in AUGMENT_ON:
         raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got {cfg.data.augment_on!r}")
     if cfg.optim.epochs < 1 or cfg.optim.lr <= 0:

@@ -68,7 +68,8 @@ def test_normalize_travels_in_the_config_to_datasets(folder):
     import torch
 
     from vfa import config as config_mod
-    from vfa.data import VFADataModule, scan_folder
+    from vfa.data.dataset import VFADataModule
+    from vfa.data.samples import scan_folder
 
     cfg = config_mod.resolve("cpu-demo", overrides={"data": {"normalize": "minmax", "size": [48, 32]}})
     assert config_mod.from_dict(config_mod.to_dict(cfg)).data.normalize == "minmax"

@@ -1,4 +1,4 @@
-"""`vfa <command>`: a thin layer over the library API (vfa.synth, vfa.train, vfa.evaluate, ...).
+"""`vfa <command>`: a thin layer over the library API (vfa.api, vfa.evaluation, vfa.inference, ...).
 
 The commands live in modules by theme (data_cmds, model_cmds, eval_cmds), each parser beside the
 function it calls; this module wires them into one parser and maps user errors to exit code 2."""
@@ -19,14 +19,14 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa train --init MODEL.ckpt --train ... --out RUN   fine-tune from a checkpoint's weights
   vfa evaluate --model RUN/checkpoints/best.ckpt --data DATA/test --out DIR
   vfa evaluate ... --tta 5 --threshold-from VAL/predictions.csv     CIs, calibration, TTA, report.html
-  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend auto|torch|torch-bf16|compile|onnxruntime|onnxruntime-int8]
+  vfa predict --model CKPT IMAGES... --out predictions.csv [--backend NAME] [--device auto|cpu|cuda]
   vfa export --model CKPT --format onnx --out model.onnx     ONNX, verified against torch
   vfa calibrate --model CKPT --data DATA/val --out calibrated.ckpt [--threshold youden]
   vfa compare A/predictions.csv B/predictions.csv   paired DeLong (AUC) and McNemar (Sn, Sp)
   vfa summary --preset seed2019                   layer table, parameters, FLOPs
   vfa check-data DATA|MANIFEST.csv [--json]       counts, sizes, DICOM syntaxes, duplicates, bad files, verdict
   vfa split MANIFEST.csv --by patient_id --stratify label --ratios 0.7,0.15,0.15 [--folds K]
-  vfa heatmap --model CKPT --data DIR --out DIR [--manifest CSV]   Grad-CAM overlays, pointing game
+  vfa heatmap --model CKPT --data DIR --out DIR [--boxes CSV]   Grad-CAM overlays, pointing game
   vfa lr-find --train DIR [--preset NAME] --out DIR                LR range test, suggested rate
   vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
 """
@@ -46,13 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # `vfa CMD ... --debug` works as well as `vfa --debug CMD`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vfa.io import BadImageError
-    from vfa.samples import DataError  # == vfa.data.DataError, without importing torch
+    from vfa.data.samples import DataError  # torch-free
 
     user_errors = (config_mod.ConfigError, DataError, BadImageError, FileExistsError, FileNotFoundError,
                    NotADirectoryError)

@@ -8,7 +8,7 @@ from vfa.cli.options import _floats, _size
 
 
 def cmd_synth(args) -> None:
-    from vfa.synth import PhantomConfig, synthesize
+    from vfa.phantom.synth import PhantomConfig, synthesize
 
     defaults = dict(config_mod.resolve(args.preset or "seed").synth)
     given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
@@ -45,7 +45,7 @@ def add_synth(sub) -> None:
 def cmd_check_data(args) -> int:
     import json
 
-    from vfa.check import check_data, format_report
+    from vfa.data.check import check_data, format_report
 
     rep = check_data(args.data, tuple(args.classes.split(",")), frame=args.frame, workers=args.workers,
                      keep_identifiers=args.keep_identifiers)
@@ -66,7 +66,7 @@ def add_check_data(sub) -> None:
 
 
 def cmd_split(args) -> None:
-    from vfa.split import format_summary, run_split, summary
+    from vfa.data.split import format_summary, run_split, summary
 
     by = args.by
     strat = None if args.stratify in ("", "none") else args.stratify
@@ -92,7 +92,7 @@ def add_split(sub) -> None:
 
 
 def cmd_augment_preview(args) -> None:
-    from vfa.preview import augment_preview
+    from vfa.data.preview import augment_preview
 
     drawn = augment_preview(args.data, args.out, args.preset, args.n, args.images, args.seed, args.size, args.force)
     print(f"wrote {args.out}: {args.images} image(s) x {args.n} augmented versions ({len(drawn)} draws)")

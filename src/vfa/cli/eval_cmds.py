@@ -5,18 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vfa import config as config_mod
-from vfa.cli.options import _predict_args, _threshold
+from vfa.cli.options import _bad_file_arg, _force_arg, _model_args, _predict_args, _threshold, deprecated
+from vfa.registry import CAM_METHODS
 
 
 def cmd_evaluate(args) -> None:
-    from vfa.evaluate import evaluate
+    from vfa.evaluation.evaluate import evaluate
 
     evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
-             force=args.force, manifest=args.manifest, gallery=args.gallery, id_column=args.id_column,
-             backend=args.backend)
+             force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
+             backend=args.backend, device=args.device)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
@@ -31,20 +31,21 @@ def add_evaluate(sub) -> None:
     p.add_argument("--threshold-from", metavar="VAL_PREDICTIONS.csv",
                    help="choose the threshold (default youden) on these validation predictions and apply it unchanged")
     _predict_args(p)
-    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
-    p.add_argument("--manifest", help="CSV with fractured_boxes (as vfa synth writes) for the Grad-CAM pointing "
-                                      "game; default: a phantom's manifest.csv in DATA or its parent")
+    _bad_file_arg(p, "error")
+    p.add_argument("--boxes", metavar="CSV", help="CSV with fractured_boxes (as vfa synth's manifest.csv) for the "
+                                                  "pointing game; default: a phantom's manifest.csv in DATA or its parent")
+    deprecated(p, "--manifest", "--boxes", "boxes")
     p.add_argument("--gallery", type=int, default=4, metavar="K",
                    help="heatmap gallery in the report (the model's CAM method): up to K true positives, false positives, false negatives")
-    p.add_argument("--force", action="store_true")
+    _force_arg(p, "replace an existing --out folder")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_calibrate(args) -> None:
-    from vfa.evaluate import calibrate
+    from vfa.evaluation.calibrate import calibrate
 
     calibrate(args.model, args.data, args.out, threshold=args.threshold, temperature=not args.no_temperature,
-              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force)
+              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force, device=args.device)
 
 
 def add_calibrate(sub) -> None:
@@ -55,17 +56,18 @@ def add_calibrate(sub) -> None:
     p.add_argument("--threshold", type=_threshold, default="0.5",
                    help="threshold to store: a number (default 0.5), youden, sensitivity=X, specificity=X, model")
     p.add_argument("--no-temperature", action="store_true", help="store T = 1 (threshold only)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
-    p.add_argument("--force", action="store_true")
+    _model_args(p)
+    _bad_file_arg(p, "error")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_compare(args) -> None:
-    import json
+    from vfa.evaluation.compare import compare
+    from vfa.runs import refuse_existing
 
-    from vfa.evaluate import compare
-
+    if args.out:
+        refuse_existing(args.out, args.force)
     res = compare(args.a, args.b, args.score, args.score_b)
     d, f = res["delong"], lambda v: "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
     ci = d["diff_ci"]
@@ -79,9 +81,9 @@ def cmd_compare(args) -> None:
     for note in d["notes"]:
         print(f"note: {note}")
     if args.out:
-        from vfa.runs import atomic_write
+        from vfa.runs import write_json
 
-        atomic_write(Path(args.out), json.dumps(res, indent=2))
+        write_json(args.out, res)
 
 
 def add_compare(sub) -> None:
@@ -91,29 +93,20 @@ def add_compare(sub) -> None:
     p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw")
     p.add_argument("--score-b", choices=("raw", "tta_mean", "tta_max"), help="B's score if different")
     p.add_argument("--out", help="also write the results as JSON")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_predict(args) -> None:
-    from vfa.predict import predict_files
-    from vfa.runs import atomic_write
+    from vfa.inference.predict import predict_to_csv
 
-    if Path(args.out).exists() and not args.force:
-        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
-    frame = predict_files(args.model, args.inputs, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
-                          id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
-                          on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
-                          id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend)
-    atomic_write(Path(args.out), frame.to_csv(index=False))
+    frame, skipped_csv = predict_to_csv(
+        args.model, args.inputs, args.out, force=args.force, tta=args.tta, tta_preset=args.tta_preset,
+        seed=args.seed, id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
+        on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
+        id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend,
+        device=args.device, threshold=args.threshold)
     skipped = frame.attrs["skipped"]
-    if skipped:
-        import csv
-        import io
-
-        buf = io.StringIO()
-        csv.writer(buf).writerows([("file", "reason"), *skipped])
-        skipped_csv = Path(args.out).with_name(Path(args.out).stem + "_skipped.csv")
-        atomic_write(skipped_csv, buf.getvalue())
     print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)} (listed in "
                                                              f"{skipped_csv})" if skipped else ""))
 
@@ -125,48 +118,28 @@ def add_predict(sub) -> None:
     p.add_argument("--keep-identifiers", action="store_true",
                    help="add DICOM PatientID, StudyDate, ... columns (default: none in any output)")
     p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--threshold", default="model",
+                   help="threshold of the predicted column: model (default: the checkpoint's, 0.5 unless "
+                        "vfa calibrate stored one) or a number")
     _predict_args(p)
-    p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
-    p.add_argument("--force", action="store_true")
+    _bad_file_arg(p, "skip")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_heatmap(args) -> None:
-    import numpy as np
+    from vfa.checkpoint import load_model
+    from vfa.explain.heatmaps import heatmap_inputs, write_heatmaps
 
-    from vfa.cam import write_heatmaps
-    from vfa.data import Samples, validate
-    from vfa.predict import expand_inputs, load_model
-
-    model = load_model(args.model)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    model = load_model(args.model, args.device)
+    paths = heatmap_inputs(model, args.data, args.predictions, args.select, args.sample, args.seed,
+                           args.on_bad_file, log)
     data = Path(args.data)
-    if args.predictions:
-        from vfa.evaluate import read_predictions
-
-        frame = read_predictions(args.predictions, need_label=args.select != "all")
-        if args.select != "all":
-            y, pred = frame["label"], frame["predicted"]
-            keep = {"tp": (y == 1) & (pred == 1), "fp": (y == 0) & (pred == 1), "fn": (y == 1) & (pred == 0),
-                    "tn": (y == 0) & (pred == 0), "errors": y != pred}[args.select]
-            frame = frame[keep]
-        # evaluate's `file` is relative to its data folder; predict's is the path it was given
-        paths = [str(data / f) if (data / f).exists() else str(f) for f in frame["file"]]
-    else:
-        if args.select != "all":
-            raise config_mod.ConfigError("--select needs --predictions CSV (with label and predicted columns)")
-        paths = expand_inputs(data)
-    samples = validate(Samples(paths, [0] * len(paths), str(data)), args.on_bad_file, frame=model.config.data.frame)
-    for path, reason in samples.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    paths = samples.paths
-    if args.sample and args.sample < len(paths):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
-        paths = [paths[i] for i in keep]
     res = write_heatmaps(model, paths, args.out, root=data if data.is_dir() else None, method=args.method,
                          layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
-                         start_index=args.start_index, manifest=args.manifest, batch_size=args.batch_size,
-                         output_stride=args.output_stride,
-                         log=lambda m: print(m, file=sys.stderr))
+                         start_index=args.start_index, manifest=args.boxes, batch_size=args.batch_size,
+                         output_stride=args.output_stride, log=log, force=args.force)
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
     if loc:
@@ -175,7 +148,6 @@ def cmd_heatmap(args) -> None:
         print(f"pointing game {loc['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f}; {loc['pointing_hits']} of "
               f"{loc['n_fractured']} fractured images; within 15 px: {tol:.3f}), heatmap mass in boxes "
               f"{loc['mass_in_boxes']:.3f} (localization.json)")
-
 
 
 def add_heatmap(sub) -> None:
@@ -188,12 +160,12 @@ def add_heatmap(sub) -> None:
     p.add_argument("--predictions", metavar="CSV", help="only the images of this predictions.csv (vfa evaluate/predict)")
     p.add_argument("--select", choices=("all", "tp", "fp", "fn", "tn", "errors"), default="all",
                    help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
-    p.add_argument("--manifest", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing game and "
-                                      "heatmap mass inside the boxes -> localization.json")
-    p.add_argument("--method", choices=config_mod.CAM_METHODS,
-                   help="gradcam (the notebook's), gradcam++, hirescam (gradient x activation per cell), "
-                        "layercam (the same, positive gradients only; for earlier layers); default: the "
-                        "model's model.cam_method (cpu-demo: layercam, else gradcam)")
+    p.add_argument("--boxes", metavar="CSV", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing "
+                                                  "game and heatmap mass inside the boxes -> localization.json")
+    deprecated(p, "--manifest", "--boxes", "boxes")
+    p.add_argument("--method", choices=CAM_METHODS.names(),
+                   help=f"{CAM_METHODS.describe()}; default: the model's model.cam_method (cpu-demo: layercam, "
+                        "else gradcam)")
     p.add_argument("--output-stride", type=int, metavar="N",
                    help="evaluate the backbone at output stride N for finer maps (same weights, a trous); "
                         "default: the model's model.cam_output_stride (cpu-demo: 4); 0: the backbone's own")
@@ -206,6 +178,7 @@ def add_heatmap(sub) -> None:
     p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")
     p.add_argument("--sample", type=int, metavar="N", help="a random sample of N images (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--on-bad-file", choices=("error", "skip"), default="skip")
+    _model_args(p)
+    _bad_file_arg(p, "skip")
+    _force_arg(p, "redraw overlays that already exist (default: keep and skip them, so a run resumes)")
     p.set_defaults(func=cmd_heatmap)

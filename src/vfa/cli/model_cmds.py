@@ -4,42 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from vfa import config as config_mod
-from vfa.cli.options import _config_args, _resolve, _size
-
-
-def _secondary() -> bool:
-    from vfa.runs import is_secondary_rank
-
-    return is_secondary_rank()
+from vfa.cli.options import _bad_file_arg, _config_args, _force_arg, _resolve, _size
 
 
 def cmd_train(args) -> None:
-    from vfa.train import train
+    from vfa import api
 
     if args.resume:
-        run = Path(args.resume)
-        cfg_file = run / "config.yaml"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{run} is not a vfa run directory (no config.yaml)")
-        cfg = config_mod.from_dict(config_mod.yaml.safe_load(cfg_file.read_text()))
-        # a resumed run may be extended (--epochs) or re-tuned (--set), e.g. trainer.devices
-        config_mod._merge(cfg, config_mod.parse_set(args.set))
-        if args.epochs:
-            cfg.optim.epochs = args.epochs
-        train(cfg, run, resume=True)
+        api.resume(args.resume, config_mod.parse_set(args.set), epochs=args.epochs)
         return
     if not args.out:
         raise config_mod.ConfigError("--out RUN is required (or --resume RUN)")
     cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
                                    "on_bad_file": args.on_bad_file},
                           "optim": {"epochs": args.epochs}, "model": {"init_from": args.init}})
-    run = train(cfg, args.out, force=args.force)
-    if args.test and not _secondary():
-        from vfa.evaluate import evaluate
-
-        evaluate(run / "checkpoints" / "best.ckpt", args.test, run, metrics_name="test_metrics.json",
-                 on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test")
-        print(f"held-out test metrics written to {run / 'test_metrics.json'}")
+    api.train(cfg, args.out, force=args.force)
 
 
 def add_train(sub) -> None:
@@ -55,13 +34,13 @@ def add_train(sub) -> None:
     p.add_argument("--init", metavar="CKPT", help="start from this vfa checkpoint's weights (e.g. from "
                                                   "vfa import-keras); its architecture replaces the preset's")
     p.add_argument("--on-bad-file", choices=("error", "skip"))
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    _force_arg(p, "replace an existing run directory")
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
 
 def cmd_import_keras(args) -> None:
-    from vfa.keras_import import import_keras
+    from vfa.models.keras.importer import import_keras
 
     import_keras(args.h5, args.out, size=args.size, bn_after_relu=args.bn_after_relu or None, force=args.force)
 
@@ -78,13 +57,13 @@ def add_import_keras(sub) -> None:
 
 
 def cmd_export(args) -> None:
-    from vfa.export import export_onnx
+    from vfa.inference.export import export_onnx
 
     calibration = None
     if args.format == "onnx-int8":
         if not args.calibration:
             raise config_mod.ConfigError("--format onnx-int8 needs --calibration DATA (images like those it will see)")
-        from vfa.predict import expand_inputs
+        from vfa.data.samples import expand_inputs
         calibration = expand_inputs([args.calibration])
     res = export_onnx(args.model, args.out, batch=args.batch, opset=args.opset, force=args.force,
                       int8_calibration=calibration)
@@ -109,7 +88,7 @@ def add_export(sub) -> None:
 
 
 def cmd_summary(args) -> None:
-    from vfa.summary import summary
+    from vfa.models.summary import summary
 
     print(summary(_resolve(args)))
 
@@ -121,18 +100,19 @@ def add_summary(sub) -> None:
 
 
 def cmd_lr_find(args) -> None:
-    from vfa.lr_find import lr_find
+    from vfa.training.lr_find import lr_find
 
-    if args.model:
-        from vfa.predict import load_model
-
-        model = load_model(args.model)  # only read: the sweep trains a copy
-        cfg = model.config
-        config_mod._merge(cfg, config_mod.parse_set(args.set))
+    device = {"data": {"on_bad_file": args.on_bad_file}}
+    if _accelerator(args.device):
+        device["trainer"] = {"accelerator": _accelerator(args.device)}
+    if args.model:  # its config, with --set on top; the file is only read: the sweep trains a copy
+        cfg = None
+        overrides = config_mod._merge_dict(config_mod.parse_set(args.set), device)
     else:
-        model, cfg = None, _resolve(args)
-    lr_find(cfg, args.train, args.out, model=model, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
-            per_epoch=args.per_epoch, early_stop=args.early_stop or None, beta=args.beta, force=args.force)
+        cfg, overrides = _resolve(args, device), None
+    lr_find(cfg, args.train, args.out, model=args.model, overrides=overrides, min_lr=args.min_lr,
+            max_lr=args.max_lr, steps=args.steps, per_epoch=args.per_epoch, early_stop=args.early_stop or None,
+            beta=args.beta, force=args.force)
     print(f"wrote lr_find.png, lr_find.json and lr_find.csv to {args.out}")
 
 
@@ -149,6 +129,17 @@ def add_lr_find(sub) -> None:
     p.add_argument("--early-stop", type=float, default=4.0,
                    help="stop when the smoothed loss exceeds this times its best (0: never)")
     p.add_argument("--beta", type=float, help="loss smoothing (default 0.98; 0.8 with --per-epoch; 0: none)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu, cuda or mps")
+    _bad_file_arg(p, "error")
+    _force_arg(p, "replace --out")
     _config_args(p)
     p.set_defaults(func=cmd_lr_find)
+
+
+def _accelerator(device: str | None) -> str | None:
+    """--device (as for inference) -> Lightning's accelerator for training-like commands."""
+    if device in (None, "auto"):
+        return None
+    if device.startswith("cuda"):
+        return "gpu"
+    return device

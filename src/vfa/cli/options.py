@@ -4,6 +4,43 @@ from __future__ import annotations
 import argparse
 
 from vfa import config as config_mod
+from vfa.registry import BACKENDS
+
+BATCH_SIZE = 16  # images per forward pass, the same default for every command that runs a model
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling that still works for one release, with a note saying what replaced it."""
+
+    def __init__(self, *args, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+        print(f"note: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """--device and --batch-size, for every command that runs a model."""
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU when there is one), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
+
+
+def _bad_file_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default=default,
+                   help=f"an unreadable file stops the command (error) or is skipped and reported (skip); "
+                        f"default {default}")
+
+
+def _force_arg(p: argparse.ArgumentParser, what: str = "replace existing outputs") -> None:
+    p.add_argument("--force", action="store_true", help=what)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,7 +59,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _threshold(text: str) -> str:
-    from vfa.stats import parse_threshold
+    from vfa.stats.accuracy import parse_threshold  # torch-free
 
     try:
         parse_threshold(text)
@@ -42,13 +79,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                                       "(replaces the notebook's [16:35] slice); default: the relative path")
     p.add_argument("--id-column", metavar="COL", help="with a manifest: image IDs from this column "
                                                        "(default: the file path)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--backend", default="auto",
-                   choices=("auto", "torch", "torch-bf16", "compile", "onnxruntime", "onnxruntime-int8"),
-                   help="inference backend (vfa.inference): auto = compile (bf16, cached kernels) for 256+ "
-                        "images, else torch fp32; torch-bf16; onnxruntime (exported once, cached); "
-                        "onnxruntime-int8 (quantized, calibrated on up to 32 of the images, checked within "
-                        "0.02 on up to 32 others)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS.names(), help=f"inference backend: {BACKENDS.describe()}")
+    _model_args(p)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vfa.io.errors import MAX_PIXELS, BadImageError
+
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 
 # What would decode a transfer syntax that no installed plugin handles (named in the error).
@@ -174,8 +176,6 @@ def gray_from_pixels(arr: np.ndarray, ds) -> tuple[np.ndarray, str]:
 
 def read_dicom(path: str | Path, frame: int | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """(H, W) float32 in [0, 1] and metadata (no identifiers). Raises BadImageError with the reason."""
-    from vfa.io.images import MAX_PIXELS, BadImageError
-
     max_pixels = max_pixels or MAX_PIXELS
     try:
         arr, info = _read(Path(path), frame, max_pixels)
@@ -187,8 +187,6 @@ def read_dicom(path: str | Path, frame: int | None = None, max_pixels: int | Non
 def dicom_pixels(path: str | Path, frame: int | None = None) -> np.ndarray:
     """pydicom's own decoding of the pixel data (frame `frame` of a multi-frame file), before any
     LUT: what `read_dicom` starts from, with the same checks and errors."""
-    from vfa.io.images import MAX_PIXELS, BadImageError
-
     try:
         return _read(Path(path), frame, MAX_PIXELS, raw=True)
     except DicomError as exc:

@@ -16,17 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic, read_dicom
+from vfa.io.errors import MAX_PIXELS, BadImageError  # noqa: F401  (MAX_PIXELS: read here, patchable)
+from vfa.io.normalize import normalize as apply_normalize
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-# 100 Mpixel: far above any VFA scan; refuse instead of exhausting memory.
-MAX_PIXELS = 100_000_000
-
-
-class BadImageError(ValueError):
-    """An input file that cannot be used, with the reason."""
-
-    def __init__(self, path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 def _to_unit_gray(img: Image.Image, path) -> np.ndarray:
@@ -49,15 +43,11 @@ def _to_unit_gray(img: Image.Image, path) -> np.ndarray:
 
 
 def is_dicom(path: str | Path) -> bool:
-    from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic
-
     return Path(path).suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(path)
 
 
 def is_image_file(path: str | Path) -> bool:
     """A file vfa reads: an image extension, a DICOM extension, or (any other name) the DICOM magic."""
-    from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic
-
     suffix = Path(path).suffix.lower()
     return suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS or has_dicom_magic(path)
 
@@ -69,9 +59,7 @@ def read_image(path: str | Path, frame: int | None = None, normalize: str | None
     `normalize` is a `data.normalize` value (default: none beyond the format's own scaling)."""
     arr, _ = read_image_info(path, frame)
     if normalize not in (None, "seed"):
-        from vfa.io.normalize import normalize as apply
-
-        arr = apply(arr, normalize)
+        arr = apply_normalize(arr, normalize)
     return arr
 
 
@@ -84,8 +72,6 @@ def read_image_info(path: str | Path, frame: int | None = None) -> tuple[np.ndar
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
     if is_dicom(path):
-        from vfa.io.dicom import read_dicom
-
         return read_dicom(path, frame, MAX_PIXELS)
     try:
         with warnings.catch_warnings():

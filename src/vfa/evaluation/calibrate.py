@@ -1,0 +1,58 @@
+"""`vfa calibrate`: a temperature fitted on validation NLL and a threshold chosen on the calibrated
+probabilities, written into a copy of the checkpoint (`vfa.checkpoint.update`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from vfa import checkpoint
+from vfa.config import ConfigError
+from vfa.data.dataset import create_dataset
+from vfa.data.samples import load_samples, validate
+from vfa.inference.predict import predict_loader
+from vfa.models.network import p_fracture
+from vfa.runs import refuse_existing
+from vfa.stats import accuracy as stats
+
+
+def calibrate(model_path: str | Path, data: str | Path, out: str | Path, threshold: float | str = 0.5,
+              temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
+              force: bool = False, progress: bool = True, log=print, device: str = "auto") -> dict:
+    """Fit a temperature (validation NLL) and choose a threshold on the calibrated validation
+    probabilities; write a copy of the checkpoint with `vfa_temperature`, `vfa_threshold`,
+    `vfa_threshold_source` and `vfa_calibration` (plain floats/strings), read by `load_model`."""
+    out = refuse_existing(out, force)
+    try:
+        kind, _ = stats.parse_threshold(threshold)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    model = checkpoint.load_model(model_path, device)
+    samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
+                       frame=model.config.data.frame)
+    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
+    y = np.asarray(samples.labels, dtype=int)
+    logits = predict_loader(model, loader, progress, logits=True).astype(float)
+    try:
+        t = stats.fit_temperature(y, logits) if temperature else 1.0
+    except ValueError as exc:
+        raise ConfigError(f"{data}: {exc}") from None
+    before, after = p_fracture(logits, model.temperature), p_fracture(logits, t)
+    if kind == "model":
+        thr, source = model.threshold, model.threshold_source
+    else:
+        try:
+            thr = stats.choose_threshold(y, after, threshold)
+        except ValueError as exc:
+            raise ConfigError(f"{data}: {exc}") from None
+        source = f"{threshold} on {data} (n={len(y)}, vfa calibrate, temperature {t:.4g})"
+    summary = {"n": len(y), "temperature": t, "threshold": thr,
+               "nll_before": stats.nll(y, logits, model.temperature), "nll_after": stats.nll(y, logits, t),
+               **{f"{k}_before": v for k, v in stats.calibration(y, before).items() if k != "ece_bins"},
+               **{f"{k}_after": v for k, v in stats.calibration(y, after).items() if k != "ece_bins"}}
+    checkpoint.update(model_path, out, force, vfa_temperature=float(t), vfa_threshold=float(thr),
+                      vfa_threshold_source=source, vfa_calibration={k: float(v) for k, v in summary.items()})
+    log(f"temperature {t:.4g} (NLL {summary['nll_before']:.4f} -> {summary['nll_after']:.4f}, ECE "
+        f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}); threshold {thr:.4g} ({source}); wrote {out}")
+    return summary

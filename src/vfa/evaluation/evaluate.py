@@ -1,0 +1,209 @@
+"""Evaluate a checkpoint on a labelled class-folder set: metrics with 95 % CIs, calibration, TTA,
+predictions.csv, metrics.json and (standalone) the notebook's Excel/.npy set, figures, report.html.
+(`vfa.evaluation.compare`: two prediction CSVs, paired; `vfa.evaluation.calibrate`: temperature and threshold.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from vfa.checkpoint import load_model
+from vfa.models.network import model_device
+from vfa.config import ConfigError, get_augment_config
+from vfa.data.dataset import create_dataset
+from vfa.data.samples import DataError, load_samples, validate, write_skipped
+from vfa.evaluation import report as report_mod
+from vfa.explain import cam
+from vfa.explain.localization import find_manifest, read_manifest, summarize
+from vfa.explain.render import gallery_png, select_gallery
+from vfa.inference.backends import resolve_backend, with_backend
+from vfa.inference.predict import SCORES, image_ids, read_predictions  # noqa: F401  (evaluate's API)
+from vfa.inference.tta import tta_predict
+from vfa.runs import atomic_write, json_safe, prepare_run_dir, write_json
+from vfa.stats import accuracy as stats
+from vfa.stats.metrics import SCALAR_KEYS, format_line, fractions, med_metrics, scalars
+
+
+def score_metrics(y, p, threshold: float, n_bins: int = 10) -> dict:
+    """`med_metrics` at `threshold` plus Wilson / log-method / DeLong 95 % CIs, Brier and ECE."""
+    md = med_metrics(y, p, threshold, with_curve=False)
+    m = {**scalars(md), "threshold": float(threshold)}
+    for key, (k, total) in fractions(m).items():
+        m[f"{key}_ci"] = stats.wilson(k, total)
+    lr = stats.likelihood_ratios(m["tp"], m["fp"], m["fn"], m["tn"])
+    m["plr_ci"], m["nlr_ci"] = lr["plr_ci"], lr["nlr_ci"]
+    dl = stats.delong_ci(y, p)
+    m["auc_ci"], m["auc_se"] = dl["auc_ci"], dl["auc_se"]
+    m.update(stats.calibration(y, p, n_bins))
+    m["notes"] = list(dict.fromkeys(md["notes"] + lr["notes"] + dl["notes"]))
+    return m
+
+
+def resolve_thresholds(spec, scores: list[str], model, frame: pd.DataFrame,
+                       threshold_from: str | Path | None) -> tuple[dict, str]:
+    """Per-score thresholds and a sentence saying where they came from."""
+    try:
+        kind, value = stats.parse_threshold(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if kind in ("fixed", "model") and threshold_from:
+        raise ConfigError(f"--threshold-from needs a data-driven threshold (youden, sensitivity=X, "
+                          f"specificity=X), not {spec!r}")
+    if kind == "fixed":
+        return {s: value for s in scores}, ("fixed at 0.5, as the notebook" if value == 0.5 else f"fixed at {value}")
+    if kind == "model":
+        return {s: model.threshold for s in scores}, f"stored in the model ({model.threshold_source})"
+    ref, where = (read_predictions(threshold_from), f"validation predictions {threshold_from}") if threshold_from \
+        else (frame, "this evaluation set itself (optimistic; choose on validation with --threshold-from)")
+    out = {}
+    for s in scores:
+        if s not in ref:
+            raise ConfigError(f"{threshold_from}: no '{s}' column; evaluate the validation set with the same --tta")
+        try:
+            out[s] = stats.choose_threshold(ref["label"], ref[s], spec)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return out, f"{spec} on {where} (n={len(ref)}), per score"
+
+
+def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_name: str = "metrics.json",
+             threshold: float | str = 0.5, threshold_from: str | Path | None = None, tta: int = 0,
+             tta_preset: str = "tta", seed: int = 0, score: str = "raw", id_regex: str | None = None,
+             id_column: str | None = None, split: str | None = None,
+             report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
+             force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
+             gallery: int = 4, cam_method: str | None = None, backend: str = "auto",
+             device: str = "auto") -> dict:
+    """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
+
+    The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
+    `report` (default: only when standalone, metrics_name == "metrics.json") adds the Excel
+    workbook, the notebook's .npy set, the figures and report.html, with a heatmap gallery of up
+    to `gallery` true positives, false positives and false negatives each (0: none).
+    Where fractured-vertebra boxes exist (`manifest`, or a phantom's manifest.csv found in `data`
+    or its parent), metrics.json gets "localization": the pointing game and box mass of the model's CAM method.
+    `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps.
+    """
+    if tta < 0:
+        raise ConfigError(f"--tta must be >= 0, got {tta}")
+    if score not in SCORES or (score != "raw" and not tta):
+        raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
+    try:  # fail on a bad option before any image is read
+        stats.parse_threshold(threshold)
+        get_augment_config(tta_preset)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    model = load_model(model_path, device)
+    cfg = model.config
+    # a class folder or a manifest (split: the rows of that split; id_column: image IDs from it)
+    samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
+                       frame=cfg.data.frame)
+    if not samples.paths:
+        raise DataError(f"{data}: no usable images under {'/'.join(cfg.data.classes)}")
+    out = Path(out)
+    standalone = metrics_name == "metrics.json"
+    report = standalone if report is None else report
+    if standalone:
+        prepare_run_dir(out, force)
+    write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
+    backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
+    frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
+                              id_regex, id_column)
+    if frame["image_id"].duplicated().any():
+        log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
+    scores = [s for s in SCORES if s in frame]
+    thresholds, source = resolve_thresholds(threshold, scores, model, frame, threshold_from)
+    frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
+    result = metrics_dict(frame, score, thresholds, source)
+    result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
+                   "backend": backend, "model": str(model_path), "data": str(data),
+                   "skipped": len(samples.skipped), "id_regex": id_regex})
+    result = _ordered(result)
+    root = Path(samples.root)
+    boxes_file = manifest or find_manifest(data)
+    boxes = read_manifest(boxes_file) if boxes_file else None
+    cam_method, cam_layer = cam.cam_settings(model, cam_method)  # None: the model's own (cpu-demo: LayerCAM)
+    if boxes:
+        fractured = [str(root / f) for f in frame["file"][frame["label"] == 1]]
+        result["localization"] = localization(model, fractured, boxes, boxes_file, cam_method, cam_layer,
+                                              min(batch_size, 8), log)
+    safe = json_safe(result)
+    write_json(out / metrics_name, safe)
+    atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
+    if report:
+        _write_report(out, model, frame, result, thresholds, samples, gallery, boxes, cam_method, cam_layer)
+    for s in scores:
+        md = result["scores"][s]
+        log(f"{data} [{s}]: {format_line(md)}  (n={md['n']}, threshold {md['threshold']:.4g})"
+            + (f"  [{'; '.join(md['notes'])}]" if md["notes"] else ""))
+    return safe
+
+
+def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batch_size: int, num_workers: int,
+                      progress: bool, backend: str, id_regex: str | None, id_column: str | None) -> pd.DataFrame:
+    """image_id, file, label, raw (and tta_mean, tta_max) for labelled `samples`."""
+    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
+    res = tta_predict(with_backend(model, backend, calibration=samples.paths), loader, tta, tta_preset, seed,
+                      progress=progress)
+    frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(samples.rel_paths(), None, id_regex),
+                          "file": samples.rel_paths(),
+                          "label": np.asarray(samples.labels, dtype=int), "raw": res.raw.astype(np.float64)})
+    if tta:  # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
+        frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
+    return frame
+
+
+def metrics_dict(frame: pd.DataFrame, score: str, thresholds: dict, source: str) -> dict:
+    """metrics.json's metric keys: the primary score's flat, every score's under "scores"."""
+    y = frame["label"].to_numpy()
+    scores = list(thresholds)
+    per_score = {s: score_metrics(y, frame[s].to_numpy(), thresholds[s]) for s in scores}
+    grid = sorted(set(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist()) | set(thresholds.values()))
+    primary = per_score[score]
+    return {**{k: primary[k] for k in SCALAR_KEYS}, "threshold": thresholds[score],
+            **{k: v for k, v in primary.items() if k.endswith(("_ci", "_se")) or k in ("brier", "ece")},
+            "notes": primary["notes"], "score": score, "threshold_source": source,
+            "n_norm": int((y == 0).sum()), "n_frac": int((y == 1).sum()), "scores": per_score,
+            "operating_points": {s: stats.operating_points(y, frame[s].to_numpy(), grid) for s in scores}}
+
+
+# metrics.json's key order, kept as it was written before the split into functions
+_ORDER = ("tta", "temperature", "backend", "model", "data", "n_norm", "n_frac", "skipped", "id_regex", "scores",
+          "operating_points")
+
+
+def _ordered(result: dict) -> dict:
+    head = {k: v for k, v in result.items() if k not in _ORDER}
+    return {**head, **{k: result[k] for k in _ORDER}}
+
+
+def localization(model, fractured: list[str], boxes: dict, boxes_file, method: str, layer: str,
+                 batch_size: int, log=print) -> dict:
+    """The CAM method's pointing game and box mass over the fractured images that have boxes."""
+    rows = cam.localization_rows(model, fractured, boxes, method, layer, batch_size=batch_size)
+    loc = {**summarize(rows), "manifest": str(boxes_file), "method": method, "layer": layer,
+           "output_stride": cam.cam_network(model, None, layer)[1]}
+    log(f"{cam.METHOD_NAMES[method]} pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
+        f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "
+        f"{loc['pointing_game_tol15px']:.3f}), heatmap mass in boxes "
+        f"{loc['mass_in_boxes']:.3f}" if loc["n_fractured"] else "localization: no fractured image has boxes")
+    return loc
+
+
+def _write_report(out: Path, model, frame, result: dict, thresholds: dict, samples, gallery: int, boxes,
+                  cam_method: str, cam_layer: str) -> None:
+    tta, score = result["tta"], result["score"]
+    info = {"model": result["model"], "data": result["data"], "images": f"{len(frame)} ({result['n_norm']} norm, "
+            f"{result['n_frac']} frac)", "skipped files": len(samples.skipped), "primary score": score,
+            "threshold": ", ".join(f"{s} {t:.4g}" for s, t in thresholds.items()),
+            "threshold source": result["threshold_source"], "temperature": model.temperature,
+            "TTA": f"{tta['n']} passes, preset {tta['preset']}, seed {tta['seed']}" if tta["n"] else "off",
+            "image IDs": f"regex {result['id_regex']}" if result["id_regex"] else "path relative to the data folder"}
+    root = Path(samples.root)
+    picks = select_gallery(frame, score, gallery) if gallery > 0 else {}
+    png = gallery_png(model, {k: [str(root / frame["file"].iloc[i]) for i in v] for k, v in picks.items()},
+                      boxes, cam_method, cam_layer) if picks else None
+    report_mod.write_all(out, frame, result, info, gallery=png)

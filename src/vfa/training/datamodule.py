@@ -1,0 +1,34 @@
+"""The Lightning data module: training and validation loaders from the one preprocessing path."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from vfa.data.dataset import ImageDataset, create_dataset
+from vfa.data.samples import Samples
+
+
+class VFADataModule(L.LightningDataModule):
+    def __init__(self, cfg, train: Samples | None = None, val: Samples | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.train_samples, self.val_samples = train, val
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        d = self.cfg.data
+        return DataLoader(dataset, batch_size=d.batch_size, shuffle=shuffle, num_workers=d.num_workers,
+                          pin_memory=torch.cuda.is_available(), drop_last=False,
+                          persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.cfg.data.augment_on == "device":  # gray, un-augmented: 3x less to copy; the module augments
+            return self._loader(self.eval_dataset(self.train_samples, channels=1), shuffle=True)
+        return self._loader(create_dataset(self.cfg, self.train_samples, train=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset(self.val_samples), shuffle=False)
+
+    def eval_dataset(self, samples: Samples, channels: int = 3) -> ImageDataset:
+        """Resized as training resizes (nearest for keras215), never augmented."""
+        return create_dataset(self.cfg, samples, channels=channels)

@@ -1,0 +1,172 @@
+"""Training on Lightning: data checks, the trainer and its checkpoints, precision and devices.
+
+`train(cfg, out)` trains one model (`vfa.train`, in `vfa.api`, adds the held-out test evaluation).
+Accelerator, devices, num_nodes, strategy and precision pass straight through to Lightning's
+Trainer, so DDP needs no extra code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from vfa import checkpoint
+from vfa import config as config_mod
+from vfa import runs
+from vfa.data.dataset import class_weight
+from vfa.data.samples import validate, write_skipped
+from vfa.training.datamodule import VFADataModule
+from vfa.training.module import HISTORY_KEYS, VFAModule, append_history, read_history  # noqa: F401
+
+def load_data(cfg, train: bool = True, log=print):
+    """Scan and fully decode the training/validation (and --test) sets before any work starts;
+    refuse bad files (per data.on_bad_file), an image or a patient in two splits, a validation
+    set with a single class. Each data argument is a class folder or a manifest CSV."""
+    from vfa.data.samples import (DataError, check_leakage, duplicates_within, is_manifest, leakage_error, load_samples, manifest_splits, split_source)
+    from vfa.io.normalize import parse
+
+    d = cfg.data
+    parse(d.normalize)
+    if d.train is None:
+        raise config_mod.ConfigError("data.train is not set (pass --train DIR or MANIFEST.csv)")
+    train_samples = load_samples(d.train, d.classes, split="train")  # a missing path fails first
+    val = d.val
+    if val is None and is_manifest(d.train) and "val" in manifest_splits(d.train):
+        val = str(split_source(d.train)[0])  # a split manifest: its 'val' rows
+    if val is None:
+        raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
+    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame)
+    va = validate(load_samples(val, d.classes, split="val"), d.on_bad_file, frame=d.frame)
+    sets = {"train": tr, "val": va}
+    if getattr(d, "test", None):
+        sets["test"] = validate(load_samples(d.test, d.classes, split="test"), d.on_bad_file, frame=d.frame)
+    leaks = check_leakage(sets)
+    if leaks:
+        raise leakage_error(leaks)
+    for name, s in sets.items():
+        log(f"{name}: {len(s.paths)} images {s.counts()} from {s.source or s.root}"
+            + (f"; skipped {len(s.skipped)} file(s)" if s.skipped else ""))
+        dups = duplicates_within(s)
+        if dups:
+            log(f"warning: {name} holds {len(dups)} group(s) of identical images, e.g. {', '.join(dups[0][:3])}")
+    if len(set(va.labels)) < 2:
+        names = ", ".join(f"{n} {va.classes[c]}" for c, n in va.counts().items()) or "no images"
+        raise DataError(f"the validation set {va.source or va.root} has a single class ({names}): AUC, Sn and "
+                        f"Sp are undefined there and best.ckpt could not be chosen; add images of both classes")
+    return tr, va
+
+def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
+    t = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
+                           save_last=True, save_top_k=1, enable_version_counter=False,
+                           # saving after the epoch (not mid-loop at validation end) makes a resume
+                           # start at the next epoch instead of repeating this one
+                           save_on_train_epoch_end=True)
+    callbacks = [best, *extra_callbacks]
+    if t.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    return L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=cfg.optim.epochs, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        deterministic=t.deterministic, callbacks=callbacks, logger=False, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+
+
+ARCHITECTURE_KEYS = ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")
+
+
+def load_init(cfg, log=print) -> dict:
+    """The model weights of `cfg.model.init_from` (a vfa checkpoint, e.g. from `vfa import-keras`),
+    read with `torch.load(weights_only=True)`. The architecture keys of `cfg.model` are set to the
+    checkpoint's (the weights decide them); a preprocessing different from the checkpoint's is noted."""
+    from vfa.data.augment import get_augment_config
+
+    ckpt = checkpoint.load(cfg.model.init_from, role="--init checkpoint")
+    src = checkpoint.config_of(ckpt)
+    changed = [k for k in ARCHITECTURE_KEYS if getattr(cfg.model, k) != getattr(src.model, k)]
+    for key in ARCHITECTURE_KEYS:
+        setattr(cfg.model, key, getattr(src.model, key))
+    cfg.model.pretrained = False
+    if changed:
+        log("model from the --init checkpoint: " + ", ".join(f"{k}={getattr(src.model, k)!r}" for k in changed))
+    resize = [get_augment_config(c.augment, **c.augment_overrides).resize for c in (src, cfg)]
+    if tuple(src.data.size) != tuple(cfg.data.size) or resize[0] != resize[1] or src.data.normalize != cfg.data.normalize:
+        log(f"note: the --init model expects {src.data.size[0]}x{src.data.size[1]}, {resize[0]} resize, normalize "
+            f"{src.data.normalize}; this run feeds {cfg.data.size[0]}x{cfg.data.size[1]}, {resize[1]} resize, "
+            f"normalize {cfg.data.normalize}")
+    return checkpoint.weights_of(ckpt)
+
+
+def _training_device(cfg) -> str:
+    acc = str(cfg.trainer.accelerator).lower()
+    if acc == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    return {"gpu": "cuda"}.get(acc, acc)
+
+
+def native_bf16(device: str) -> bool:
+    """bf16 without emulation: a CUDA GPU that supports it, or an x86 CPU with avx512_bf16 / AMX."""
+    if device == "cuda":
+        # including_emulation=False: pre-Ampere GPUs can hold bf16 tensors but compute them slowly
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg) -> str:
+    """trainer.precision "auto" -> bf16-mixed on a device with native bf16, else 32-true."""
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if native_bf16(_training_device(cfg)) else "32-true"
+
+
+def resolve_augment_on(cfg) -> str:
+    """"auto" -> "device" when training runs on a GPU (workers would starve it), else "workers"."""
+    if cfg.data.augment_on != "auto":
+        return cfg.data.augment_on
+    return "device" if _training_device(cfg) in ("cuda", "mps") else "workers"
+
+
+def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
+    """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt;
+    `cfg.model.init_from` (`vfa train --init CKPT`) starts from that checkpoint's weights."""
+    run_dir = Path(out)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    init_state = load_init(cfg, log) if cfg.model.init_from and not resume else None
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    else:
+        runs.prepare_run_dir(run_dir, force)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg.data.augment_on = resolve_augment_on(cfg)
+    cfg.trainer.precision = resolve_precision(cfg)
+    tr, va = load_data(cfg, log=log)
+    if not resume:
+        runs.write_run_files(run_dir, cfg)
+    write_skipped(tr, run_dir / "skipped_train.csv")
+    write_skipped(va, run_dir / "skipped_val.csv")
+    pos_weight = class_weight(tr.labels) if cfg.optim.class_weights else 1.0
+    log(f"positive-class weight: {pos_weight:.3f}")
+    module = VFAModule(config_mod.to_dict(cfg), pos_weight)
+    if init_state is not None:
+        module.model.load_state_dict(init_state)
+        log(f"initial weights: {cfg.model.init_from}")
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
+                weights_only=True if resume else None)
+    if trainer.is_global_zero:
+        from vfa.training.curves import plot_history
+        plot_history(run_dir / "history.csv", run_dir)
+    return run_dir
+

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from vfa.data.samples import DataError, scan_folder, validate
+from vfa.config import get_augment_config
 from vfa.data.dataset import ImageDataset, class_weight
+from vfa.data.transforms import DataSpec, Transform
 
 
 def test_labels_from_folders(folder):
@@ -20,7 +22,7 @@ def test_custom_class_order(folder):
 
 
 def test_dataset_items_are_3ch_resized_unit_range(folder):
-    ds = ImageDataset(scan_folder(folder), size=(60, 36))
+    ds = ImageDataset(scan_folder(folder), Transform(DataSpec((60, 36))))
     x, y, i = ds[5]
     assert x.shape == (3, 60, 36) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() <= 1 and torch.equal(x[0], x[2])
@@ -29,7 +31,7 @@ def test_dataset_items_are_3ch_resized_unit_range(folder):
 
 def test_augmented_dataset_differs_but_keeps_shape(folder):
     torch.manual_seed(0)
-    ds = ImageDataset(scan_folder(folder), size=(60, 36), augment="seed")
+    ds = ImageDataset(scan_folder(folder), Transform(DataSpec((60, 36)), get_augment_config("seed")))
     a, _, _ = ds[0]
     b, _, _ = ds[0]
     assert a.shape == (3, 60, 36) and not torch.equal(a, b)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from tests.helpers import make_checkpoint
-from vfa.explain import cam
+from vfa.explain import cam, geometry, heatmaps, localization, render
 from vfa.config import ConfigError
 from vfa.models.network import VFANet, build_model
 
@@ -62,11 +62,11 @@ def test_cam_peaks_where_the_logit_looks(method, blob, stripes):
         model = detector_model(weights)
         cams, logits = cam.grad_cam(model, x, method)
         assert logits == pytest.approx(model(x).detach().numpy(), rel=1e-5)
-        heat = cam.upsample(cams[0], img.shape)
+        heat = geometry.upsample(cams[0], img.shape)
         assert heat.max() == pytest.approx(1.0, abs=1e-6)
-        assert cam.localize(heat, [inside])["pointing_hit"], (weights, np.unravel_index(heat.argmax(), heat.shape))
-        assert not cam.localize(heat, [outside])["pointing_hit"]
-        assert cam.localize(heat, [inside])["mass_in_boxes"] > 0.5
+        assert localization.localize(heat, [inside])["pointing_hit"], (weights, np.unravel_index(heat.argmax(), heat.shape))
+        assert not localization.localize(heat, [outside])["pointing_hit"]
+        assert localization.localize(heat, [inside])["mass_in_boxes"] > 0.5
 
 
 def test_layercam_keeps_only_the_positive_evidence_per_cell():
@@ -128,30 +128,30 @@ def test_overlay_is_the_notebooks_blend_and_names_sort_by_prediction():
 
     gray = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     heat = np.linspace(1, 0, 12, dtype=np.float32).reshape(3, 4)
-    out = cam.overlay(gray, heat)
+    out = render.overlay(gray, heat)
     jet = (colormaps["jet"](np.uint8(255 * heat))[..., :3] * 255).round()
     expected = (0.3 * jet + 0.7 * (gray * 255).round()[..., None]).round()
     assert out.dtype == np.uint8 and out.shape == (3, 4, 3)
     np.testing.assert_array_equal(out, expected.astype(np.uint8))
-    assert cam.heatmap_name(0.8765, "phantom_00012.png") == "heatmap_087_phantom_00012.png"
-    assert cam.heatmap_name(0.999, "a.png") == "heatmap_099_a.png"   # int(), as the notebook
-    assert cam.heatmap_name(1.0, "a.png") == "heatmap_100_a.png"
-    assert cam.heatmap_name(0.05, "a.png") < cam.heatmap_name(0.5, "a.png")
+    assert render.heatmap_name(0.8765, "phantom_00012.png") == "heatmap_087_phantom_00012.png"
+    assert render.heatmap_name(0.999, "a.png") == "heatmap_099_a.png"   # int(), as the notebook
+    assert render.heatmap_name(1.0, "a.png") == "heatmap_100_a.png"
+    assert render.heatmap_name(0.05, "a.png") < render.heatmap_name(0.5, "a.png")
 
 
 def test_localization_summary_counts_only_fractured_images():
     heat = np.zeros((20, 10), np.float32)
     heat[5, 5] = 1.0
     heat[15, 5] = 0.5
-    assert cam.localize(heat, [[4, 4, 7, 7]]) == {"pointing_hit": True, "pointing_hit_tol": True,
+    assert localization.localize(heat, [[4, 4, 7, 7]]) == {"pointing_hit": True, "pointing_hit_tol": True,
                                                   "mass_in_boxes": pytest.approx(1 / 1.5)}
-    miss = cam.localize(heat, [[0, 10, 10, 20]])  # max at row 5; box starts at row 10: 5 px away
+    miss = localization.localize(heat, [[0, 10, 10, 20]])  # max at row 5; box starts at row 10: 5 px away
     assert not miss["pointing_hit"] and miss["pointing_hit_tol"]
-    assert cam.localize(heat, [[0, 10, 10, 20]], tolerance=4)["pointing_hit_tol"] is False
+    assert localization.localize(heat, [[0, 10, 10, 20]], tolerance=4)["pointing_hit_tol"] is False
     rows = [{"n_boxes": 1, "pointing_hit": True, "mass_in_boxes": 0.5},
             {"n_boxes": 2, "pointing_hit": "False", "mass_in_boxes": "0.25"},
             {"n_boxes": 0, "pointing_hit": "", "mass_in_boxes": ""}]
-    s = cam.summarize(rows)
+    s = localization.summarize(rows)
     assert s["n_fractured"] == 2 and s["pointing_game"] == 0.5 and s["mass_in_boxes"] == pytest.approx(0.375)
     lo, hi = s["pointing_game_ci"]
     assert 0 < lo < 0.5 < hi < 1
@@ -190,12 +190,12 @@ def test_heatmap_folder_names_resume_and_pointing_game(ckpt, tiny_phantom, tmp_p
     assert main(args + ["--panel"]) == 0
     assert {f: f.stat().st_mtime_ns for f in sorted(out.rglob("heatmap_*"))} == before
     overlays[0].unlink()
-    res = cam.write_heatmaps(ckpt, sorted(str(q) for q in data.rglob("*.png")), out, root=data,
+    res = heatmaps.write_heatmaps(ckpt, sorted(str(q) for q in data.rglob("*.png")), out, root=data,
                              manifest=tiny_phantom / "manifest.csv", progress=False, log=lambda m: None)
     assert res["written"] == 1 and res["skipped_existing"] == n - 1 and overlays[0].is_file()
     assert {k: res["localization"][k] for k in ("n_fractured", "pointing_hits")} == \
         {k: loc[k] for k in ("n_fractured", "pointing_hits")}   # the kept rows still count
-    res = cam.write_heatmaps(ckpt, sorted(str(q) for q in data.rglob("*.png")), tmp_path / "late", root=data,
+    res = heatmaps.write_heatmaps(ckpt, sorted(str(q) for q in data.rglob("*.png")), tmp_path / "late", root=data,
                              start_index=n - 2, progress=False, log=lambda m: None)
     assert res["written"] == 2 and len(list((tmp_path / "late").rglob("heatmap_*"))) == 2
 
@@ -211,10 +211,10 @@ def test_heatmaps_use_the_models_cam_method_and_layer(tiny_phantom, tmp_path):
                 "hyper_parameters": {"config": config_mod.to_dict(cfg)}}, path)
     paths = sorted(str(q) for q in (tiny_phantom / "test" / "frac").glob("*.png"))[:3]
     kw = dict(root=tiny_phantom / "test", manifest=tiny_phantom / "manifest.csv", progress=False, log=lambda m: None)
-    loc = cam.write_heatmaps(path, paths, tmp_path / "a", **kw)["localization"]
+    loc = heatmaps.write_heatmaps(path, paths, tmp_path / "a", **kw)["localization"]
     assert (loc["method"], loc["layer"], loc["output_stride"]) == ("layercam", "backbone.features.5", 4)
     assert json.loads((tmp_path / "a" / "localization.json").read_text())["layer"] == "backbone.features.5"
-    loc = cam.write_heatmaps(path, paths, tmp_path / "b", method="gradcam", layer="auto", **kw)["localization"]
+    loc = heatmaps.write_heatmaps(path, paths, tmp_path / "b", method="gradcam", layer="auto", **kw)["localization"]
     assert (loc["method"], loc["layer"]) == ("gradcam", "auto")
 
 

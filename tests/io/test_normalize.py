@@ -68,12 +68,12 @@ def test_normalize_travels_in_the_config_to_datasets(folder):
     import torch
 
     from vfa import config as config_mod
-    from vfa.data.dataset import VFADataModule
+    from vfa.training.datamodule import VFADataModule
     from vfa.data.samples import scan_folder
 
     cfg = config_mod.resolve("cpu-demo", overrides={"data": {"normalize": "minmax", "size": [48, 32]}})
     assert config_mod.from_dict(config_mod.to_dict(cfg)).data.normalize == "minmax"
     ds = VFADataModule(cfg).eval_dataset(scan_folder(folder))
     x, _, _ = ds[0]
-    assert ds.normalize == "minmax" and float(x.min()) == pytest.approx(0, abs=1e-6)
+    assert ds.transform.spec.normalize == "minmax" and float(x.min()) == pytest.approx(0, abs=1e-6)
     assert float(x.max()) == pytest.approx(1, abs=1e-3) and torch.equal(x[0], x[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -105,8 +106,6 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
     the file path (`id_regex`) or a manifest input's `id_column`; DICOM identifiers (PatientID,
     StudyDate, ...) are added as columns only with `keep_identifiers`. `backend`: see vfa.inference.
     """
-    import pandas as pd
-
     from vfa.data.samples import validate
     from vfa.inference.tta import tta_predict
 

@@ -113,6 +113,26 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
     n_patients = {kind: len({v for s in ok_sets.values() for v in s.columns.get(kind, []) if v})
                   for kind in ("patient_id", "_dicom_patient")}
 
+    errors, warnings = _problems(rows, classes, unusable, leakage, duplicates, good, stats)
+    verdict = ("NOT READY" if errors else "READY") + (f": {len(errors)} problem(s)" if errors else "") + \
+        (f", {len(warnings)} warning(s)" if warnings else "")
+    report = {
+        "source": str(source), "layout": layout, "classes": list(classes), "frame": frame,
+        "files": len(paths) + len(problems), "seconds": round(time.perf_counter() - t0, 2), "workers": workers,
+        "splits": rows, "stats": stats, "duplicates": duplicates, "leakage": leakage,
+        "patients": {"manifest patient_id": n_patients["patient_id"],
+                     "DICOM PatientID": n_patients["_dicom_patient"]},
+        "unusable": unusable, "errors": errors, "warnings": warnings, "verdict": verdict, "ready": not errors,
+    }
+    if keep_identifiers:
+        from vfa.io.dicom import dicom_identifiers
+
+        report["identifiers"] = {r["path"]: dicom_identifiers(r["path"]) for r in dicom}
+    return report
+
+
+def _problems(rows, classes, unusable, leakage, duplicates, good, stats) -> tuple[list[str], list[str]]:
+    """(errors that stop a run, warnings) of a dataset report."""
     errors, warnings = [], []
     if unusable:
         errors.append(f"{len(unusable)} unusable file(s): a run stops on them (default --on-bad-file error); "
@@ -143,21 +163,7 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
     if len(stats["bit depth"]) > 1:
         warnings.append("mixed bit depths (each is scaled to [0, 1] by its own range; consider "
                         "--set data.normalize=percentile)")
-    verdict = ("NOT READY" if errors else "READY") + (f": {len(errors)} problem(s)" if errors else "") + \
-        (f", {len(warnings)} warning(s)" if warnings else "")
-    report = {
-        "source": str(source), "layout": layout, "classes": list(classes), "frame": frame,
-        "files": len(paths) + len(problems), "seconds": round(time.perf_counter() - t0, 2), "workers": workers,
-        "splits": rows, "stats": stats, "duplicates": duplicates, "leakage": leakage,
-        "patients": {"manifest patient_id": n_patients["patient_id"],
-                     "DICOM PatientID": n_patients["_dicom_patient"]},
-        "unusable": unusable, "errors": errors, "warnings": warnings, "verdict": verdict, "ready": not errors,
-    }
-    if keep_identifiers:
-        from vfa.io.dicom import dicom_identifiers
-
-        report["identifiers"] = {r["path"]: dicom_identifiers(r["path"]) for r in dicom}
-    return report
+    return errors, warnings
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

@@ -64,7 +64,7 @@ def read_manifest(path: str | Path) -> dict[str, list]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise FileNotFoundError(f"boxes file not found: {path}")
     frame = pd.read_csv(path)
     if not {"filename", "fractured_boxes"} <= set(frame.columns):
         raise ConfigError(f"{path}: needs 'filename' and 'fractured_boxes' columns (as vfa synth writes)")

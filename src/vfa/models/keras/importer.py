@@ -145,7 +145,11 @@ def _input_size(config: dict | None) -> tuple[int, int] | None:
 
 def keras_to_vfa(kf: KerasFile, bn_after_relu: bool | None = None, source: str = "the file"):
     """(VFANet with the Keras weights, model config overrides, notes). Raises KerasImportError
-    listing what did not match."""
+    listing what did not match.
+
+    Long: one pass that matches the Keras layer list onto timm's Inception-ResNet-v2 in file order
+    (stem convolutions, blocks, head), collecting every mismatch before raising; it reads top to
+    bottom against docs/notebook-differences.md, and split up the matching rules would scatter."""
     from timm.layers import ConvNormAct
 
     from vfa.models.network import build_model

@@ -1,0 +1,141 @@
+"""Every `vfa` command through the CLI entry point: its --help, and one tiny real run each, so a
+command that crashes (as `vfa summary` once did on every preset) cannot pass CI."""
+import json
+
+import pandas as pd
+import pytest
+
+from tests.helpers import make_checkpoint, write_folder
+from vfa.cli import build_parser, main
+
+COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "--debug" in capsys.readouterr().out  # works after the subcommand too
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {"ckpt": make_checkpoint(root / "m.ckpt"), "data": write_folder(root / "data", n_per_class=3),
+            "root": root}
+
+
+def run_summary(env, tmp):
+    return ["summary", "--preset", "cpu-demo"]
+
+
+def run_calibrate(env, tmp):
+    return ["calibrate", "--model", str(env["ckpt"]), "--data", str(env["data"]), "--out", str(tmp / "c.ckpt"),
+            "--threshold", "youden", "--device", "cpu"]
+
+
+def run_lr_find(env, tmp):
+    return ["lr-find", "--train", str(env["data"]), "--out", str(tmp / "lr"), "--model", str(env["ckpt"]),
+            "--steps", "4", "--set", "data.batch_size=3", "--set", "data.num_workers=0", "--device", "cpu"]
+
+
+def run_augment_preview(env, tmp):
+    return ["augment-preview", "--data", str(env["data"]), "--out", str(tmp / "grid.png"), "--n", "2",
+            "--size", "48x32"]
+
+
+def run_predict(env, tmp):
+    return ["predict", "--model", str(env["ckpt"]), str(env["data"]), "--out", str(tmp / "p.csv"),
+            "--device", "cpu", "--threshold", "0.3"]
+
+
+def run_evaluate(env, tmp):
+    return ["evaluate", "--model", str(env["ckpt"]), "--data", str(env["data"]), "--out", str(tmp / "ev"),
+            "--device", "cpu", "--gallery", "0"]
+
+
+def run_heatmap(env, tmp):
+    return ["heatmap", "--model", str(env["ckpt"]), "--data", str(env["data"]), "--out", str(tmp / "hm"),
+            "--device", "cpu", "--batch-size", "2"]
+
+
+def run_check_data(env, tmp):
+    return ["check-data", str(env["data"])]
+
+
+def run_synth(env, tmp):
+    return ["synth", "--out", str(tmp / "ph"), "--n", "8", "--size", "64x40"]
+
+
+def run_split(env, tmp):
+    rows = [{"path": f"p{i}.png", "label": i % 2, "patient_id": f"P{i // 2}"} for i in range(20)]
+    pd.DataFrame(rows).to_csv(tmp / "m.csv", index=False)
+    return ["split", str(tmp / "m.csv"), "--out", str(tmp / "s.csv")]
+
+
+def run_export(env, tmp):
+    return ["export", "--model", str(env["ckpt"]), "--out", str(tmp / "m.onnx")]
+
+
+def run_compare(env, tmp):
+    a = tmp / "a"
+    assert main(["evaluate", "--model", str(env["ckpt"]), "--data", str(env["data"]), "--out", str(a),
+                 "--device", "cpu", "--gallery", "0"]) == 0
+    return ["compare", str(a / "predictions.csv"), str(a / "predictions.csv"), "--out", str(tmp / "c.json")]
+
+
+def run_train(env, tmp):
+    return ["train", "--preset", "cpu-demo", "--train", str(env["data"]), "--val", str(env["data"]),
+            "--out", str(tmp / "run"), "--epochs", "1", "--set", "data.size=[48,32]", "--set", "data.num_workers=0",
+            "--set", "data.batch_size=3", "--set", "trainer.progress=false", "--set", "model.backbone=resnet18",
+            "--set", "model.head=[8]"]
+
+
+def run_import_keras(env, tmp):
+    return None  # needs a Keras .h5: run through the CLI in tests/models/test_keras_import.py
+
+
+RUNS = {name.removeprefix("run_").replace("_", "-"): fn for name, fn in globals().items() if name.startswith("run_")}
+
+
+def test_every_command_has_a_run_here():
+    assert sorted(RUNS) == COMMANDS
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "import-keras"])
+def test_tiny_real_run(command, env, tmp_path, capsys):
+    args = RUNS[command](env, tmp_path)
+    rc = main(args)
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    if command == "summary":
+        assert "parameters:" in out.out and "FLOPs" in out.out
+    if command == "predict":
+        frame = pd.read_csv(tmp_path / "p.csv")
+        assert (frame["predicted"] == (frame["raw"] >= 0.3)).all()
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(tmp_path, capsys):
+    args = ["predict", "--model", str(tmp_path / "missing.ckpt"), str(tmp_path), "--out", str(tmp_path / "o.csv")]
+    assert main(args) == 2
+    assert "missing.ckpt" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        main(args + ["--debug"])
+
+
+def test_a_device_that_is_not_here_is_one_line(env, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("a machine with 8 GPUs has cuda:7")
+    assert main(run_predict(env, tmp_path)[:-4] + ["--device", "cuda:7"]) == 2
+    assert "no such CUDA device" in capsys.readouterr().err
+
+
+def test_old_manifest_spelling_still_works_with_a_note(env, tmp_path, capsys):
+    boxes = tmp_path / "boxes.csv"
+    pd.DataFrame({"filename": [], "fractured_boxes": []}).to_csv(boxes, index=False)
+    assert main(run_heatmap(env, tmp_path) + ["--manifest", str(boxes)]) == 0
+    assert "--manifest is deprecated" in capsys.readouterr().err
+    assert json.loads((tmp_path / "hm" / "localization.json").read_text())["n_fractured"] == 0

@@ -86,7 +86,8 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
     if data is not None:  # streaming over real images: resident memory after each batch
         from torch.utils.data import DataLoader
 
-        from vfa.inference.predict import eval_dataset, predict_loader
+        from vfa.data.dataset import create_dataset
+        from vfa.inference.predict import predict_loader
 
         paths = sorted(str(f) for f in data.rglob("*.png"))
         rss = []
@@ -96,7 +97,7 @@ def worker_infer(backend: str, repeats: int, tmp: Path, data: Path | None, tag: 
                 yield item
                 rss.append(_rss_mb())
 
-        predict_loader(runner, tracked(DataLoader(eval_dataset(model, paths), batch_size=BATCH)))
+        predict_loader(runner, tracked(DataLoader(create_dataset(model, paths), batch_size=BATCH)))
         row.update(stream_images=len(paths), stream_rss_mb=[round(r) for r in rss],
                    stream_rss_growth_mb=round(rss[-1] - rss[1], 1) if len(rss) > 2 else None)
     _emit(**row)
@@ -145,7 +146,7 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
 
     model, x = _model(train=True)
     if compile:  # what model.compile=true runs (vfa.train): the whole step's graph, forward + backward
-        from vfa.inference.export import enable_compile_cache
+        from vfa.runs import enable_compile_cache
         enable_compile_cache()
         model.compile()
     y = torch.tensor([0.0, 1.0] * (BATCH // 2))
@@ -183,11 +184,13 @@ def worker_train(precision: str, repeats: int, profile: bool, compile: bool = Fa
 def worker_data(data: Path, n: int) -> None:
     import torch
 
-    from vfa.data.dataset import ImageDataset
+    from vfa import config as config_mod
+    from vfa.data.dataset import create_dataset
     from vfa.data.samples import load_samples
 
     torch.set_num_threads(1)  # per core: one process, one thread, as a DataLoader worker runs
-    ds = ImageDataset(load_samples(data), SIZE, "seed")
+    cfg = config_mod.resolve("seed", overrides={"data": {"size": list(SIZE)}})
+    ds = create_dataset(cfg, load_samples(data), train=True)  # the seed augmentation, as training runs it
     ds[0]
     t0 = time.perf_counter()
     for i in range(n):

@@ -124,7 +124,7 @@ weights, one fixed random batch. Every row runs in a fresh process: one untimed 
 mean of {repeats} timed calls (training: {max(1, repeats - 1)}; Adam 1e-4, weighted BCE, as the notebook). The Keras
 rows are /work/shared/bench/keras_seed.py (`predict_on_batch`, `train_on_batch`,
 `ImageDataGenerator.flow_from_directory`) in its own venv (.venv-keras), run in the same `make bench`.
-Input pipeline: `vfa.data.ImageDataset` with the seed augmentation, decoding 1024x614 phantom PNGs
+Input pipeline: `vfa.data.dataset.create_dataset(cfg, train=True)` with the seed augmentation, decoding 1024x614 phantom PNGs
 to 600x360, one process, one thread. "first call" of torch.compile is its compile time (cold, or
 less with inductor's on-disk cache warm under ~/.cache/vfa/inductor); "setup" of ONNX Runtime is
 the one-off export + verification (cached under ~/.cache/vfa/onnx afterwards).

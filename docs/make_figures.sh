@@ -29,7 +29,7 @@ $VFA augment-preview --data "$PHANTOM/train" --preset seed --n 6 --images 2 --ou
 .venv/bin/python - <<'PY'
 import numpy as np
 from PIL import Image, ImageDraw
-from vfa.synth import render_phantom
+from vfa.phantom.synth import render_phantom
 
 fractures = [dict(level="T8", grade=2, type="wedge", height_loss=0.32),
              dict(level="L1", grade=3, type="crush", height_loss=0.45)]

@@ -16,7 +16,7 @@ __all__ = ["Config", "resolve", "train", "evaluate", "predict", "load_model", "b
 
 # name -> (module, attribute), imported on first use so that `import vfa` stays light until torch is needed
 _LAZY = {"train": ("vfa.api", "train"), "evaluate": ("vfa.evaluation.evaluate", "evaluate"),
-         "predict": ("vfa.inference.predict", "predict"), "load_model": ("vfa.checkpoint", "load_model"),
+         "predict": ("vfa.inference.predict", "predict"), "load_model": ("vfa.models.loading", "load_model"),
          "build_model": ("vfa.models.network", "build_model"), "synthesize": ("vfa.phantom.synth", "synthesize")}
 
 

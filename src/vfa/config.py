@@ -99,8 +99,7 @@ class ModelConfig:
     head_batchnorm: bool = False  # the notebook's undocumented "with BN" variant
     head_dropout: float = 0.0
     init: str = "timm"  # timm | keras (glorot-uniform kernels, zero biases)
-    # NHWC: what oneDNN and cuDNN convolutions prefer; IRv2 training on 2 CPU cores: +22 % fp32,
-    # +52 % bf16 (BENCHMARKS.md)
+    # NHWC: what oneDNN and cuDNN convolutions prefer (measured gains: BENCHMARKS.md)
     channels_last: bool = True
     init_from: str | None = None  # a vfa checkpoint (e.g. from `vfa import-keras`) whose weights start training
     # Grad-CAM evaluates the backbone at this output stride (same weights, dilated instead of strided)
@@ -135,7 +134,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     # "auto": bf16-mixed where the training device has native bf16 (a GPU that supports it; a CPU
-    # with avx512_bf16 or AMX: 3.9x fp32 for IRv2 in BENCHMARKS.md), else 32-true; resolved and
+    # with avx512_bf16 or AMX; BENCHMARKS.md), else 32-true; resolved and
     # saved in config.yaml. Or any Lightning precision: 32-true, bf16-mixed, 16-mixed, ...
     precision: str = "auto"
     deterministic: bool = True
@@ -174,13 +173,13 @@ PRESETS: dict[str, dict] = {
         "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
         "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
                   # LayerCAM on the stride-8 stage: with 159 px receptive fields, last-layer Grad-CAM
-                  # often peaks a level off the fracture (README, Heatmaps)
+                  # often peaks a level off the fracture (docs/heatmaps.md)
                   "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
         # milder geometry than the seed's, plus brightness: a from-scratch net on ~800 images
         # must not settle on absolute density first, or it sits at chance for many epochs
         "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
                               "zoom": 0.05, "brightness": 0.2},
-        # 40 epochs: on the settled phantom 20 reach test AUC 0.93 (grade 1: 0.82), 40 reach 0.996
+        # 40 epochs: on the settled phantom 20 are not enough (docs/phantom.md)
         "optim": {"lr": 2e-3, "epochs": 40, "sgdr_steps": 40, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
     },

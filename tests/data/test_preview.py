@@ -16,7 +16,6 @@ def test_grid_has_one_panel_per_image_and_version(tmp_path):
     paths = pick(data, 2)
     assert all("/frac/" in p for p in paths)   # a fractured image first, as the notebook looked at
     cfg, spec = resolve("keras215", (60, 36))
-    size = spec.size
     fig, drawn = make_figure(paths, Augment(cfg), spec, n=3, seed=1)
     assert len(fig.axes) == 2 * (1 + 3) and len(drawn) == 2 * 3
     titles = [ax.get_title(loc="left") for ax in fig.axes]

@@ -4,7 +4,7 @@ import torch
 
 from vfa.training.schedule import build_scheduler, cos_sgdr, cos_sgdr_sched, sgdr_lambda
 
-# seed-behaviour.md: cos_sgdr_sched(10, 1, 2) x 1e-4
+# docs/notebook-differences.md: cos_sgdr_sched(10, 1, 2) x 1e-4
 PINNED = [1.0000e-4, 9.7553e-5, 9.0451e-5, 7.9389e-5, 6.5451e-5, 5.0000e-5, 3.4549e-5, 2.0611e-5,
           9.5492e-6, 2.4472e-6]
 

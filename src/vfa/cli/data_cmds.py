@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from vfa import config as config_mod
-from vfa.cli.options import _floats, _size
+from vfa.cli.options import _bad_file_arg, _floats, _force_arg, _size
 
 
 def cmd_synth(args) -> None:
-    from vfa.phantom.synth import PhantomConfig, synthesize
+    from vfa.phantom.synth import phantom_config, synthesize
 
-    defaults = dict(config_mod.resolve(args.preset or "seed").synth)
-    given = {"n": args.n, "prevalence": args.prevalence, "size": args.size, "splits": args.splits,
-             "seed": args.seed, "grades": args.grades, "bit_depth": args.bit_depth, "format": args.format,
-             "settle": args.settle}
-    defaults.update({k: v for k, v in given.items() if v is not None})
-    if "size" in defaults:
-        defaults["size"] = tuple(defaults["size"])
-    frame = synthesize(args.out, PhantomConfig(**defaults), force=args.force)
+    cfg = phantom_config(args.preset, n=args.n, prevalence=args.prevalence, size=args.size, splits=args.splits,
+                         seed=args.seed, grades=args.grades, bit_depth=args.bit_depth, format=args.format,
+                         settle=args.settle)
+    frame = synthesize(args.out, cfg, force=args.force)
     counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
     print(f"wrote {len(frame)} phantom images to {args.out} (manifest.csv)\n{counts.to_string()}")
 
@@ -37,7 +33,7 @@ def add_synth(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--settle", action=argparse.BooleanOptionalAction, default=None,
                    help="the spine settles onto collapsed bodies (default); --no-settle: the earlier phantom, "
-                        "whose disc spaces next to a collapse widen (README, The phantom)")
+                        "whose disc spaces next to a collapse widen (docs/phantom.md)")
     p.add_argument("--force", action="store_true", help="replace an existing phantom in OUT")
     p.set_defaults(func=cmd_synth)
 
@@ -94,7 +90,8 @@ def add_split(sub) -> None:
 def cmd_augment_preview(args) -> None:
     from vfa.data.preview import augment_preview
 
-    drawn = augment_preview(args.data, args.out, args.preset, args.n, args.images, args.seed, args.size, args.force)
+    drawn = augment_preview(args.data, args.out, args.preset, args.n, args.images, args.seed, args.size, args.force,
+                            args.on_bad_file, log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {args.out}: {args.images} image(s) x {args.n} augmented versions ({len(drawn)} draws)")
 
 
@@ -108,5 +105,6 @@ def add_augment_preview(sub) -> None:
     p.add_argument("--images", type=int, default=1, help="number of images (rows)")
     p.add_argument("--size", type=_size, help="HxW (default: the preset's input size)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
+    _bad_file_arg(p, "error")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_augment_preview)

@@ -128,7 +128,7 @@ def add_predict(sub) -> None:
 
 
 def cmd_heatmap(args) -> None:
-    from vfa.checkpoint import load_model
+    from vfa.models.loading import load_model
     from vfa.explain.heatmaps import heatmap_inputs, write_heatmaps
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731

@@ -1,7 +1,6 @@
 """Model commands: train, import-keras, export, summary, lr-find (each parser beside its command)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from vfa import config as config_mod
 from vfa.cli.options import _bad_file_arg, _config_args, _force_arg, _resolve, _size
@@ -17,7 +16,8 @@ def cmd_train(args) -> None:
         raise config_mod.ConfigError("--out RUN is required (or --resume RUN)")
     cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
                                    "on_bad_file": args.on_bad_file},
-                          "optim": {"epochs": args.epochs}, "model": {"init_from": args.init}})
+                          "optim": {"epochs": args.epochs}, "model": {"init_from": args.init},
+                          "trainer": _trainer_device(args.device)})
     api.train(cfg, args.out, force=args.force)
 
 
@@ -34,6 +34,9 @@ def add_train(sub) -> None:
     p.add_argument("--init", metavar="CKPT", help="start from this vfa checkpoint's weights (e.g. from "
                                                   "vfa import-keras); its architecture replaces the preset's")
     p.add_argument("--on-bad-file", choices=("error", "skip"))
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the config's trainer.accelerator, itself auto: the GPU when there is one), "
+                        "cpu, cuda, cuda:N or mps; several GPUs or nodes: --set trainer.devices=N (docs/scaling.md)")
     _force_arg(p, "replace an existing run directory")
     _config_args(p)
     p.set_defaults(func=cmd_train)
@@ -52,7 +55,7 @@ def add_import_keras(sub) -> None:
     p.add_argument("--size", type=_size, help="input HxW (default: the model's fixed input size, else 600x360)")
     p.add_argument("--bn-after-relu", action="store_true",
                    help="weights-only file whose head BatchNormalization followed the ReLU (a full model's config says so itself)")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_import_keras)
 
 
@@ -63,8 +66,8 @@ def cmd_export(args) -> None:
     if args.format == "onnx-int8":
         if not args.calibration:
             raise config_mod.ConfigError("--format onnx-int8 needs --calibration DATA (images like those it will see)")
-        from vfa.data.samples import expand_inputs
-        calibration = expand_inputs([args.calibration])
+        from vfa.inference.export import calibration_images
+        calibration = calibration_images([args.calibration], args.on_bad_file)
     res = export_onnx(args.model, args.out, batch=args.batch, opset=args.opset, force=args.force,
                       int8_calibration=calibration)
     print(f"wrote {res['path']} (opset {res['opset']}, input {res['input']}); onnxruntime vs torch fp32: "
@@ -83,7 +86,8 @@ def add_export(sub) -> None:
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx (batch size is dynamic)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--batch", type=int, default=2, help="batch of random images used to trace and verify")
-    p.add_argument("--force", action="store_true")
+    _bad_file_arg(p, "error")
+    _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_export)
 
 
@@ -134,6 +138,14 @@ def add_lr_find(sub) -> None:
     _force_arg(p, "replace --out")
     _config_args(p)
     p.set_defaults(func=cmd_lr_find)
+
+
+def _trainer_device(device: str | None) -> dict:
+    """--device -> trainer.accelerator (and devices for cuda:N); auto leaves the config's own."""
+    acc = _accelerator(device)
+    if acc is None:
+        return {}
+    return {"accelerator": acc, **({"devices": [int(device.split(":")[1])]} if ":" in device else {})}
 
 
 def _accelerator(device: str | None) -> str | None:

@@ -15,7 +15,6 @@ both are presets here ("seed" = documented intent, "keras215" = executed).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -91,18 +91,27 @@ def pick(data, k: int = 1) -> list[str]:
 
 
 def augment_preview(data, out: str | Path, preset: str = "seed", n: int = 8, images: int = 1, seed: int = 0,
-                    size: tuple[int, int] | None = None, force: bool = False) -> list[dict]:
-    """Write the grid PNG to `out`; returns the drawn parameters of every augmented panel."""
+                    size: tuple[int, int] | None = None, force: bool = False, on_bad_file: str = "error",
+                    log=print) -> list[dict]:
+    """Write the grid PNG to `out`; returns the drawn parameters of every augmented panel.
+    A picked image that cannot be read stops it (`on_bad_file` error) or is left out and reported."""
     import matplotlib.pyplot as plt
 
     from vfa.data.augment import Augment
+    from vfa.data.samples import Samples, validate
     from vfa.runs import atomic_write, refuse_existing
 
     out = refuse_existing(out, force)
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     cfg, spec = resolve(preset, size)
-    fig, drawn = make_figure(pick(data, images), Augment(cfg), spec, n, seed,
+    paths = pick(data, images)
+    picked = validate(Samples(paths, [0] * len(paths), ""), on_bad_file, frame=spec.frame)
+    for path, reason in picked.skipped:
+        log(f"skipped {path}: {reason}")
+    if not picked.paths:
+        raise ConfigError(f"{data}: none of the picked images can be read")
+    fig, drawn = make_figure(picked.paths, Augment(cfg), spec, n, seed,
                              f"augmentation preset {preset!r} at {spec.size[0]}x{spec.size[1]} (seed {seed})")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

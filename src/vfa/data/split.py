@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError
+from vfa.runs import refuse_existing
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -107,9 +108,7 @@ def run_split(manifest: str | Path, out: str | Path | None = None, by: str = "pa
         raise DataError(f"{manifest}: not a readable CSV manifest ({type(exc).__name__}: {exc})") from None
     if frame.empty:
         raise DataError(f"{manifest}: the manifest has no rows")
-    out = Path(out) if out else manifest.with_name(f"{manifest.stem}_split.csv")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    out = refuse_existing(Path(out) if out else manifest.with_name(f"{manifest.stem}_split.csv"), force)
     if out.resolve() == manifest.resolve():
         raise DataError("--out must differ from the input manifest (the input is never changed)")
     result = split_manifest(frame, by, stratify, ratios, folds, seed)

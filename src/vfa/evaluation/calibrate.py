@@ -8,6 +8,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from vfa import checkpoint
+from vfa.models.loading import load_model
 from vfa.config import ConfigError
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import load_samples, validate
@@ -28,7 +29,7 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
         kind, _ = stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    model = checkpoint.load_model(model_path, device)
+    model = load_model(model_path, device)
     samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
                        frame=model.config.data.frame)
     loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)

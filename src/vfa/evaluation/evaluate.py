@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from vfa.checkpoint import load_model
+from vfa.models.loading import load_model
 from vfa.models.network import model_device
 from vfa.config import ConfigError, get_augment_config
 from vfa.data.dataset import create_dataset

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfa.checkpoint import load_model
+from vfa.models.loading import load_model
 from vfa.config import ConfigError
 from vfa.data.samples import Samples, expand_inputs, validate
 from vfa.inference.predict import read_predictions

@@ -31,7 +31,7 @@ from vfa.registry import BACKENDS as REGISTRY
 from vfa.runs import enable_compile_cache
 
 BACKENDS = REGISTRY.names()  # declared, with their help, in vfa.registry
-AUTO_COMPILE_MIN = 256  # images; below this the compile (~45 s cold on 2 cores for IRv2) is not repaid
+AUTO_COMPILE_MIN = 256  # images; below this the one-off compile is not repaid (docs/performance.md)
 _ATTRS = ("config", "threshold", "temperature", "threshold_source")
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from vfa import config as config_mod
-from vfa.checkpoint import load_model
+from vfa.models.loading import load_model
 from vfa.data.dataset import create_dataset
 from vfa.models.network import p_fracture
-from vfa.runs import cache_dir, enable_compile_cache, refuse_existing  # noqa: F401  (cache: export's API)
+from vfa.runs import cache_dir, refuse_existing
 
 TOLERANCE = 1e-4  # max |delta P(fracture)| between onnxruntime and torch fp32 for an export to be kept
 INT8_TOLERANCE = 0.02  # the bound issue 7 sets for any reduced-precision backend
@@ -80,6 +80,18 @@ def export_onnx(model, out: str | Path, batch: int = 2, opset: int = 18, verify:
         result.update(quantize_onnx(model, tmp, tmp, calibration_batch(model, int8_calibration)))
     os.replace(tmp, out)
     return result
+
+
+def calibration_images(data, on_bad_file: str = "error", log=print) -> list[str]:
+    """The images of `data` (folder, files, globs or manifest) that int8 calibration may use, checked
+    first: a bad file stops the export (error) or is left out and reported (skip)."""
+    from vfa.data.samples import Samples, expand_inputs, validate
+
+    paths = expand_inputs(data)
+    samples = validate(Samples(paths, [0] * len(paths), ""), on_bad_file)
+    for path, reason in samples.skipped:
+        log(f"skipped {path}: {reason}")
+    return samples.paths
 
 
 def calibration_batch(model, images, n: int = CALIBRATION_N) -> torch.Tensor:

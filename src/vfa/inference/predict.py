@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vfa import config as config_mod
-from vfa.checkpoint import load_model  # noqa: F401  (vfa.inference.predict's API)
+from vfa.models.loading import load_model  # noqa: F401  (vfa.inference.predict's API)
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import Samples, expand_inputs  # noqa: F401  (expand_inputs: vfa.inference.predict's API)
 from vfa.models.network import VFANet, p_fracture
@@ -153,9 +153,9 @@ def read_predictions(path: str | Path, need_label: bool = True) -> pd.DataFrame:
         raise FileNotFoundError(f"predictions file not found: {path}")
     frame = pd.read_csv(path).rename(columns={"p_fracture": "raw", "image": "image_id"})
     if need_label and "label" not in frame:
-        raise ConfigError(f"{path}: no 'label' column (it must come from vfa evaluate on labelled data)")
+        raise config_mod.ConfigError(f"{path}: no 'label' column (it must come from vfa evaluate on labelled data)")
     if "image_id" not in frame or not any(s in frame for s in SCORES):
-        raise ConfigError(f"{path}: not a vfa predictions file (needs image_id and raw/tta_mean/tta_max)")
+        raise config_mod.ConfigError(f"{path}: not a vfa predictions file (needs image_id and raw/tta_mean/tta_max)")
     return frame
 
 

@@ -51,7 +51,7 @@ class PhantomConfig:
     format: str = "png"       # png | dicom (MONOCHROME2 .dcm, fake identifiers) | dicom-mono1 (MONOCHROME1)
     workers: int | None = None  # None = os.cpu_count()
     # the spine settles onto collapsed bodies (vfa.anatomy.settle); False: the earlier phantom, whose
-    # widened disc spaces next to a collapse are a cue outside the vertebra (README, "The phantom")
+    # widened disc spaces next to a collapse are a cue outside the vertebra (docs/phantom.md)
     settle: bool = True
 
     def validate(self) -> None:
@@ -264,6 +264,18 @@ def _make_one(job) -> dict:
                 levels=";".join(f["level"] for f in fr), types=";".join(f["type"] for f in fr),
                 grades=";".join(str(f["grade"]) for f in fr), boxes=json.dumps(ann["boxes"]),
                 fractured_boxes=json.dumps([ann["boxes"][f["level"]] for f in fr]))
+
+
+def phantom_config(preset: str | None = None, **given) -> PhantomConfig:
+    """A PhantomConfig from a training preset's phantom defaults (`vfa synth --preset cpu-demo`:
+    what that preset trains on), with the given (not None) values on top."""
+    from vfa import config as config_mod
+
+    values = dict(config_mod.resolve(preset or "seed").synth)
+    values.update({k: v for k, v in given.items() if v is not None})
+    if "size" in values:
+        values["size"] = tuple(values["size"])
+    return PhantomConfig(**values)
 
 
 def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force: bool = False) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from vfa import config as config_mod
 from vfa.stats.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
-from vfa.models.network import build_from_config
+from vfa.models.network import build_from_config, p_fracture
 from vfa.training.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
@@ -91,7 +91,7 @@ class VFAModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, idx = batch
-        self._val.append((torch.sigmoid(self(x).float()).detach(), y, idx))
+        self._val.append((p_fracture(self(x)).detach(), y, idx))
 
     def on_validation_epoch_start(self):
         self._val = []

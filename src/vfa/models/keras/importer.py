@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vfa import checkpoint
 from vfa.config import ConfigError
+from vfa.runs import refuse_existing
 from vfa.models.keras.head import _head_spec, _plan_head
 
 __all__ = ["KerasImportError", "read_keras_h5", "import_keras", "keras_to_vfa"]
@@ -298,8 +300,8 @@ def import_keras(h5: str | Path, out: str | Path | None = None, size: tuple[int,
     from vfa import config as config_mod
 
     h5 = Path(h5)
-    if out is not None and Path(out).exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if out is not None:
+        refuse_existing(out, force)
     kf = read_keras_h5(h5)
     model, model_cfg, notes = keras_to_vfa(kf, bn_after_relu, source=str(h5))
     fixed = _input_size(kf.config)

@@ -1,0 +1,49 @@
+"""A checkpoint (`vfa.checkpoint`) -> the network it describes, on the device asked for."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vfa import checkpoint
+from vfa import config as config_mod
+from vfa.models.network import VFANet, build_from_config
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """auto: the GPU when there is one (CUDA, else Apple MPS), else the CPU; or cpu, cuda, cuda:N, mps."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise config_mod.ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise config_mod.ConfigError(f"--device {name}: no such CUDA device here "
+                                     f"({torch.cuda.device_count()} visible)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise config_mod.ConfigError("--device mps: Apple's MPS is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise config_mod.ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return dev
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
+    """A VFANet in eval mode on `device` (see `resolve_device`) with `model.config`,
+    `model.threshold` (default 0.5), `model.temperature` (default 1.0) and `model.threshold_source`."""
+    device = resolve_device(device)
+    ckpt = checkpoint.load(path)
+    cfg = checkpoint.config_of(ckpt)
+    cfg.model.pretrained = False  # weights come from the checkpoint, never from a hub
+    model = build_from_config(cfg.model)
+    model.load_state_dict(checkpoint.weights_of(ckpt))
+    model.config = cfg
+    model.threshold = float(ckpt.get("vfa_threshold", 0.5))
+    model.temperature = float(ckpt.get("vfa_temperature", 1.0))
+    model.threshold_source = str(ckpt.get("vfa_threshold_source", checkpoint.DEFAULT_THRESHOLD_SOURCE))
+    return model.eval().to(device)

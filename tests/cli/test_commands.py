@@ -23,7 +23,8 @@ def test_help(command, capsys):
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     return {"ckpt": make_checkpoint(root / "m.ckpt"), "data": write_folder(root / "data", n_per_class=3),
-            "root": root}
+            "val": write_folder(root / "val", n_per_class=3, seed=1),
+            "test": write_folder(root / "test", n_per_class=3, seed=2), "root": root}
 
 
 def run_summary(env, tmp):
@@ -65,7 +66,8 @@ def run_check_data(env, tmp):
 
 
 def run_synth(env, tmp):
-    return ["synth", "--out", str(tmp / "ph"), "--n", "8", "--size", "64x40"]
+    assert main(["synth", "--out", str(tmp / "bad"), "--size", "64x40"]) == 2  # one line, no traceback
+    return ["synth", "--out", str(tmp / "ph"), "--n", "8", "--size", "96x64"]
 
 
 def run_split(env, tmp):
@@ -86,8 +88,8 @@ def run_compare(env, tmp):
 
 
 def run_train(env, tmp):
-    return ["train", "--preset", "cpu-demo", "--train", str(env["data"]), "--val", str(env["data"]),
-            "--out", str(tmp / "run"), "--epochs", "1", "--set", "data.size=[48,32]", "--set", "data.num_workers=0",
+    return ["train", "--preset", "cpu-demo", "--train", str(env["data"]), "--val", str(env["val"]),
+            "--test", str(env["test"]), "--out", str(tmp / "run"), "--device", "cpu", "--epochs", "1", "--set", "data.size=[48,32]", "--set", "data.num_workers=0",
             "--set", "data.batch_size=3", "--set", "trainer.progress=false", "--set", "model.backbone=resnet18",
             "--set", "model.head=[8]"]
 
@@ -111,6 +113,8 @@ def test_tiny_real_run(command, env, tmp_path, capsys):
     assert rc == 0, out.err
     if command == "summary":
         assert "parameters:" in out.out and "FLOPs" in out.out
+    if command == "train":  # the held-out test evaluation is the library's (vfa.train), not the CLI's
+        assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["n"] == 6
     if command == "predict":
         frame = pd.read_csv(tmp_path / "p.csv")
         assert (frame["predicted"] == (frame["raw"] >= 0.3)).all()

@@ -275,7 +275,12 @@ def phantom_config(preset: str | None = None, **given) -> PhantomConfig:
     values.update({k: v for k, v in given.items() if v is not None})
     if "size" in values:
         values["size"] = tuple(values["size"])
-    return PhantomConfig(**values)
+    try:
+        cfg = PhantomConfig(**values)
+        cfg.validate()
+    except (TypeError, ValueError) as exc:
+        raise config_mod.ConfigError(f"phantom: {exc}") from None
+    return cfg
 
 
 def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force: bool = False) -> pd.DataFrame:

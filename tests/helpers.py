@@ -40,3 +40,12 @@ def make_checkpoint(path, seed=0):
         ["data.size=[64,40]", "model.backbone=resnet18", "model.head=[16]"]))
     torch.manual_seed(seed)
     return checkpoint.save(path, build_from_config(cfg.model), cfg, force=True)
+
+
+def model_env(root, train=3, val=5, test=4) -> dict:
+    """Two random-weight checkpoints (ckpt, ckpt_b) and train/val/test class folders of n images per
+    class, each folder with its own images (no leakage between them)."""
+    return {"ckpt": make_checkpoint(root / "a.ckpt"), "ckpt_b": make_checkpoint(root / "b.ckpt", seed=1),
+            "train": write_folder(root / "train", n_per_class=train, seed=0),
+            "val": write_folder(root / "val", n_per_class=val, seed=1),
+            "test": write_folder(root / "test", n_per_class=test, seed=2), "root": root}

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.helpers import make_checkpoint, write_folder
+from tests.helpers import model_env
 from vfa.cli import build_parser, main
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
@@ -21,10 +21,8 @@ def test_help(command, capsys):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    return {"ckpt": make_checkpoint(root / "m.ckpt"), "data": write_folder(root / "data", n_per_class=3),
-            "val": write_folder(root / "val", n_per_class=3, seed=1),
-            "test": write_folder(root / "test", n_per_class=3, seed=2), "root": root}
+    env = model_env(tmp_path_factory.mktemp("cli"), train=3, val=3, test=3)
+    return {**env, "data": env["train"]}
 
 
 def run_summary(env, tmp):

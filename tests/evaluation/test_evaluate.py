@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vfa
-from tests.helpers import make_checkpoint, write_folder
+from tests.helpers import model_env, write_folder
 from vfa import config as config_mod
 from vfa.stats import accuracy as stats
 from vfa.cli import main as cli_main
@@ -23,10 +23,7 @@ FAST = dict(num_workers=0, progress=False, log=lambda m: None)
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    return {"ckpt": make_checkpoint(root / "a.ckpt"), "ckpt_b": make_checkpoint(root / "b.ckpt", seed=1),
-            "val": write_folder(root / "val", n_per_class=5, seed=1),
-            "test": write_folder(root / "test", n_per_class=4, seed=2), "root": root}
+    return model_env(tmp_path_factory.mktemp("evaluate"))
 
 
 def test_evaluate_writes_every_output(env, tmp_path):

@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(VFA) evaluate --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/test --tta 5 \
 		--threshold-from $(DEMO_RUN)/val/predictions.csv --force
 	$(VFA) heatmap --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/heatmaps \
-		--boxes $(DEMO_DATA)/manifest.csv
+		--boxes $(DEMO_DATA)/manifest.csv --force
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/"
 
 test: $(STAMP) $(KERAS_STAMP)

@@ -36,15 +36,24 @@ def load(path: str | Path, role: str = "model") -> dict:
         raise FileNotFoundError(f"{role} file not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable vfa checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch's own message advises weights_only=False: never do that with a model file
+        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+        why = ("it holds Python objects that only unpickling code could build, and vfa never runs code from a "
+               "model file" if unsafe else f"damaged, truncated or not a PyTorch file ({type(exc).__name__})")
+        raise CheckpointError(f"{path}: not a loadable vfa checkpoint: {why}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise CheckpointError(f"{path}: not a vfa checkpoint (no state_dict/config)")
     return ckpt
 
 
-def config_of(ckpt: dict) -> config_mod.Config:
-    return config_mod.from_dict(ckpt["hyper_parameters"]["config"])
+def config_of(ckpt: dict, path: str | Path = "checkpoint") -> config_mod.Config:
+    """The checkpoint's stored config, validated as a user's would be (its data paths are never opened)."""
+    try:
+        cfg = config_mod.from_dict(ckpt["hyper_parameters"]["config"])
+        config_mod.check(cfg)
+    except (config_mod.ConfigError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
+    return cfg
 
 
 def weights_of(ckpt: dict) -> dict:

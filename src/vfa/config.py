@@ -83,6 +83,7 @@ class DataConfig:
     on_bad_file: str = "error"  # error | skip
     normalize: str = "seed"     # seed | minmax | percentile[:LO,HI] | equalize[:BINS] (vfa.io.normalize)
     frame: int | None = None    # frame of multi-frame DICOM/TIFF files to read (None: refuse them)
+    min_side: int = 32          # refuse images whose shorter side is below this (px): no spine fits
     # where training augmentation runs: "workers" (per image, in DataLoader workers), "device"
     # (whole batches on the training device, same preset and parameters: one worker then feeds a
     # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)
@@ -270,8 +271,33 @@ def check(cfg: Config) -> None:
     CAM_METHODS.check(cfg.model.cam_method, "model.cam_method")
     if cfg.data.augment_on not in AUGMENT_ON:
         raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got {cfg.data.augment_on!r}")
-    if cfg.optim.epochs < 1 or cfg.optim.lr <= 0:
-        raise ConfigError("optim.epochs must be >= 1 and optim.lr > 0")
+    if not isinstance(cfg.optim.epochs, int) or cfg.optim.epochs < 1 or not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.epochs must be an integer >= 1 and optim.lr > 0, got {cfg.optim.epochs!r} and "
+                          f"{cfg.optim.lr!r}")
+    _check_trainer(cfg.trainer)
+    if not isinstance(cfg.data.min_side, int) or cfg.data.min_side < 1:
+        raise ConfigError(f"data.min_side must be a positive integer, got {cfg.data.min_side!r}")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    """Lightning's own errors for these come as tracebacks from deep inside the Trainer."""
+    if str(t.accelerator).lower() not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator must be one of {ACCELERATORS}, got {t.accelerator!r}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    d = t.devices
+    ok = (d == "auto" or (isinstance(d, int) and not isinstance(d, bool) and d >= -1 and d != 0)
+          or (isinstance(d, list | tuple) and d and all(isinstance(i, int) and i >= 0 for i in d))
+          or (isinstance(d, str) and d.replace(",", "").replace(" ", "").isdigit()))
+    if not ok:
+        raise ConfigError(f"trainer.devices must be auto, a count (-1: all), a list of indices or '0,1', "
+                          f"got {d!r}")
+    if not isinstance(t.num_nodes, int) or t.num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes must be an integer >= 1, got {t.num_nodes!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,23 +19,146 @@ def is_secondary_rank() -> bool:
     return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
-def refuse_existing(path: str | Path, force: bool) -> Path:
-    """The one "exists, pass --force" guard for single output files: raises FileExistsError
-    unless `force`; the caller then replaces the file atomically (`atomic_write`)."""
-    path = Path(path)
+# Marks a folder vfa wrote: `--force` replaces outputs only in such a folder, and only vfa's own files.
+MARKER = ".vfa-output.json"
+# What each command writes into its --out folder (names, or globs for families of files): what
+# `--force` may replace. Anything else in the folder (a user's notes, a dataset) is never touched.
+OUTPUTS = {
+    "train": ("config.yaml", "environment.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+              "checkpoints/*.ckpt.tmp", "curves_metrics.png", "curves_loss.png", "skipped_*.csv", "test_metrics.json",
+              "test_predictions.csv", "test_skipped.csv"),
+    "evaluate": ("metrics.json", "predictions.csv", "skipped.csv", "final_results.xlsx", "report.html",
+                 "roc.png", "confusion_matrix.png", "sn_sp_threshold.png", "reliability.png", "heatmap_gallery.png",
+                 "test_fnames.npy", "test_classes.npy", "test_preds.npy", "test_max_preds.npy", "test_mean_preds.npy"),
+    "lr-find": ("lr_find.png", "lr_find.json", "lr_find.csv"),
+    "heatmap": ("heatmaps.csv", "localization.json", "**/heatmap_*", "**/panel_*"),
+    "synth": ("manifest.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
+}
+# Folders vfa wrote before it marked them: recognised by these files (a run's config and environment).
+LEGACY_SIGNS = {"train": ("config.yaml", "environment.json"), "evaluate": ("metrics.json", "predictions.csv"),
+                "lr-find": ("lr_find.json",), "heatmap": ("heatmaps.csv",)}
+
+
+def _input_path(item) -> Path | None:
+    if item is None or item == "":
+        return None
+    text = str(item)
+    if ".csv:" in text:  # MANIFEST.csv:SPLIT
+        text = text.rsplit(":", 1)[0]
+    return Path(text).resolve()
+
+
+def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
+    """Refuse an --out that would destroy what the command reads or where it runs: a symbolic
+    link; the current folder or one that contains it; one that equals or contains an input (data
+    folder, manifest, model); one inside an input folder; a file where a folder is written, or the
+    reverse. Called before anything is written."""
+    from vfa.errors import ConfigError
+
+    out = Path(out)
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a symbolic link; give the real path it points to")
+    o, cwd = out.resolve(), Path.cwd().resolve()
+    if kind == "folder" and (o == cwd or cwd.is_relative_to(o)):
+        raise ConfigError(f"--out {out} is the current folder or contains it; give a new folder for the outputs")
+    for item in inputs:
+        r = _input_path(item)
+        if r is None:
+            continue
+        if o == r or r.is_relative_to(o):
+            raise ConfigError(f"--out {out} {'is' if o == r else 'contains'} the input {item}; "
+                              "outputs never go where their inputs are")
+        if r.is_dir() and o.is_relative_to(r):
+            raise ConfigError(f"--out {out} lies inside the input folder {item}; write the outputs elsewhere")
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; this command writes a folder")
+    if kind == "file" and out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; this command writes a file")
+    return out
+
+
+def refuse_existing(path: str | Path, force: bool, inputs=()) -> Path:
+    """The one "exists, pass --force" guard for single output files (after `check_out` against
+    `inputs`): raises FileExistsError unless `force`; the caller replaces the file atomically."""
+    path = check_out(path, inputs, "file")
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     return path
 
 
-def prepare_run_dir(path: Path, force: bool) -> None:
+def prepare_run_dir(path: Path, force: bool, inputs=(), command: str = "train") -> None:
+    """Make `path` ready for `command`'s outputs. A non-empty folder needs `force`, and `force`
+    only replaces what vfa wrote there: the folder must carry vfa's marker, and only the
+    command's own output files are removed (never the tree); the new ones are written atomically."""
+    path = check_out(path, inputs, "folder")
     if is_secondary_rank():
         return
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and any(path.iterdir()):
         if not force:
-            raise FileExistsError(f"{path} already exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise FileExistsError(f"{path} already exists and is not empty; pass --force to replace vfa's "
+                                  "outputs in it")
+        if marked(path) != command:
+            raise FileExistsError(f"{path} is not empty and holds no vfa {command} outputs (no {MARKER}); --force "
+                                  "only replaces vfa's own outputs: choose another --out")
+        remove_outputs(path, command)
     path.mkdir(parents=True, exist_ok=True)
+    mark(path, command)
+
+
+def mark(path: Path, command: str) -> None:
+    atomic_write(Path(path) / MARKER, json.dumps({"command": command, "vfa": _version()}, indent=2))
+
+
+def marked(path: Path) -> str | None:
+    """The command whose outputs `path` holds, from its marker (or, for folders written before
+    markers, from the files it holds); None when vfa did not write it."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = next((c for c, names in LEGACY_SIGNS.items() if all((Path(path) / n).is_file() for n in names)), None)
+    if found is None and _is_phantom_manifest(Path(path) / "manifest.csv"):
+        found = "synth"
+    return found
+
+
+def _is_phantom_manifest(path: Path) -> bool:
+    try:
+        with open(path) as f:
+            return "fractured_boxes" in f.readline()
+    except OSError:
+        return False
+
+
+def remove_outputs(path: Path, command: str) -> list[Path]:
+    """Delete `command`'s output files in `path` (OUTPUTS), and those of the vfa output folders
+    nested in it (a run's evaluations and heatmaps), nothing else; returns what was removed."""
+    gone = []
+    for pattern in OUTPUTS.get(command, ()):
+        for f in sorted(path.glob(pattern)):
+            if f.is_file() and not f.is_symlink():
+                f.unlink()
+                gone.append(f)
+    for sub in sorted(d for d in path.iterdir() if d.is_dir() and not d.is_symlink()):
+        inner = marked(sub)
+        if inner:
+            gone += remove_outputs(sub, inner)
+            (sub / MARKER).unlink(missing_ok=True)
+            _remove_empty_dirs(sub)
+    return gone
+
+
+def _remove_empty_dirs(path: Path) -> None:
+    for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def _version() -> str:
+    from vfa import __version__
+    return __version__
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -44,12 +166,18 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared like any file
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash leaves the old file or the new one
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared like any file
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def json_safe(v):

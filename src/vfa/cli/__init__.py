@@ -51,19 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError | FileNotFoundError) and exc.strerror:
+        where = exc.filename or ""
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vfa.io import BadImageError
     from vfa.data.samples import DataError  # torch-free
 
-    user_errors = (config_mod.ConfigError, DataError, BadImageError, FileExistsError, FileNotFoundError,
-                   NotADirectoryError)
+    # OSError: a missing or existing path, a full disk, a read-only folder, no permission: the
+    # machine's state, not a bug, so one line naming the path (atomic writes leave no half file)
+    user_errors = (config_mod.ConfigError, DataError, BadImageError, OSError)
     try:
         rc = args.func(args)
     except user_errors as exc:
         if args.debug:
             raise
-        print(f"vfa {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vfa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vfa {args.command}: interrupted", file=sys.stderr)

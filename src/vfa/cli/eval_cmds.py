@@ -67,7 +67,7 @@ def cmd_compare(args) -> None:
     from vfa.runs import refuse_existing
 
     if args.out:
-        refuse_existing(args.out, args.force)
+        refuse_existing(args.out, args.force, inputs=[args.a, args.b])
     res = compare(args.a, args.b, args.score, args.score_b)
     d, f = res["delong"], lambda v: "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
     ci = d["diff_ci"]
@@ -139,7 +139,8 @@ def cmd_heatmap(args) -> None:
     res = write_heatmaps(model, paths, args.out, root=data if data.is_dir() else None, method=args.method,
                          layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
                          start_index=args.start_index, manifest=args.boxes, batch_size=args.batch_size,
-                         output_stride=args.output_stride, log=log, force=args.force)
+                         output_stride=args.output_stride, log=log, force=args.force,
+                         inputs=[args.data, args.model, args.predictions, args.boxes])
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
     if loc:

@@ -101,7 +101,7 @@ def augment_preview(data, out: str | Path, preset: str = "seed", n: int = 8, ima
     from vfa.data.samples import Samples, validate
     from vfa.runs import atomic_write, refuse_existing
 
-    out = refuse_existing(out, force)
+    out = refuse_existing(out, force, inputs=[data])
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     cfg, spec = resolve(preset, size)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from vfa.io import inspect_file, is_image_file
+from vfa.io.errors import MIN_SIDE
 
 MANIFEST_PATH_COLUMNS = ("path", "filename", "file")  # the first present names the image files
 
@@ -230,10 +231,11 @@ def _columns(path: Path) -> set[str]:
     return {c.strip().lower() for c in header}
 
 
-def inspect_all(paths: list[str], frame: int | None = None, workers: int | None = None) -> list[dict]:
+def inspect_all(paths: list[str], frame: int | None = None, workers: int | None = None,
+                min_side: int = MIN_SIDE) -> list[dict]:
     """`vfa.io.inspect_file` over many files, in worker processes when there are enough of them."""
     workers = workers or min(4, os.cpu_count() or 1)
-    fn = partial(inspect_file, frame=frame)
+    fn = partial(inspect_file, frame=frame, min_side=min_side)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(workers) as pool:
             return list(pool.map(fn, paths, chunksize=16))
@@ -241,14 +243,14 @@ def inspect_all(paths: list[str], frame: int | None = None, workers: int | None 
 
 
 def validate(samples: Samples, on_bad_file: str = "error", workers: int | None = None,
-             need_classes: tuple[int, ...] = (), frame: int | None = None) -> Samples:
+             need_classes: tuple[int, ...] = (), frame: int | None = None, min_side: int = MIN_SIDE) -> Samples:
     """Decode every image in parallel; `error` raises naming every bad file, `skip` drops and records them.
 
     The kept Samples carry the hash of each decoded image (and the one-way key of a DICOM file's
     PatientID) for `check_leakage`."""
     if on_bad_file not in ("error", "skip"):
         raise DataError(f"--on-bad-file must be 'error' or 'skip', got '{on_bad_file}'")
-    results = inspect_all(samples.paths, frame, workers)
+    results = inspect_all(samples.paths, frame, workers, min_side)
     bad = [(r["path"], r["reason"]) for r in results if r["reason"] is not None]
     problems = samples.skipped + bad
     where = samples.source or samples.root

@@ -108,7 +108,8 @@ def run_split(manifest: str | Path, out: str | Path | None = None, by: str = "pa
         raise DataError(f"{manifest}: not a readable CSV manifest ({type(exc).__name__}: {exc})") from None
     if frame.empty:
         raise DataError(f"{manifest}: the manifest has no rows")
-    out = refuse_existing(Path(out) if out else manifest.with_name(f"{manifest.stem}_split.csv"), force)
+    out = refuse_existing(Path(out) if out else manifest.with_name(f"{manifest.stem}_split.csv"), force,
+                          inputs=[manifest])
     if out.resolve() == manifest.resolve():
         raise DataError("--out must differ from the input manifest (the input is never changed)")
     result = split_manifest(frame, by, stratify, ratios, folds, seed)

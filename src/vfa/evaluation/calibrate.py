@@ -24,14 +24,15 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     """Fit a temperature (validation NLL) and choose a threshold on the calibrated validation
     probabilities; write a copy of the checkpoint with `vfa_temperature`, `vfa_threshold`,
     `vfa_threshold_source` and `vfa_calibration` (plain floats/strings), read by `load_model`."""
-    out = refuse_existing(out, force)
+    out = refuse_existing(out, force, inputs=[model_path, data])
     try:
         kind, _ = stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model = load_model(model_path, device)
     samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
-                       frame=model.config.data.frame)
+                       frame=model.config.data.frame,
+                       min_side=model.config.data.min_side)
     loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
     y = np.asarray(samples.labels, dtype=int)
     logits = predict_loader(model, loader, progress, logits=True).astype(float)

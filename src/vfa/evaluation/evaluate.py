@@ -20,7 +20,7 @@ from vfa.explain import cam
 from vfa.explain.localization import find_manifest, read_manifest, summarize
 from vfa.explain.render import gallery_png, select_gallery
 from vfa.inference.backends import resolve_backend, with_backend
-from vfa.inference.predict import SCORES, image_ids, read_predictions  # noqa: F401  (evaluate's API)
+from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
 from vfa.inference.tta import tta_predict
 from vfa.runs import atomic_write, json_safe, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
@@ -87,8 +87,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     or its parent), metrics.json gets "localization": the pointing game and box mass of the model's CAM method.
     `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps.
     """
-    if tta < 0:
-        raise ConfigError(f"--tta must be >= 0, got {tta}")
+    check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
     if score not in SCORES or (score != "raw" and not tta):
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
     try:  # fail on a bad option before any image is read
@@ -100,14 +99,14 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     cfg = model.config
     # a class folder or a manifest (split: the rows of that split; id_column: image IDs from it)
     samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
-                       frame=cfg.data.frame)
+                       frame=cfg.data.frame, min_side=cfg.data.min_side)
     if not samples.paths:
         raise DataError(f"{data}: no usable images under {'/'.join(cfg.data.classes)}")
     out = Path(out)
     standalone = metrics_name == "metrics.json"
     report = standalone if report is None else report
     if standalone:
-        prepare_run_dir(out, force)
+        prepare_run_dir(out, force, [model_path, data, manifest, threshold_from], "evaluate")
     write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
     backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
     frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,

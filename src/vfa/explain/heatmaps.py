@@ -19,7 +19,7 @@ from vfa.explain.cam import cam_settings, iter_cams
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
 from vfa.explain.render import encode, heatmap_name, overlay, panel
-from vfa.runs import atomic_write, write_json
+from vfa.runs import atomic_write, check_out, mark, marked, write_json
 
 _DONE = re.compile(r"^(heatmap|panel)_\d{3}_")
 CSV_FIELDS = ("file", "p_fracture", "heatmap", "label", "n_boxes", "pointing_hit", "pointing_hit_tol", "mass_in_boxes")
@@ -40,20 +40,22 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
                    method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                    with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
                    batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
-                   log=print, device: str = "auto", force: bool = False) -> dict:
+                   log=print, device: str = "auto", force: bool = False, inputs=()) -> dict:
     """Overlay (and optionally panel) files for `paths` under `out`, mirroring their folders below `root`.
 
     Streaming and resumable: an image whose overlay already exists is skipped (and, with a
     manifest of boxes, its localization row in heatmaps.csv is kept), so an interrupted run
     continues where it stopped; heatmaps.csv keeps one row per image. `start_index` skips the
     first images outright, as the notebook's did; `force` redraws the existing ones. Returns {"written", "skipped_existing",
-    "localization" (with boxes)}.
+    "localization" (with boxes)}. `inputs` (data, model, predictions, boxes) are never overwritten.
     """
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device)
     method, layer = cam_settings(model, method, layer)
     resolve_layer(model, layer)
-    out = Path(out)
+    out = check_out(out, inputs)
+    if out.is_dir() and any(out.iterdir()) and marked(out) not in (None, "heatmap"):
+        raise FileExistsError(f"{out} holds other vfa outputs ({marked(out)}); give the heatmaps their own folder")
     table = _Table(out / "heatmaps.csv", root)
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
@@ -65,6 +67,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
         from tqdm import tqdm
         cams = tqdm(cams, total=len(todo), desc="heatmaps", unit="img")
     classes = tuple(model.config.data.classes)
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "heatmap")
     with table:
         for path, p, gray, heat in cams:
             row = _write_one(out, table.rel(path), p, gray, heat, alpha, with_panel)
@@ -173,7 +177,8 @@ def heatmap_inputs(model, data, predictions=None, select: str = "all", sample: i
         if select != "all":
             raise ConfigError("--select needs --predictions CSV (with label and predicted columns)")
         paths = expand_inputs(data)
-    samples = validate(Samples(paths, [0] * len(paths), str(data)), on_bad_file, frame=model.config.data.frame)
+    samples = validate(Samples(paths, [0] * len(paths), str(data)), on_bad_file, frame=model.config.data.frame,
+                       min_side=model.config.data.min_side)
     for path, reason in samples.skipped:
         log(f"skipped {path}: {reason}")
     paths = samples.paths

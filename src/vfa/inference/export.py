@@ -51,7 +51,7 @@ def export_onnx(model, out: str | Path, batch: int = 2, opset: int = 18, verify:
         import onnx  # noqa: F401  (the dynamo exporter writes through onnx/onnxscript)
     except ImportError:
         raise config_mod.ConfigError("ONNX export needs the onnx extra: pip install 'vfa[onnx]'") from None
-    out = refuse_existing(out, force)
+    out = refuse_existing(out, force, inputs=[] if isinstance(model, torch.nn.Module) else [model])
     if not isinstance(model, torch.nn.Module):
         model = load_model(model)
     model = model.float().eval().cpu()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from vfa import config as config_mod
 from vfa.models.loading import load_model  # noqa: F401  (vfa.inference.predict's API)
 from vfa.data.dataset import create_dataset
-from vfa.data.samples import Samples, expand_inputs  # noqa: F401  (expand_inputs: vfa.inference.predict's API)
+from vfa.data.samples import DataError, Samples, expand_inputs  # noqa: F401  (expand_inputs: predict's API)
 from vfa.models.network import VFANet, p_fracture
 
 
@@ -111,6 +111,7 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
 
     if score not in SCORES or (score != "raw" and not tta):
         raise config_mod.ConfigError(f"score must be one of {SCORES} (tta_* need --tta N), got {score!r}")
+    check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
 
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device)
@@ -120,9 +121,12 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
     if id_column and not id_map:
         raise config_mod.ConfigError("--id-column needs a manifest CSV among the inputs")
     samples = validate(Samples(paths, [0] * len(paths), "inputs", source="inputs"), on_bad_file,
-                       frame=getattr(model.config.data, "frame", None))
+                       frame=model.config.data.frame, min_side=model.config.data.min_side)
     for path, reason in samples.skipped:
         (log or (lambda m: None))(f"skipped {path}: {reason}")
+    if not samples.paths:
+        raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
+                        + (f", all {len(samples.skipped)} unusable (listed above)" if samples.skipped else ""))
     from vfa.inference.backends import with_backend
 
     runner = with_backend(model, backend, n_images=len(samples.paths) * (1 + tta), calibration=samples.paths)
@@ -181,13 +185,21 @@ def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs
 
     from vfa.runs import atomic_write, refuse_existing
 
-    out = refuse_existing(out, force)
+    out = refuse_existing(out, force, inputs=[model] + ([inputs] if isinstance(inputs, str | Path) else list(inputs)))
+    skipped_csv = refuse_existing(out.with_name(out.stem + "_skipped.csv"), force)
     frame = predict_files(model, inputs, **kwargs)
     atomic_write(out, frame.to_csv(index=False))
-    skipped_csv = None
-    if frame.attrs["skipped"]:
+    if not frame.attrs["skipped"]:
+        skipped_csv = None
+    else:
         buf = io.StringIO()
         csv.writer(buf).writerows([("file", "reason"), *frame.attrs["skipped"]])
-        skipped_csv = out.with_name(out.stem + "_skipped.csv")
         atomic_write(skipped_csv, buf.getvalue())
     return frame, skipped_csv
+
+
+def check_run_args(batch_size: int = 1, tta: int = 0, num_workers: int = 0) -> None:
+    """Refuse a nonsensical --batch-size, --tta or worker count before any work starts."""
+    for name, value, low in (("--batch-size", batch_size, 1), ("--tta", tta, 0), ("workers", num_workers, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise config_mod.ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vfa.io.dicom import DICOM_EXTENSIONS, has_dicom_magic, read_dicom
-from vfa.io.errors import MAX_PIXELS, BadImageError  # noqa: F401  (MAX_PIXELS: read here, patchable)
+from vfa.io.errors import MAX_PIXELS, MIN_SIDE, BadImageError  # noqa: F401  (MAX_PIXELS: read here, patchable)
 from vfa.io.normalize import normalize as apply_normalize
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -119,13 +119,17 @@ def pixel_hash(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def inspect_file(path: str | Path, frame: int | None = None) -> dict:
-    """Decode one file for a dataset check: {'path', 'reason'} if unusable, else its metadata,
-    'shape' (H, W) and 'hash'. Picklable in and out (run in worker processes)."""
+def inspect_file(path: str | Path, frame: int | None = None, min_side: int = MIN_SIDE) -> dict:
+    """Decode one file for a dataset check: {'path', 'reason'} if unusable (too small included:
+    a side under `min_side` px), else its metadata, 'shape' (H, W) and 'hash'. Picklable in and
+    out (run in worker processes)."""
     try:
         arr, info = read_image_info(path, frame)
     except BadImageError as exc:
         return {"path": str(path), "reason": exc.reason}
+    if min(arr.shape) < min_side:
+        return {"path": str(path), "reason": f"image too small ({arr.shape[0]}x{arr.shape[1]} px; a side under "
+                                             f"{min_side} px cannot hold a spine; data.min_side sets the limit)"}
     return {"path": str(path), "reason": None, "shape": tuple(int(v) for v in arr.shape),
             "hash": pixel_hash(arr), **info}
 

@@ -38,7 +38,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
     `model.threshold` (default 0.5), `model.temperature` (default 1.0) and `model.threshold_source`."""
     device = resolve_device(device)
     ckpt = checkpoint.load(path)
-    cfg = checkpoint.config_of(ckpt)
+    cfg = checkpoint.config_of(ckpt, path)
     cfg.model.pretrained = False  # weights come from the checkpoint, never from a hub
     model = build_from_config(cfg.model)
     model.load_state_dict(checkpoint.weights_of(ckpt))

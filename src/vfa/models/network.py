@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from vfa.config import ConfigError
 from vfa.models import backbones  # noqa: F401  (registers vfa's small timm backbones)
 
 
@@ -75,14 +76,14 @@ def build_model(backbone: str = "inception_resnet_v2", pretrained: bool = False,
     narrower network); `global_pool` is timm's: avg (the notebook's GAP), max, avgmax, catavgmax.
     """
     if backbone not in timm.list_models() and backbone not in timm.list_models(pretrained=True):
-        raise ValueError(f"unknown timm backbone '{backbone}' (see timm.list_models())")
+        raise ConfigError(f"unknown timm backbone '{backbone}' (model.backbone; see timm.list_models())")
     net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool=global_pool,
                             in_chans=in_chans, **(backbone_kwargs or {}))
     model = VFANet(net, tuple(head), head_batchnorm, head_dropout)
     if init == "keras":
         keras_init_(model if not pretrained else model.head)
     elif init != "timm":
-        raise ValueError(f"unknown init '{init}' (valid: timm, keras)")
+        raise ConfigError(f"unknown init '{init}' (model.init; valid: timm, keras)")
     return model
 
 

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -33,6 +32,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from vfa.phantom import anatomy
+from vfa.runs import prepare_run_dir
 from vfa.phantom.anatomy import LEVELS, sample_fractures  # noqa: F401  (vfa.synth's API since the start)
 
 SPLITS = ("train", "val", "test")
@@ -290,13 +290,8 @@ def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force
     non-empty OUT unless force=True, which removes only what this function writes.
     """
     cfg.validate()
+    prepare_run_dir(Path(out), force, command="synth")  # force replaces only a phantom's own files
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty (use force=True to overwrite)")
-        for name in SPLITS:
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "manifest.csv").unlink(missing_ok=True)
     for name in SPLITS:
         for cls in ("norm", "frac"):
             (out / name / cls).mkdir(parents=True, exist_ok=True)

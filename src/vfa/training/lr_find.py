@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vfa.config import ConfigError
-from vfa.runs import atomic_write, prepare_run_dir
+from vfa.runs import atomic_write, check_out, prepare_run_dir
 
 
 def schedule(min_lr: float, max_lr: float, n: int, endpoint: bool = True) -> np.ndarray:
@@ -192,7 +192,7 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
 
         if model is None or isinstance(model, torch.nn.Module):
             raise ConfigError("lr_find needs a config, or a checkpoint path as `model`")
-        cfg = checkpoint.config_of(checkpoint.load(model))
+        cfg = checkpoint.config_of(checkpoint.load(model), model)
         config_mod._merge(cfg, overrides or {})
         config_mod.check(cfg)
     min_lr = min_lr if min_lr is not None else (1e-10 if per_epoch else 1e-7)
@@ -201,10 +201,11 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
     if not 0 <= beta < 1:
         raise ConfigError(f"beta must be in [0, 1), got {beta}")
     lrs = schedule(min_lr, max_lr, steps, endpoint=not per_epoch)
-    out = Path(out)
-    prepare_run_dir(out, force)
+    inputs = [train, None if isinstance(model, torch.nn.Module) else model]
+    out = check_out(out, inputs)
     samples = validate(load_samples(train, cfg.data.classes, split="train"), cfg.data.on_bad_file, need_classes=(0, 1),
-                       frame=cfg.data.frame)
+                       frame=cfg.data.frame, min_side=cfg.data.min_side)
+    prepare_run_dir(out, force, inputs, "lr-find")
     log(f"lr-find: {len(samples.paths)} images {samples.counts()} from {train}; "
         f"{'one rate per epoch' if per_epoch else 'one rate per step'}, {lrs[0]:.1e} -> {lrs[-1]:.1e}, {steps} rates")
     cfg = copy.deepcopy(cfg)

@@ -37,11 +37,12 @@ def load_data(cfg, train: bool = True, log=print):
         val = str(split_source(d.train)[0])  # a split manifest: its 'val' rows
     if val is None:
         raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
-    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame)
-    va = validate(load_samples(val, d.classes, split="val"), d.on_bad_file, frame=d.frame)
+    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame, min_side=d.min_side)
+    va = validate(load_samples(val, d.classes, split="val"), d.on_bad_file, frame=d.frame, min_side=d.min_side)
     sets = {"train": tr, "val": va}
     if getattr(d, "test", None):
-        sets["test"] = validate(load_samples(d.test, d.classes, split="test"), d.on_bad_file, frame=d.frame)
+        sets["test"] = validate(load_samples(d.test, d.classes, split="test"), d.on_bad_file, frame=d.frame,
+                                 min_side=d.min_side)
     leaks = check_leakage(sets)
     if leaks:
         raise leakage_error(leaks)
@@ -86,7 +87,7 @@ def load_init(cfg, log=print) -> dict:
     from vfa.data.augment import get_augment_config
 
     ckpt = checkpoint.load(cfg.model.init_from, role="--init checkpoint")
-    src = checkpoint.config_of(ckpt)
+    src = checkpoint.config_of(ckpt, cfg.model.init_from)
     changed = [k for k in ARCHITECTURE_KEYS if getattr(cfg.model, k) != getattr(src.model, k)]
     for key in ARCHITECTURE_KEYS:
         setattr(cfg.model, key, getattr(src.model, key))
@@ -146,13 +147,14 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-    else:
-        runs.prepare_run_dir(run_dir, force)
+    else:  # before any data is read: an --out that would overwrite an input fails at once
+        runs.check_out(run_dir, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from], "folder")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg.data.augment_on = resolve_augment_on(cfg)
     cfg.trainer.precision = resolve_precision(cfg)
-    tr, va = load_data(cfg, log=log)
+    tr, va = load_data(cfg, log=log)  # every file decoded and checked before the disk is touched
     if not resume:
+        runs.prepare_run_dir(run_dir, force, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from])
         runs.write_run_files(run_dir, cfg)
     write_skipped(tr, run_dir / "skipped_train.csv")
     write_skipped(va, run_dir / "skipped_val.csv")

@@ -301,7 +301,7 @@ def import_keras(h5: str | Path, out: str | Path | None = None, size: tuple[int,
 
     h5 = Path(h5)
     if out is not None:
-        refuse_existing(out, force)
+        refuse_existing(out, force, inputs=[h5])
     kf = read_keras_h5(h5)
     model, model_cfg, notes = keras_to_vfa(kf, bn_after_relu, source=str(h5))
     fixed = _input_size(kf.config)

@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from vfa.evaluation.evaluate import evaluate
-from vfa.runs import is_secondary_rank
+from vfa.runs import is_secondary_rank, lock
 from vfa.training.train import train as train_model
 
 
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
     """Train as configured (`vfa.training.train.train`); when `cfg.data.test` is set, evaluate
     best.ckpt on that held-out set afterwards: RUN/test_metrics.json and test_predictions.csv."""
-    run = train_model(cfg, out, force=force, resume=resume, log=log)
-    if cfg.data.test and not is_secondary_rank():
-        evaluate(run / "checkpoints" / "best.ckpt", cfg.data.test, run, metrics_name="test_metrics.json",
-                 on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test", log=log)
-        log(f"held-out test metrics written to {run / 'test_metrics.json'}")
+    with lock(out):  # a second run into the same folder is refused, not interleaved
+        run = train_model(cfg, out, force=force, resume=resume, log=log)
+        if cfg.data.test and not is_secondary_rank():
+            evaluate(run / "checkpoints" / "best.ckpt", cfg.data.test, run, metrics_name="test_metrics.json",
+                     on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test", log=log)
+            log(f"held-out test metrics written to {run / 'test_metrics.json'}")
     return run
 
 

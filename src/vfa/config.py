@@ -83,7 +83,7 @@ class DataConfig:
     on_bad_file: str = "error"  # error | skip
     normalize: str = "seed"     # seed | minmax | percentile[:LO,HI] | equalize[:BINS] (vfa.io.normalize)
     frame: int | None = None    # frame of multi-frame DICOM/TIFF files to read (None: refuse them)
-    min_side: int = 32          # refuse images whose shorter side is below this (px): no spine fits
+    min_side: int = 16          # refuse images whose shorter side is below this (px): no spine fits
     # where training augmentation runs: "workers" (per image, in DataLoader workers), "device"
     # (whole batches on the training device, same preset and parameters: one worker then feeds a
     # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)

@@ -51,8 +51,8 @@ def _input_path(item) -> Path | None:
 def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
     """Refuse an --out that would destroy what the command reads or where it runs: a symbolic
     link; the current folder or one that contains it; one that equals or contains an input (data
-    folder, manifest, model); one inside an input folder; a file where a folder is written, or the
-    reverse. Called before anything is written."""
+    folder, manifest, model); an output folder inside an input folder; a file where a folder is
+    written, or the reverse. Called before anything is written."""
     from vfa.errors import ConfigError
 
     out = Path(out)
@@ -68,7 +68,7 @@ def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
         if o == r or r.is_relative_to(o):
             raise ConfigError(f"--out {out} {'is' if o == r else 'contains'} the input {item}; "
                               "outputs never go where their inputs are")
-        if r.is_dir() and o.is_relative_to(r):
+        if kind == "folder" and r.is_dir() and o.is_relative_to(r):  # a file beside the inputs replaces none
             raise ConfigError(f"--out {out} lies inside the input folder {item}; write the outputs elsewhere")
     if kind == "folder" and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; this command writes a folder")
@@ -154,6 +154,68 @@ def _remove_empty_dirs(path: Path) -> None:
             d.rmdir()
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
+
+
+class lock:
+    """`with lock(out):` refuses a second vfa process writing the same output (a folder or a file).
+    The lock file holds the owner's PID, host and start time; a lock whose process is gone (same
+    host) is stale and taken over. Secondary DDP ranks neither take nor check it."""
+
+    def __init__(self, target: str | Path):
+        target = Path(target).absolute()
+        self.path = target.with_name(f".{target.name}.vfa-lock")  # beside it: a folder's lock is not in it
+        self.held = False
+
+    def __enter__(self):
+        if is_secondary_rank():
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": platform.node(), "started": _now()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or self._stale(owner):
+                    self.path.unlink(missing_ok=True)  # its process is gone: take the lock over
+                    continue
+                raise FileExistsError(f"{self.path.parent} is being written by another vfa process (PID "
+                                      f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
+                                      f"wait for it, or remove {self.path} if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise FileExistsError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _stale(owner: dict) -> bool:
+        if owner.get("host") != platform.node():
+            return False  # another machine's process: cannot be checked from here
+        try:
+            os.kill(int(owner.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, OverflowError):
+            return False
+        return False
+
+
+def _now() -> str:
+    import datetime
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _version() -> str:

@@ -70,7 +70,7 @@ def test_cli_train_resume_and_test_metrics(tiny_phantom, tmp_path, capsys):
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    assert cli_main(["train", "--train", str(tmp_path / "nope"), "--val", str(tmp_path), "--out",
+    assert cli_main(["train", "--train", str(tmp_path / "nope"), "--val", str(tmp_path / "val"), "--out",
                      str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "data folder not found" in err and "Traceback" not in err

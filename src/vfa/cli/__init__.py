@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vfa.io import BadImageError
     from vfa.data.samples import DataError  # torch-free
+    from vfa.errors import RunInterrupted, raise_on_signals
 
     # OSError: a missing or existing path, a full disk, a read-only folder, no permission: the
     # machine's state, not a bug, so one line naming the path (atomic writes leave no half file)
     user_errors = (config_mod.ConfigError, DataError, BadImageError, OSError)
+    old_handlers = raise_on_signals()
     try:
         rc = args.func(args)
     except user_errors as exc:
@@ -73,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vfa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"vfa {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        hint = getattr(exc, "hint", "") or "outputs already written are complete (each is written atomically)"
+        print(f"vfa {args.command}: stopped by {signal.Signals(signum).name}; {hint}", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        import signal
+
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
     return int(rc or 0)

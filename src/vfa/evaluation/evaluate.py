@@ -4,6 +4,7 @@ predictions.csv, metrics.json and (standalone) the notebook's Excel/.npy set, fi
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from vfa.explain.render import gallery_png, select_gallery
 from vfa.inference.backends import resolve_backend, with_backend
 from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
 from vfa.inference.tta import tta_predict
-from vfa.runs import atomic_write, json_safe, prepare_run_dir, write_json
+from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
 from vfa.stats.metrics import SCALAR_KEYS, format_line, fractions, med_metrics, scalars
 
@@ -105,39 +106,40 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     out = Path(out)
     standalone = metrics_name == "metrics.json"
     report = standalone if report is None else report
-    if standalone:
-        prepare_run_dir(out, force, [model_path, data, manifest, threshold_from], "evaluate")
-    write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
-    backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
-    frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
-                              id_regex, id_column)
-    if frame["image_id"].duplicated().any():
-        log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
-    scores = [s for s in SCORES if s in frame]
-    thresholds, source = resolve_thresholds(threshold, scores, model, frame, threshold_from)
-    frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
-    result = metrics_dict(frame, score, thresholds, source)
-    result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
-                   "backend": backend, "model": str(model_path), "data": str(data),
-                   "skipped": len(samples.skipped), "id_regex": id_regex})
-    result = _ordered(result)
-    root = Path(samples.root)
-    boxes_file = manifest or find_manifest(data)
-    boxes = read_manifest(boxes_file) if boxes_file else None
-    cam_method, cam_layer = cam.cam_settings(model, cam_method)  # None: the model's own (cpu-demo: LayerCAM)
-    if boxes:
-        fractured = [str(root / f) for f in frame["file"][frame["label"] == 1]]
-        result["localization"] = localization(model, fractured, boxes, boxes_file, cam_method, cam_layer,
-                                              min(batch_size, 8), log)
-    safe = json_safe(result)
-    write_json(out / metrics_name, safe)
-    atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
-    if report:
-        _write_report(out, model, frame, result, thresholds, samples, gallery, boxes, cam_method, cam_layer)
-    for s in scores:
-        md = result["scores"][s]
-        log(f"{data} [{s}]: {format_line(md)}  (n={md['n']}, threshold {md['threshold']:.4g})"
-            + (f"  [{'; '.join(md['notes'])}]" if md["notes"] else ""))
+    with lock(out) if standalone else contextlib.nullcontext():  # one writer per output folder
+        if standalone:
+            prepare_run_dir(out, force, [model_path, data, manifest, threshold_from], "evaluate")
+        write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
+        backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
+        frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
+                                  id_regex, id_column)
+        if frame["image_id"].duplicated().any():
+            log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
+        scores = [s for s in SCORES if s in frame]
+        thresholds, source = resolve_thresholds(threshold, scores, model, frame, threshold_from)
+        frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
+        result = metrics_dict(frame, score, thresholds, source)
+        result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
+                       "backend": backend, "model": str(model_path), "data": str(data),
+                       "skipped": len(samples.skipped), "id_regex": id_regex})
+        result = _ordered(result)
+        root = Path(samples.root)
+        boxes_file = manifest or find_manifest(data)
+        boxes = read_manifest(boxes_file) if boxes_file else None
+        cam_method, cam_layer = cam.cam_settings(model, cam_method)  # None: the model's own (cpu-demo: LayerCAM)
+        if boxes:
+            fractured = [str(root / f) for f in frame["file"][frame["label"] == 1]]
+            result["localization"] = localization(model, fractured, boxes, boxes_file, cam_method, cam_layer,
+                                                  min(batch_size, 8), log)
+        safe = json_safe(result)
+        write_json(out / metrics_name, safe)
+        atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
+        if report:
+            _write_report(out, model, frame, result, thresholds, samples, gallery, boxes, cam_method, cam_layer)
+        for s in scores:
+            md = result["scores"][s]
+            log(f"{data} [{s}]: {format_line(md)}  (n={md['n']}, threshold {md['threshold']:.4g})"
+                + (f"  [{'; '.join(md['notes'])}]" if md["notes"] else ""))
     return safe
 
 

@@ -19,7 +19,7 @@ from vfa.explain.cam import cam_settings, iter_cams
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
 from vfa.explain.render import encode, heatmap_name, overlay, panel
-from vfa.runs import atomic_write, check_out, mark, marked, write_json
+from vfa.runs import atomic_write, check_out, lock, mark, marked, write_json
 
 _DONE = re.compile(r"^(heatmap|panel)_\d{3}_")
 CSV_FIELDS = ("file", "p_fracture", "heatmap", "label", "n_boxes", "pointing_hit", "pointing_hit_tol", "mass_in_boxes")
@@ -69,7 +69,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     classes = tuple(model.config.data.classes)
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "heatmap")
-    with table:
+    with lock(out), table:
         for path, p, gray, heat in cams:
             row = _write_one(out, table.rel(path), p, gray, heat, alpha, with_panel)
             row["label"] = _label(path, classes)

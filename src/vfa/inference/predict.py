@@ -183,18 +183,19 @@ def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs
     import csv
     import io
 
-    from vfa.runs import atomic_write, refuse_existing
+    from vfa.runs import atomic_write, lock, refuse_existing
 
     out = refuse_existing(out, force, inputs=[model] + ([inputs] if isinstance(inputs, str | Path) else list(inputs)))
     skipped_csv = refuse_existing(out.with_name(out.stem + "_skipped.csv"), force)
-    frame = predict_files(model, inputs, **kwargs)
-    atomic_write(out, frame.to_csv(index=False))
-    if not frame.attrs["skipped"]:
-        skipped_csv = None
-    else:
-        buf = io.StringIO()
-        csv.writer(buf).writerows([("file", "reason"), *frame.attrs["skipped"]])
-        atomic_write(skipped_csv, buf.getvalue())
+    with lock(out):
+        frame = predict_files(model, inputs, **kwargs)
+        atomic_write(out, frame.to_csv(index=False))
+        if not frame.attrs["skipped"]:
+            skipped_csv = None
+        else:
+            buf = io.StringIO()
+            csv.writer(buf).writerows([("file", "reason"), *frame.attrs["skipped"]])
+            atomic_write(skipped_csv, buf.getvalue())
     return frame, skipped_csv
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 # 100 Mpixel: far above any VFA scan; refuse instead of exhausting memory.
 MAX_PIXELS = 100_000_000
 # an image whose shorter side is below this cannot hold a readable spine (data.min_side)
-MIN_SIDE = 32
+MIN_SIDE = 16
 
 
 class BadImageError(ValueError):

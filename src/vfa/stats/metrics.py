@@ -67,7 +67,11 @@ def med_metrics(labels, predictions, thresh: float = 0.5, with_curve: bool = Tru
     counts = confusion(y, p >= thresh)
     tn, fp, fn, tp = counts["tn"], counts["fp"], counts["fn"], counts["tp"]
     md.update(tn=tn, fp=fp, fn=fn, tp=tp)
-    if len(np.unique(y)) == 2:
+    bad = int((~np.isfinite(p)).sum())
+    if bad:
+        notes.append(f"AUC undefined: {bad} prediction(s) are NaN or infinite (did training diverge?)")
+        md["auc"] = math.nan
+    elif len(np.unique(y)) == 2:
         md["auc"] = float(roc_auc_score(y, p))
         if with_curve:
             md["fpr"], md["tpr"], md["th"] = roc_curve(y, p)

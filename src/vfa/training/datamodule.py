@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from vfa.data.dataset import ImageDataset, create_dataset
 from vfa.data.samples import Samples
+from vfa.training.checkpointing import EpochSeededLoader
 
 
 class VFADataModule(L.LightningDataModule):
@@ -17,9 +18,15 @@ class VFADataModule(L.LightningDataModule):
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         d = self.cfg.data
-        return DataLoader(dataset, batch_size=d.batch_size, shuffle=shuffle, num_workers=d.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=False,
-                          persistent_workers=False)
+        kwargs = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
+                      drop_last=False, persistent_workers=False)
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        # order and augmentation from (seed, epoch) alone: a resumed run repeats the uninterrupted one
+        return EpochSeededLoader(dataset, shuffle=True, seed=self.cfg.seed, epoch_fn=self._epoch, **kwargs)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         if self.cfg.data.augment_on == "device":  # gray, un-augmented: 3x less to copy; the module augments

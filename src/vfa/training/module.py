@@ -6,6 +6,7 @@ gathered from all ranks and de-duplicated by dataset index (DistributedSampler p
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from vfa import config as config_mod
 from vfa.stats.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.models.network import build_from_config, p_fracture
+from vfa.runs import atomic_write
+from vfa.training.checkpointing import epoch_seed
 from vfa.training.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
@@ -83,6 +86,8 @@ class VFAModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
+        # the main process's draws (dropout, ...) from (seed, rank, epoch) too; the loader seeds its own
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, stream=2 + self.global_rank))
         # device augmentation: a stream per (seed, rank, epoch), so a resumed run (any rank) draws
         # what an uninterrupted one would, with no generator state to carry in checkpoints
         self._aug_rng.manual_seed((self.cfg.seed * 1_000_003 + self.global_rank) * 10_007 + self.current_epoch)
@@ -145,15 +150,29 @@ def _first_occurrence(idx: torch.Tensor):
 
 
 def append_history(path: Path, row: dict) -> None:
-    """One row per epoch; a re-run epoch (after resume) replaces its earlier row."""
-    rows = read_history(path)
-    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    """One row per epoch, appended (and flushed to disk): rows already written are never rewritten."""
+    new = not Path(path).is_file() or Path(path).stat().st_size == 0
+    with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def keep_history_before(path: Path, epoch: int) -> int:
+    """On resume from a checkpoint that completed `epoch` epochs: drop rows of later epochs (written
+    after that checkpoint, by a run killed before its next one); returns how many were dropped."""
+    rows = read_history(path)
+    kept = [r for r in rows if int(r["epoch"]) < epoch]
+    if len(kept) < len(rows):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=HISTORY_KEYS)
         writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+        writer.writerows(kept)
+        atomic_write(path, buf.getvalue())
+    return len(rows) - len(kept)
 
 
 def read_history(path: Path) -> list[dict]:

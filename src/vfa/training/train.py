@@ -10,15 +10,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from vfa import checkpoint
 from vfa import config as config_mod
 from vfa import runs
 from vfa.data.dataset import class_weight
 from vfa.data.samples import validate, write_skipped
+from vfa.errors import RunInterrupted
+from vfa.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, completed_epochs_in, resume_point
 from vfa.training.datamodule import VFADataModule
-from vfa.training.module import HISTORY_KEYS, VFAModule, append_history, read_history  # noqa: F401
+from vfa.training.module import HISTORY_KEYS, VFAModule, append_history, keep_history_before, read_history  # noqa: F401
 
 def load_data(cfg, train: bool = True, log=print):
     """Scan and fully decode the training/validation (and --test) sets before any work starts;
@@ -60,13 +62,7 @@ def load_data(cfg, train: bool = True, log=print):
 
 def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
     t = cfg.trainer
-    ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
-                           save_last=True, save_top_k=1, enable_version_counter=False,
-                           # saving after the epoch (not mid-loop at validation end) makes a resume
-                           # start at the next epoch instead of repeating this one
-                           save_on_train_epoch_end=True)
-    callbacks = [best, *extra_callbacks]
+    callbacks = [*checkpoint_callbacks(run_dir / "checkpoints"), *extra_callbacks]
     if t.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     return L.Trainer(
@@ -74,7 +70,7 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         deterministic=t.deterministic, callbacks=callbacks, logger=False, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress,
-        limit_train_batches=t.limit_train_batches, enable_model_summary=False)
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
 
 
 ARCHITECTURE_KEYS = ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")
@@ -142,11 +138,12 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt;
     `cfg.model.init_from` (`vfa train --init CKPT`) starts from that checkpoint's weights."""
     run_dir = Path(out)
-    last = run_dir / "checkpoints" / "last.ckpt"
     init_state = load_init(cfg, log) if cfg.model.init_from and not resume else None
     if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+        last, done = resume_point(run_dir, log)
+        if cfg.optim.epochs <= done:
+            raise config_mod.ConfigError(f"{run_dir} has already trained {done} epoch(s); to extend it, pass "
+                                         f"--epochs above {done}")
     else:  # before any data is read: an --out that would overwrite an input fails at once
         runs.check_out(run_dir, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from], "folder")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -164,9 +161,19 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     if init_state is not None:
         module.model.load_state_dict(init_state)
         log(f"initial weights: {cfg.model.init_from}")
+    if resume:
+        dropped = keep_history_before(run_dir / "history.csv", done) if not runs.is_secondary_rank() else 0
+        log(f"resuming {run_dir} after epoch {done} ({last.name})"
+            + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
     trainer = make_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
-                weights_only=True if resume else None)
+    try:
+        trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
+                    weights_only=True if resume else None)
+    except RunInterrupted as exc:
+        done = completed_epochs_in(run_dir)
+        exc.hint = (f"{run_dir / 'checkpoints' / 'last.ckpt'} holds {done} completed epoch(s); continue with: "
+                    f"vfa train --resume {run_dir}" if done else "no epoch was completed")
+        raise
     if trainer.is_global_zero:
         from vfa.training.curves import plot_history
         plot_history(run_dir / "history.csv", run_dir)

@@ -1,0 +1,101 @@
+"""What makes a killed run resumable without loss: checkpoints written atomically next to their
+target (never through $TMPDIR), `last.ckpt` after every epoch with the previous one kept as a
+fallback, and data order and augmentation drawn from (seed, epoch) alone, so that a resumed run
+repeats exactly what an uninterrupted one would have done."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from vfa import checkpoint
+from vfa.runs import atomic_write
+
+LAST, PREVIOUS = "last.ckpt", "last.ckpt.prev"
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed for one epoch's random draws: a function of the run's seed and the epoch only."""
+    return ((int(seed) * 1_000_003 + int(stream)) * 10_007 + int(epoch)) % (2**63 - 1)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into memory, then a temporary file beside the target, fsync and rename: a kill
+    or a full disk leaves the old checkpoint or the new one, never a broken one. Before last.ckpt
+    is replaced, the current one is kept as last.ckpt.prev (a hard link: no moment without it)."""
+
+    def save_checkpoint(self, ckpt, path, storage_options=None) -> None:
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        path = Path(path)
+        if path.name == LAST and path.is_file():
+            prev_tmp = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(path, prev_tmp)
+            os.replace(prev_tmp, path.with_name(PREVIOUS))
+        atomic_write(path, buf.getvalue())
+
+
+def checkpoint_callbacks(ckpt_dir: Path) -> list[ModelCheckpoint]:
+    """best.ckpt when validation AUC improves; last.ckpt after every epoch. Both are saved after
+    the epoch (not mid-loop at validation end), so a resume starts at the next epoch."""
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,
+                           save_on_train_epoch_end=True)
+    return [best, last]
+
+
+def resume_point(run_dir: Path, log=print) -> tuple[Path, int]:
+    """(the checkpoint to resume from, the number of epochs it completed): last.ckpt, or when that
+    one cannot be read, last.ckpt.prev, saying so."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last, prev = ckpt_dir / LAST, ckpt_dir / PREVIOUS
+    if not last.is_file() and not prev.is_file():
+        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    try:
+        return last, completed_epochs(checkpoint.load(last, "resume checkpoint"))
+    except (FileNotFoundError, checkpoint.CheckpointError) as exc:
+        if not prev.is_file():
+            raise
+        ckpt = checkpoint.load(prev, "resume checkpoint")
+        log(f"warning: {exc}; resuming from the epoch before it ({prev})")
+        return prev, completed_epochs(ckpt)
+
+
+def completed_epochs_in(run_dir: Path) -> int:
+    """Epochs held by the run's last.ckpt (0 when there is none or it cannot be read)."""
+    try:
+        return resume_point(run_dir, log=lambda m: None)[1]
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        return 0
+
+
+def completed_epochs(ckpt: dict) -> int:
+    """Epochs whose training and validation a Lightning checkpoint holds (its fit loop's processed
+    count: the same whether it was saved at an epoch's end or at the end of training)."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(ckpt.get("epoch", -1)) + 1
+
+
+class EpochSeededLoader(DataLoader):
+    """A shuffling DataLoader whose order and worker seeds (hence augmentation) depend only on
+    (seed, epoch): `epoch_fn()` gives the epoch when an iterator is made. Lightning re-creates
+    loaders from their attributes, so every argument is kept under its own name."""
+
+    def __init__(self, *args, seed: int = 0, epoch_fn=None, **kwargs):
+        kwargs.setdefault("generator", torch.Generator())
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch_fn = seed, epoch_fn
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else 0
+        self.generator.manual_seed(epoch_seed(self.seed, epoch, stream=1))
+        return super().__iter__()

@@ -86,16 +86,19 @@ def completed_epochs(ckpt: dict) -> int:
 
 
 class EpochSeededLoader(DataLoader):
-    """A shuffling DataLoader whose order and worker seeds (hence augmentation) depend only on
-    (seed, epoch): `epoch_fn()` gives the epoch when an iterator is made. Lightning re-creates
-    loaders from their attributes, so every argument is kept under its own name."""
+    """A shuffling DataLoader whose order, worker seeds (hence augmentation) and the main process's
+    random draws (augmentation without workers, dropout) depend only on (seed, epoch, rank):
+    `epoch_fn()` gives the epoch when the epoch's iterator is made, which is the first thing of an
+    epoch both in a run and in a resumed one. Lightning re-creates loaders from their attributes,
+    so every argument is kept under its own name."""
 
-    def __init__(self, *args, seed: int = 0, epoch_fn=None, **kwargs):
+    def __init__(self, *args, seed: int = 0, epoch_fn=None, rank: int = 0, **kwargs):
         kwargs.setdefault("generator", torch.Generator())
         super().__init__(*args, **kwargs)
-        self.seed, self.epoch_fn = seed, epoch_fn
+        self.seed, self.epoch_fn, self.rank = seed, epoch_fn, rank
 
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else 0
         self.generator.manual_seed(epoch_seed(self.seed, epoch, stream=1))
+        torch.manual_seed(epoch_seed(self.seed, epoch, stream=2 + self.rank))
         return super().__iter__()

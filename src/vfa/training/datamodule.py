@@ -23,7 +23,8 @@ class VFADataModule(L.LightningDataModule):
         if not shuffle:
             return DataLoader(dataset, shuffle=False, **kwargs)
         # order and augmentation from (seed, epoch) alone: a resumed run repeats the uninterrupted one
-        return EpochSeededLoader(dataset, shuffle=True, seed=self.cfg.seed, epoch_fn=self._epoch, **kwargs)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return EpochSeededLoader(dataset, shuffle=True, seed=self.cfg.seed, epoch_fn=self._epoch, rank=rank, **kwargs)
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

@@ -21,7 +21,6 @@ from vfa import config as config_mod
 from vfa.stats.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.models.network import build_from_config, p_fracture
 from vfa.runs import atomic_write
-from vfa.training.checkpointing import epoch_seed
 from vfa.training.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
@@ -86,8 +85,6 @@ class VFAModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
-        # the main process's draws (dropout, ...) from (seed, rank, epoch) too; the loader seeds its own
-        torch.manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, stream=2 + self.global_rank))
         # device augmentation: a stream per (seed, rank, epoch), so a resumed run (any rank) draws
         # what an uninterrupted one would, with no generator state to carry in checkpoints
         self._aug_rng.manual_seed((self.cfg.seed * 1_000_003 + self.global_rank) * 10_007 + self.current_epoch)

@@ -148,6 +148,14 @@ def remove_outputs(path: Path, command: str) -> list[Path]:
     return gone
 
 
+def remove_temporaries(path: Path) -> list[Path]:
+    """Temporary files `atomic_write` leaves when its process is killed mid-write (`.NAME.*.tmp`)."""
+    gone = [f for f in Path(path).rglob(".*.tmp") if f.is_file()]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    return gone
+
+
 def _remove_empty_dirs(path: Path) -> None:
     for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         if not any(d.iterdir()):

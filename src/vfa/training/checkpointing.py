@@ -46,8 +46,9 @@ def checkpoint_callbacks(ckpt_dir: Path) -> list[ModelCheckpoint]:
     the epoch (not mid-loop at validation end), so a resume starts at the next epoch."""
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
                            enable_version_counter=False, save_on_train_epoch_end=True)
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,
-                           save_on_train_epoch_end=True)
+    # (save_last=True would write last.ckpt only when best.ckpt improves: not after every epoch)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
     return [best, last]
 
 

@@ -11,10 +11,11 @@ from vfa.training.checkpointing import EpochSeededLoader
 
 
 class VFADataModule(L.LightningDataModule):
-    def __init__(self, cfg, train: Samples | None = None, val: Samples | None = None):
+    def __init__(self, cfg, train: Samples | None = None, val: Samples | None = None, start_epoch: int = 0):
         super().__init__()
         self.cfg = cfg
         self.train_samples, self.val_samples = train, val
+        self.start_epoch = start_epoch  # a resumed run: the epochs its checkpoint completed
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         d = self.cfg.data
@@ -27,7 +28,11 @@ class VFADataModule(L.LightningDataModule):
         return EpochSeededLoader(dataset, shuffle=True, seed=self.cfg.seed, epoch_fn=self._epoch, rank=rank, **kwargs)
 
     def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        """The epoch an iterator is made for: the count of epochs already processed. (Lightning makes
+        a resumed run's first iterator before it restores its loop counters: `start_epoch` then.)"""
+        if self.trainer is None:
+            return self.start_epoch
+        return max(self.start_epoch, int(self.trainer.fit_loop.epoch_progress.current.processed))
 
     def train_dataloader(self) -> DataLoader:
         if self.cfg.data.augment_on == "device":  # gray, un-augmented: 3x less to copy; the module augments

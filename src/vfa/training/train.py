@@ -162,12 +162,14 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
         module.model.load_state_dict(init_state)
         log(f"initial weights: {cfg.model.init_from}")
     if resume:
+        runs.remove_temporaries(run_dir)  # what a killed write left behind
         dropped = keep_history_before(run_dir / "history.csv", done) if not runs.is_secondary_rank() else 0
         log(f"resuming {run_dir} after epoch {done} ({last.name})"
             + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
     trainer = make_trainer(cfg, run_dir)
     try:
-        trainer.fit(module, datamodule=VFADataModule(cfg, tr, va), ckpt_path=str(last) if resume else None,
+        trainer.fit(module, datamodule=VFADataModule(cfg, tr, va, done if resume else 0),
+                    ckpt_path=str(last) if resume else None,
                     weights_only=True if resume else None)
     except RunInterrupted as exc:
         done = completed_epochs_in(run_dir)

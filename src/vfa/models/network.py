@@ -5,6 +5,8 @@ no mean/std normalisation, as the notebook fed Keras.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import timm
 import torch
@@ -18,6 +20,11 @@ def p_fracture(logits, temperature: float = 1.0):
     """P(fracture) = sigmoid(logit / T), for a tensor (float32 tensor out), an array or a float (float64)."""
     if isinstance(logits, torch.Tensor):
         return torch.sigmoid(logits.float() / float(temperature))
+    if isinstance(logits, int | float):
+        try:
+            return 1 / (1 + math.exp(-float(logits) / float(temperature)))
+        except OverflowError:  # a logit below about -700 T
+            return 0.0
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     out = 1 / (1 + np.exp(-z))
     return float(out) if out.ndim == 0 else out

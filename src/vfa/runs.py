@@ -245,8 +245,10 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared like any file
         os.replace(tmp, path)
-    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
+    except BaseException as exc:  # a full disk, a kill: no half-written temporary file is left behind
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not exc.filename and exc.errno:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # say which file could not be written
         raise
 
 

@@ -1,0 +1,53 @@
+"""A full disk, a read-only folder, no permission: one line naming the path, and nothing half-written."""
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_checkpoint, write_folder
+from vfa.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def limited(max_bytes: int):
+    """A child process whose files cannot grow past max_bytes: writes then fail with EFBIG, as on a full disk."""
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return preexec
+
+
+def test_a_full_disk_during_predict_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    model = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "d", n_per_class=8)
+    out = tmp_path / "out" / "p.csv"
+    res = subprocess.run([sys.executable, "-m", "vfa.cli", "predict", "--model", str(model), str(data),
+                          "--out", str(out), "--device", "cpu"], capture_output=True, text=True,
+                         preexec_fn=limited(400), cwd=ROOT)  # the CSV (16 rows) needs more than 400 bytes
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().endswith("File too large") and str(out.parent) in res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # no partial CSV, no temporary file, no lock
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_read_only_no_permission_or_full_is_one_line(tmp_path, capsys, monkeypatch, err):
+    import tempfile
+
+    model = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "d", n_per_class=2)
+
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(err, os.strerror(err), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["predict", "--model", str(model), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    line = capsys.readouterr().err
+    assert line.splitlines()[-1] == f"vfa predict: error: {tmp_path}: {os.strerror(err)}"
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / ".p.csv.vfa-lock").exists()

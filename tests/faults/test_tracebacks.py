@@ -1,0 +1,116 @@
+"""The last tracebacks and silent successes: each is now one line naming the file and the reason."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import make_checkpoint, write_folder
+from vfa import checkpoint
+from vfa import config as config_mod
+from vfa.cli import main
+
+
+class Evil:  # a pickled object whose loading would run code
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tb")
+    truncated = root / "truncated.ckpt"
+    truncated.write_bytes(make_checkpoint(root / "good.ckpt").read_bytes()[:2000])
+    unsafe = root / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": {}}, "x": Evil()}, unsafe)
+    bad_cfg = root / "badcfg.ckpt"
+    ckpt = checkpoint.load(root / "good.ckpt")
+    ckpt["hyper_parameters"]["config"]["data"]["batch_size"] = -3
+    torch.save(ckpt, bad_cfg)
+    return {"root": root, "data": write_folder(root / "data", n_per_class=2), "truncated": truncated,
+            "unsafe": unsafe, "bad_cfg": bad_cfg}
+
+
+def model_commands(env, model, tmp):
+    d = str(env["data"])
+    return {
+        "predict": ["predict", "--model", model, d, "--out", str(tmp / "p.csv")],
+        "evaluate": ["evaluate", "--model", model, "--data", d, "--out", str(tmp / "ev")],
+        "heatmap": ["heatmap", "--model", model, "--data", d, "--out", str(tmp / "hm")],
+        "export": ["export", "--model", model, "--out", str(tmp / "m.onnx")],
+        "calibrate": ["calibrate", "--model", model, "--data", d, "--out", str(tmp / "c.ckpt")],
+        "lr-find": ["lr-find", "--model", model, "--train", d, "--out", str(tmp / "lr")],
+        "train --init": ["train", "--init", model, "--train", d, "--val", d, "--out", str(tmp / "r")],
+    }
+
+
+@pytest.mark.parametrize("kind,expect", [("truncated", "damaged, truncated"), ("unsafe", "never runs code"),
+                                         ("bad_cfg", "stored config is not valid")])
+def test_bad_checkpoints_are_one_line_everywhere(env, tmp_path, capsys, kind, expect):
+    for name, args in model_commands(env, str(env[kind]), tmp_path).items():
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expect in err and str(env[kind]) in err, (name, err)
+        assert "weights_only=False" not in err and "code ran" not in err
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(env, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(config_mod.dump(config_mod.resolve("cpu-demo")))
+    (run / "checkpoints" / "last.ckpt").write_bytes(env["truncated"].read_bytes())
+    assert main(["train", "--resume", str(run), "--epochs", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "last.ckpt: not a loadable vfa checkpoint" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["synth", "--size", "0x0"], "size must be"), (["synth", "--n", "0"], "n must be"),
+    (["synth", "--prevalence", "2"], "prevalence"), (["synth", "--splits", "0.5,0.5,0.5"], "splits"),
+    (["train", "--set", "trainer.devices=abc"], "trainer.devices"),
+    (["train", "--set", "model.backbone=nope"], "unknown timm backbone"),
+    (["train", "--set", "trainer.accelerator=quantum"], "trainer.accelerator"),
+    (["summary", "--set", "model.backbone=nope"], "unknown timm backbone"),
+])
+def test_bad_values_are_one_line(env, tmp_path, capsys, args, expect):
+    if args[0] == "synth":
+        args = args + ["--out", str(tmp_path / "ph")]
+    elif args[0] == "train":
+        d = str(env["data"])
+        args = args + ["--train", d, "--val", str(write_folder(tmp_path / "v", 2, seed=1)), "--out",
+                       str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("extra,expect", [(["--batch-size", "0"], "--batch-size must be"),
+                                          (["--tta", "-3"], "--tta must be")])
+def test_bad_predict_options_are_refused_before_work(env, tmp_path, capsys, extra, expect):
+    model = make_checkpoint(tmp_path / "m.ckpt")
+    assert main(["predict", "--model", str(model), str(env["data"]), "--out", str(tmp_path / "p.csv"), *extra]) == 2
+    assert expect in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+
+
+def test_predict_on_nothing_fails(env, tmp_path, capsys):
+    model = make_checkpoint(tmp_path / "m.ckpt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "--model", str(model), str(empty), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "no images to predict" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+    (empty / "x.png").write_bytes(b"not a png")
+    assert main(["predict", "--model", str(model), str(empty), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "all 1 unusable" in capsys.readouterr().err
+
+
+def test_images_too_small_for_a_spine_are_refused(tmp_path, capsys):
+    model = make_checkpoint(tmp_path / "m.ckpt")
+    for name, shape in (("dot.png", (1, 1)), ("line.png", (1, 5000)), ("ok.png", (64, 40))):
+        Image.fromarray(np.full(shape, 128, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model), str(tmp_path / "dot.png"), str(tmp_path / "line.png"),
+                 str(tmp_path / "ok.png"), "--out", str(out)]) == 0
+    assert "image too small (1x1 px" in capsys.readouterr().err
+    assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == [str(tmp_path / "ok.png")]
+    assert "1x5000" in (tmp_path / "p_skipped.csv").read_text()

@@ -114,3 +114,23 @@ def test_images_too_small_for_a_spine_are_refused(tmp_path, capsys):
     assert "image too small (1x1 px" in capsys.readouterr().err
     assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == [str(tmp_path / "ok.png")]
     assert "1x5000" in (tmp_path / "p_skipped.csv").read_text()
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from vfa.io import BadImageError, read_image, write_dicom
+
+    path = write_dicom(tmp_path / "bomb.dcm", np.zeros((64, 64), np.uint8)) or tmp_path / "bomb.dcm"
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 30000  # what it declares; its deflated pixel data would inflate to 900 MB
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+    def never(*args, **kwargs):
+        raise AssertionError("pydicom inflated the file before its size was checked")
+
+    monkeypatch.setattr(pydicom, "dcmread", never)
+    with pytest.raises(BadImageError, match="30000x30000 pixels x 1 frame.*refused before inflating"):
+        read_image(path)

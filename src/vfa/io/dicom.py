@@ -200,6 +200,7 @@ def _read(path: Path, frame: int | None, max_pixels: int, raw: bool = False):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        _check_deflated_size(path, max_pixels)  # before pydicom inflates the whole file into memory
         try:
             # force: files without the 128-byte preamble; defer: pixel data stays on disk until
             # the image size has been checked (a decompression bomb is refused before decoding)
@@ -226,8 +227,8 @@ def _read(path: Path, frame: int | None, max_pixels: int, raw: bool = False):
             raise DicomError(f"DICOM image attributes missing or invalid ({what})") from None
         if rows == 0 or cols == 0:
             raise DicomError("zero-size image (Rows or Columns is 0)")
-        if rows * cols > max_pixels:
-            raise DicomError(f"image too large ({cols}x{rows} pixels > {max_pixels})")
+        if rows * cols * frames > max_pixels:
+            raise DicomError(f"image too large ({cols}x{rows} pixels x {frames} frame(s) > {max_pixels})")
         index = None
         if frames > 1:
             if frame is None:
@@ -362,3 +363,34 @@ def write_dicom(path: str | Path, array: np.ndarray, monochrome1: bool = False, 
     path.parent.mkdir(parents=True, exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+HEADER_BYTES = 1 << 20  # inflated bytes enough for any header before the pixel data
+
+
+def _check_deflated_size(path: Path, max_pixels: int) -> None:
+    """A deflated file is inflated whole by pydicom when it is opened, so a small file declaring
+    30000x30000 would take gigabytes before its size could be checked: inflate only the first MB,
+    read Rows, Columns and frames from it, and refuse a declared size over the limit."""
+    import zlib
+    from io import BytesIO
+
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    try:
+        with open(path, "rb") as f:
+            read_preamble(f, force=True)
+            meta = _read_file_meta_info(f)
+            if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+                return
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(f.read(HEADER_BYTES), HEADER_BYTES)
+        ds = read_dataset(BytesIO(head), is_implicit_VR=False, is_little_endian=True,
+                          stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except Exception:  # not readable this way: the full read below reports the file as it is
+        return
+    if rows * cols * frames > max_pixels:
+        raise DicomError(f"image too large ({cols}x{rows} pixels x {frames} frame(s) > {max_pixels}; "
+                         "refused before inflating the deflated file)")

@@ -202,7 +202,7 @@ def test_heatmap_folder_names_resume_and_pointing_game(ckpt, tiny_phantom, tmp_p
 
 def test_heatmaps_use_the_models_cam_method_and_layer(tiny_phantom, tmp_path):
     from vfa import config as config_mod
-    from vfa.training.train import VFAModule
+    from vfa.training.module import VFAModule
 
     cfg = config_mod.resolve("cpu-demo", overrides={"data": {"size": [64, 64]}})
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 import vfa
 from vfa import config as config_mod
 from vfa.cli import main as cli_main
-from vfa.training.train import HISTORY_KEYS
+from vfa.training.module import HISTORY_KEYS
 
 from tests.helpers import TINY, tiny_cfg  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_device_augmentation_draws_the_preset_per_sample():
     from types import SimpleNamespace
 
     from vfa.data.augment import Augment, get_augment_config
-    from vfa.training.train import VFAModule
+    from vfa.training.module import VFAModule
 
     cfg = config_mod.resolve("cpu-demo", overrides=config_mod.parse_set(TINY + ["data.augment_on=device"]))
     module = VFAModule(config_mod.to_dict(cfg))

@@ -20,7 +20,7 @@ from vfa.data.samples import validate, write_skipped
 from vfa.errors import RunInterrupted
 from vfa.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, completed_epochs_in, resume_point
 from vfa.training.datamodule import VFADataModule
-from vfa.training.module import HISTORY_KEYS, VFAModule, append_history, keep_history_before, read_history  # noqa: F401
+from vfa.training.module import VFAModule, keep_history_before
 
 def load_data(cfg, train: bool = True, log=print):
     """Scan and fully decode the training/validation (and --test) sets before any work starts;

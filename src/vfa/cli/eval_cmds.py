@@ -16,7 +16,7 @@ def cmd_evaluate(args) -> None:
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
-             backend=args.backend, device=args.device)
+             backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
@@ -35,6 +35,8 @@ def add_evaluate(sub) -> None:
     p.add_argument("--boxes", metavar="CSV", help="CSV with fractured_boxes (as vfa synth's manifest.csv) for the "
                                                   "pointing game; default: a phantom's manifest.csv in DATA or its parent")
     deprecated(p, "--manifest", "--boxes", "boxes")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="keep DICOM UIDs that name files in image_id, file and heatmap names (default: hashed)")
     p.add_argument("--gallery", type=int, default=4, metavar="K",
                    help="heatmap gallery in the report (the model's CAM method): up to K true positives, false positives, false negatives")
     _force_arg(p, "replace an existing --out folder")
@@ -116,7 +118,8 @@ def add_predict(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("inputs", nargs="+", help="image or DICOM files, folders, globs or manifest CSVs")
     p.add_argument("--keep-identifiers", action="store_true",
-                   help="add DICOM PatientID, StudyDate, ... columns (default: none in any output)")
+                   help="add DICOM PatientID, StudyDate, ... columns and keep DICOM UIDs that name files "
+                        "(default: no identifier in any output; UIDs in names become hashes)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--threshold", default="model",
                    help="threshold of the predicted column: model (default: the checkpoint's, 0.5 unless "
@@ -140,7 +143,8 @@ def cmd_heatmap(args) -> None:
                          layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
                          start_index=args.start_index, manifest=args.boxes, batch_size=args.batch_size,
                          output_stride=args.output_stride, log=log, force=args.force,
-                         inputs=[args.data, args.model, args.predictions, args.boxes])
+                         inputs=[args.data, args.model, args.predictions, args.boxes],
+                         keep_identifiers=args.keep_identifiers)
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
     if loc:
@@ -181,5 +185,7 @@ def add_heatmap(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     _model_args(p)
     _bad_file_arg(p, "skip")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="keep DICOM UIDs that name files in the overlay names and heatmaps.csv (default: hashed)")
     _force_arg(p, "redraw overlays that already exist (default: keep and skip them, so a run resumes)")
     p.set_defaults(func=cmd_heatmap)

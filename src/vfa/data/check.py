@@ -125,7 +125,7 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
         "unusable": unusable, "errors": errors, "warnings": warnings, "verdict": verdict, "ready": not errors,
     }
     if keep_identifiers:
-        from vfa.io.dicom import dicom_identifiers
+        from vfa.io.identifiers import dicom_identifiers
 
         report["identifiers"] = {r["path"]: dicom_identifiers(r["path"]) for r in dicom}
     return report

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from vfa.models.loading import load_model
-from vfa.models.network import model_device
 from vfa.config import ConfigError, get_augment_config
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
@@ -23,6 +21,9 @@ from vfa.explain.render import gallery_png, select_gallery
 from vfa.inference.backends import resolve_backend, with_backend
 from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
 from vfa.inference.tta import tta_predict
+from vfa.io.identifiers import public_path
+from vfa.models.loading import load_model
+from vfa.models.network import model_device
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
 from vfa.stats.metrics import SCALAR_KEYS, format_line, fractions, med_metrics, scalars
@@ -77,7 +78,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
              gallery: int = 4, cam_method: str | None = None, backend: str = "auto",
-             device: str = "auto") -> dict:
+             device: str = "auto", keep_identifiers: bool = False) -> dict:
     """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
 
     The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
@@ -86,7 +87,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     to `gallery` true positives, false positives and false negatives each (0: none).
     Where fractured-vertebra boxes exist (`manifest`, or a phantom's manifest.csv found in `data`
     or its parent), metrics.json gets "localization": the pointing game and box mass of the model's CAM method.
-    `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps.
+    `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps. DICOM UIDs in file names
+    are replaced by a hash in every output unless `keep_identifiers`.
     """
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
     if score not in SCORES or (score != "raw" and not tta):
@@ -112,7 +114,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
         backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
         frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
-                                  id_regex, id_column)
+                                  id_regex, id_column, keep_identifiers)
         if frame["image_id"].duplicated().any():
             log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
         scores = [s for s in SCORES if s in frame]
@@ -123,12 +125,11 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
                        "backend": backend, "model": str(model_path), "data": str(data),
                        "skipped": len(samples.skipped), "id_regex": id_regex})
         result = _ordered(result)
-        root = Path(samples.root)
         boxes_file = manifest or find_manifest(data)
         boxes = read_manifest(boxes_file) if boxes_file else None
         cam_method, cam_layer = cam.cam_settings(model, cam_method)  # None: the model's own (cpu-demo: LayerCAM)
         if boxes:
-            fractured = [str(root / f) for f in frame["file"][frame["label"] == 1]]
+            fractured = [p for p, y in zip(samples.paths, frame["label"]) if y == 1]
             result["localization"] = localization(model, fractured, boxes, boxes_file, cam_method, cam_layer,
                                                   min(batch_size, 8), log)
         safe = json_safe(result)
@@ -144,13 +145,16 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
 
 
 def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batch_size: int, num_workers: int,
-                      progress: bool, backend: str, id_regex: str | None, id_column: str | None) -> pd.DataFrame:
-    """image_id, file, label, raw (and tta_mean, tta_max) for labelled `samples`."""
+                      progress: bool, backend: str, id_regex: str | None, id_column: str | None,
+                      keep_identifiers: bool = False) -> pd.DataFrame:
+    """image_id, file, label, raw (and tta_mean, tta_max) for labelled `samples`; DICOM UIDs in file
+    names are hashed (`public_path`) unless `keep_identifiers`."""
     loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
     res = tta_predict(with_backend(model, backend, calibration=samples.paths), loader, tta, tta_preset, seed,
                       progress=progress)
-    frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(samples.rel_paths(), None, id_regex),
-                          "file": samples.rel_paths(),
+    rel = samples.rel_paths()
+    frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(rel, None, id_regex, keep_identifiers),
+                          "file": rel if keep_identifiers else [public_path(r) for r in rel],
                           "label": np.asarray(samples.labels, dtype=int), "raw": res.raw.astype(np.float64)})
     if tta:  # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
         frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
@@ -203,8 +207,7 @@ def _write_report(out: Path, model, frame, result: dict, thresholds: dict, sampl
             "threshold source": result["threshold_source"], "temperature": model.temperature,
             "TTA": f"{tta['n']} passes, preset {tta['preset']}, seed {tta['seed']}" if tta["n"] else "off",
             "image IDs": f"regex {result['id_regex']}" if result["id_regex"] else "path relative to the data folder"}
-    root = Path(samples.root)
     picks = select_gallery(frame, score, gallery) if gallery > 0 else {}
-    png = gallery_png(model, {k: [str(root / frame["file"].iloc[i]) for i in v] for k, v in picks.items()},
+    png = gallery_png(model, {k: [samples.paths[i] for i in v] for k, v in picks.items()},
                       boxes, cam_method, cam_layer) if picks else None
     report_mod.write_all(out, frame, result, info, gallery=png)

@@ -14,6 +14,7 @@ from vfa.config import ConfigError
 from vfa.data.samples import Samples, expand_inputs, validate
 from vfa.inference.predict import read_predictions
 from vfa.io import IMAGE_EXTENSIONS
+from vfa.io.identifiers import public_path
 from vfa.stats.metrics import outcomes
 from vfa.explain.cam import cam_settings, iter_cams
 from vfa.explain.geometry import cam_network, resolve_layer
@@ -40,7 +41,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
                    method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                    with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
                    batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
-                   log=print, device: str = "auto", force: bool = False, inputs=()) -> dict:
+                   log=print, device: str = "auto", force: bool = False, inputs=(),
+                   keep_identifiers: bool = False) -> dict:
     """Overlay (and optionally panel) files for `paths` under `out`, mirroring their folders below `root`.
 
     Streaming and resumable: an image whose overlay already exists is skipped (and, with a
@@ -48,6 +50,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     continues where it stopped; heatmaps.csv keeps one row per image. `start_index` skips the
     first images outright, as the notebook's did; `force` redraws the existing ones. Returns {"written", "skipped_existing",
     "localization" (with boxes)}. `inputs` (data, model, predictions, boxes) are never overwritten.
+    A DICOM UID in a file or folder name becomes a hash in the outputs unless `keep_identifiers`.
     """
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device)
@@ -56,7 +59,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     out = check_out(out, inputs)
     if out.is_dir() and any(out.iterdir()) and marked(out) not in (None, "heatmap"):
         raise FileExistsError(f"{out} holds other vfa outputs ({marked(out)}); give the heatmaps their own folder")
-    table = _Table(out / "heatmaps.csv", root)
+    table = _Table(out / "heatmaps.csv", root, keep_identifiers)
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
     _, used_stride, _ = cam_network(model, output_stride, layer)  # a bad --output-stride fails before any file
@@ -100,8 +103,9 @@ class _Table:
     """heatmaps.csv: one row per image. Rows are appended (and flushed) as images are written, so an
     interruption loses nothing; on close the file is rewritten with one row per image, the last."""
 
-    def __init__(self, path: Path, root):
+    def __init__(self, path: Path, root, keep_identifiers: bool = False):
         self.path, self.root = path, Path(root) if root else None
+        self.public = (lambda r: r) if keep_identifiers else public_path
         self.rows: dict[str, dict] = {}
         if path.is_file():
             with open(path, newline="") as f:
@@ -114,9 +118,10 @@ class _Table:
 
     def rel(self, p: str) -> Path:
         try:
-            return Path(Path(p).relative_to(self.root).as_posix() if self.root else Path(p).name)
+            rel = Path(p).relative_to(self.root).as_posix() if self.root else Path(p).name
         except ValueError:  # outside root (e.g. an absolute path in a predictions CSV)
-            return Path(Path(p).name)
+            rel = Path(p).name
+        return Path(self.public(rel))
 
     def has(self, p: str, with_panel: bool, need_row: bool) -> bool:
         r = self.rel(p)
@@ -171,8 +176,11 @@ def heatmap_inputs(model, data, predictions=None, select: str = "all", sample: i
             masks = outcomes(frame["label"].to_numpy(), frame["predicted"].to_numpy() == 1)
             keep = ~(masks["tp"] | masks["tn"]) if select == "errors" else masks[select]
             frame = frame[keep]
-        # evaluate's `file` is relative to its data folder; predict's is the path it was given
-        paths = [str(data / f) if (data / f).exists() else str(f) for f in frame["file"]]
+        # evaluate's `file` is relative to its data folder; predict's is the path it was given; either
+        # may carry hashed DICOM UIDs (public_path), found again among the files under `data`
+        hashed = {public_path(Path(p).relative_to(data).as_posix()): p for p in expand_inputs(data)} \
+            if data.is_dir() else {}
+        paths = [str(data / f) if (data / f).exists() else hashed.get(f) or str(f) for f in frame["file"]]
     else:
         if select != "all":
             raise ConfigError("--select needs --predictions CSV (with label and predicted columns)")

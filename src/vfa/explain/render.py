@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from vfa.explain.cam import METHOD_NAMES, cam_settings, iter_cams
+from vfa.io.identifiers import public_path
 from vfa.stats.metrics import outcomes
 
 
@@ -97,7 +98,7 @@ def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | No
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=0.8))
             ax.text(0.02, 0.98, f"p={p:.2f}", color="white", fontsize=8, va="top", transform=ax.transAxes,
                     bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
-            ax.set_xlabel(Path(path).name, fontsize=6)
+            ax.set_xlabel(public_path(Path(path).name), fontsize=6)  # never a file's DICOM UID
     title = f"{METHOD_NAMES[method]} on {'the last feature map' if layer == 'auto' else layer} (JET, alpha {alpha})"
     fig.suptitle(title + ("; white boxes: fractured vertebrae" if boxes else ""), fontsize=10)
     fig.tight_layout()

@@ -17,6 +17,7 @@ from vfa import config as config_mod
 from vfa.models.loading import load_model  # noqa: F401  (vfa.inference.predict's API)
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import DataError, Samples, expand_inputs  # noqa: F401  (expand_inputs: predict's API)
+from vfa.io.identifiers import public_path
 from vfa.models.network import VFANet, p_fracture
 
 
@@ -60,13 +61,16 @@ def predict(model: VFANet, images, batch_size: int = 16, num_workers: int = 0, p
     return predict_loader(model, loader, progress)
 
 
-def image_ids(paths, root: str | Path | None = None, id_regex: str | None = None) -> list[str]:
+def image_ids(paths, root: str | Path | None = None, id_regex: str | None = None,
+              keep_identifiers: bool = False) -> list[str]:
     """Image IDs: the path relative to `root` (the notebook's generator filenames, e.g. frac/x.png),
     or with `id_regex` its first capture group (the whole match without groups), searched in that
-    relative path. This replaces the notebook's dataset-specific `filename[16:35]` slice."""
+    relative path. This replaces the notebook's dataset-specific `filename[16:35]` slice. DICOM UIDs
+    in file or folder names are replaced by a hash (`public_path`) unless `keep_identifiers`."""
     import re
 
-    rel = [_relative(p, root) for p in paths]
+    public = (lambda r: r) if keep_identifiers else public_path
+    rel = [public(_relative(p, root)) for p in paths]
     if not id_regex:
         return rel
     try:
@@ -133,11 +137,12 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
     res = tta_predict(runner, create_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
                       num_workers, progress)
     ids = [id_map.get(p, Path(p).as_posix()) for p in samples.paths] if id_column else \
-        image_ids(samples.paths, None, id_regex)
-    frame = pd.DataFrame({"image_id": ids, "file": samples.paths, "raw": res.raw.astype(np.float64)})
+        image_ids(samples.paths, None, id_regex, keep_identifiers)
+    files = samples.paths if keep_identifiers else [public_path(Path(p).as_posix()) for p in samples.paths]
+    frame = pd.DataFrame({"image_id": ids, "file": files, "raw": res.raw.astype(np.float64)})
     if keep_identifiers:
         from vfa.io import is_dicom
-        from vfa.io.dicom import IDENTIFIER_KEYWORDS, dicom_identifiers
+        from vfa.io.identifiers import IDENTIFIER_KEYWORDS, dicom_identifiers
 
         found = [dicom_identifiers(p) if is_dicom(p) else {} for p in samples.paths]
         for key in IDENTIFIER_KEYWORDS:

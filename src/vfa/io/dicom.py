@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from vfa.io.errors import MAX_PIXELS, BadImageError
+from vfa.io.identifiers import DICOM_EXTENSIONS, IDENTIFIER_KEYWORDS, dicom_identifiers, public_path  # noqa: F401
 
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 
 # What would decode a transfer syntax that no installed plugin handles (named in the error).
 _PACKAGES = {
@@ -282,23 +282,6 @@ def _patient_key(ds) -> str | None:
     if not pid:
         return None
     return hashlib.blake2b(f"{ds.get('IssuerOfPatientID') or ''}|{pid}".encode(), digest_size=12).hexdigest()
-
-
-IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "AccessionNumber",
-                       "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-
-
-def dicom_identifiers(path: str | Path) -> dict:
-    """The identifying attributes of one DICOM file (only for --keep-identifiers); {} if none."""
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    except Exception:
-        return {}
-    return {k: str(ds.get(k)) for k in IDENTIFIER_KEYWORDS if ds.get(k) not in (None, "")}
 
 
 def write_dicom(path: str | Path, array: np.ndarray, monochrome1: bool = False, bits: int | None = None,

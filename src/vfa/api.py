@@ -12,7 +12,7 @@ from vfa.training.train import train as train_model
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
     """Train as configured (`vfa.training.train.train`); when `cfg.data.test` is set, evaluate
     best.ckpt on that held-out set afterwards: RUN/test_metrics.json and test_predictions.csv."""
-    with lock(out):  # a second run into the same folder is refused, not interleaved
+    with lock(out, ddp=True):  # a second run into the same folder is refused, not interleaved
         run = train_model(cfg, out, force=force, resume=resume, log=log)
         if cfg.data.test and not is_secondary_rank():
             evaluate(run / "checkpoints" / "best.ckpt", cfg.data.test, run, metrics_name="test_metrics.json",
@@ -35,4 +35,4 @@ def resume(run: str | Path, overrides: dict | None = None, epochs: int | None = 
     if epochs:
         cfg.optim.epochs = epochs
     config_mod.check(cfg)
-    return train(cfg, run, resume=True, log=log)
+    return train(cfg, run, resume=True, log=log)  # (train records the extended config in config.yaml)

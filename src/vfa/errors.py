@@ -23,9 +23,9 @@ def raise_on_signals(signums=None):
     owner = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() != owner:  # a forked worker (DataLoader, process pool): behave as by default
+        if os.getpid() != owner:  # a forked worker (DataLoader, process pool): not its decision
             if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # workers leave Ctrl-C to the main process
+                return  # Ctrl-C reaches the whole process group: the main process handles it
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         raise RunInterrupted(signum)

@@ -25,8 +25,9 @@ MARKER = ".vfa-output.json"
 # `--force` may replace. Anything else in the folder (a user's notes, a dataset) is never touched.
 OUTPUTS = {
     "train": ("config.yaml", "environment.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-              "checkpoints/*.ckpt.tmp", "curves_metrics.png", "curves_loss.png", "skipped_*.csv", "test_metrics.json",
-              "test_predictions.csv", "test_skipped.csv"),
+              "checkpoints/last.ckpt.prev", "checkpoints/hpc_ckpt_*.ckpt", "checkpoints/.*.tmp", ".*.tmp",
+              "curves_metrics.png", "curves_loss.png", "skipped_*.csv", "test_metrics.json", "test_predictions.csv",
+              "test_skipped.csv"),
     "evaluate": ("metrics.json", "predictions.csv", "skipped.csv", "final_results.xlsx", "report.html",
                  "roc.png", "confusion_matrix.png", "sn_sp_threshold.png", "reliability.png", "heatmap_gallery.png",
                  "test_fnames.npy", "test_classes.npy", "test_preds.npy", "test_max_preds.npy", "test_mean_preds.npy"),
@@ -34,9 +35,13 @@ OUTPUTS = {
     "heatmap": ("heatmaps.csv", "localization.json", "**/heatmap_*", "**/panel_*"),
     "synth": ("manifest.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
 }
-# Folders vfa wrote before it marked them: recognised by these files (a run's config and environment).
-LEGACY_SIGNS = {"train": ("config.yaml", "environment.json"), "evaluate": ("metrics.json", "predictions.csv"),
-                "lr-find": ("lr_find.json",), "heatmap": ("heatmaps.csv",)}
+# Folders vfa wrote before it marked them, recognised by content only vfa writes: (file, text in it).
+LEGACY_SIGNS = {"train": ("environment.json", '"lightning"'), "evaluate": ("metrics.json", '"threshold_source"'),
+                "lr-find": ("lr_find.json", '"suggested_lr"'), "heatmap": ("heatmaps.csv", "file,p_fracture,heatmap"),
+                "synth": ("manifest.csv", "fractured_boxes")}
+# Output folders that belong to the folder they are nested in (a run's evaluations, heatmaps):
+# `--force` on the outer folder clears these too. Other nested vfa folders (runs, phantoms) are kept.
+DERIVED = ("evaluate", "heatmap", "lr-find")
 
 
 def _input_path(item) -> Path | None:
@@ -86,12 +91,12 @@ def refuse_existing(path: str | Path, force: bool, inputs=()) -> Path:
     return path
 
 
-def prepare_run_dir(path: Path, force: bool, inputs=(), command: str = "train") -> None:
+def prepare_run_dir(path: Path, force: bool, inputs=(), command: str = "train", ddp: bool = False) -> None:
     """Make `path` ready for `command`'s outputs. A non-empty folder needs `force`, and `force`
     only replaces what vfa wrote there: the folder must carry vfa's marker, and only the
     command's own output files are removed (never the tree); the new ones are written atomically."""
     path = check_out(path, inputs, "folder")
-    if is_secondary_rank():
+    if ddp and is_secondary_rank():  # only training runs under DDP; other commands never skip this
         return
     if path.exists() and any(path.iterdir()):
         if not force:
@@ -116,18 +121,15 @@ def marked(path: Path) -> str | None:
         return json.loads((Path(path) / MARKER).read_text()).get("command")
     except (OSError, ValueError, AttributeError):
         pass
-    found = next((c for c, names in LEGACY_SIGNS.items() if all((Path(path) / n).is_file() for n in names)), None)
-    if found is None and _is_phantom_manifest(Path(path) / "manifest.csv"):
-        found = "synth"
-    return found
-
-
-def _is_phantom_manifest(path: Path) -> bool:
-    try:
-        with open(path) as f:
-            return "fractured_boxes" in f.readline()
-    except OSError:
-        return False
+    for command, (name, sign) in LEGACY_SIGNS.items():
+        try:
+            with open(Path(path) / name, errors="replace") as f:
+                head = f.read(4096)
+        except OSError:
+            continue
+        if sign in head and (command != "synth" or any(Path(path).glob("*/*/phantom_*"))):
+            return command
+    return None
 
 
 def remove_outputs(path: Path, command: str) -> list[Path]:
@@ -141,84 +143,86 @@ def remove_outputs(path: Path, command: str) -> list[Path]:
                 gone.append(f)
     for sub in sorted(d for d in path.iterdir() if d.is_dir() and not d.is_symlink()):
         inner = marked(sub)
-        if inner:
-            gone += remove_outputs(sub, inner)
+        if inner in DERIVED:
+            removed = remove_outputs(sub, inner)
             (sub / MARKER).unlink(missing_ok=True)
-            _remove_empty_dirs(sub)
+            gone += removed
+            _remove_emptied_dirs(sub, removed)
     return gone
 
 
-def remove_temporaries(path: Path) -> list[Path]:
-    """Temporary files `atomic_write` leaves when its process is killed mid-write (`.NAME.*.tmp`)."""
-    gone = [f for f in Path(path).rglob(".*.tmp") if f.is_file()]
+def remove_temporaries(path: Path, *subfolders: str) -> list[Path]:
+    """Temporary files `atomic_write` left in `path` (and the named subfolders, not deeper: nested
+    output folders may belong to commands still running) when its process was killed mid-write."""
+    gone = [f for d in (Path(path), *(Path(path) / s for s in subfolders)) for f in d.glob(".*.tmp") if f.is_file()]
     for f in gone:
         f.unlink(missing_ok=True)
     return gone
 
 
-def _remove_empty_dirs(path: Path) -> None:
-    for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        if not any(d.iterdir()):
+def _remove_emptied_dirs(top: Path, removed: list[Path]) -> None:
+    """Remove the folders that removing `removed` left empty, up to and including `top`; a folder
+    that was empty before (a user's) stays."""
+    dirs = {p for f in removed for p in f.parents if p == top or top in p.parents}
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 class lock:
-    """`with lock(out):` refuses a second vfa process writing the same output (a folder or a file).
-    The lock file holds the owner's PID, host and start time; a lock whose process is gone (same
-    host) is stale and taken over. Secondary DDP ranks neither take nor check it."""
+    """`with lock(out):` refuses a second vfa process writing the same output (a folder or a file),
+    with an advisory `flock` on a file beside it (`.NAME.vfa-lock`, holding the owner's PID, host
+    and start time for the message). The kernel releases it when its process ends, however it ends,
+    so a killed run leaves no lock to clear. `ddp=True` (training only): secondary DDP ranks skip it."""
 
-    def __init__(self, target: str | Path):
+    def __init__(self, target: str | Path, ddp: bool = False):
         target = Path(target).absolute()
+        if not target.name:
+            from vfa.errors import ConfigError
+            raise ConfigError(f"--out {target} is not a place for outputs")
         self.path = target.with_name(f".{target.name}.vfa-lock")  # beside it: a folder's lock is not in it
-        self.held = False
+        self.ddp, self.fd = ddp, None
 
     def __enter__(self):
-        if is_secondary_rank():
+        import fcntl
+
+        if self.ddp and is_secondary_rank():
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": platform.node(), "started": _now()}
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
                 owner = self._owner()
-                if owner is None or self._stale(owner):
-                    self.path.unlink(missing_ok=True)  # its process is gone: take the lock over
-                    continue
+                os.close(fd)
                 raise FileExistsError(f"{self.path.parent} is being written by another vfa process (PID "
                                       f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
-                                      f"wait for it, or remove {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise FileExistsError(f"could not take the lock {self.path}")
+                                      "wait for it to finish") from None
+            try:  # the file may have been removed by its previous holder between our open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "started": _now()}).encode())
+        self.fd = fd
+        return self
 
     def __exit__(self, *exc):
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: a waiting opener then sees it gone
+            os.close(self.fd)
+            self.fd = None
         return False
 
-    def _owner(self) -> dict | None:
+    def _owner(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _stale(owner: dict) -> bool:
-        if owner.get("host") != platform.node():
-            return False  # another machine's process: cannot be checked from here
-        try:
-            os.kill(int(owner.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
-            return False
-        return False
+            return {}
 
 
 def _now() -> str:

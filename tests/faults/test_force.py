@@ -123,3 +123,53 @@ def test_existing_single_outputs_need_force(tmp_path, capsys, command):
         assert main(["compare", pred, pred, "--out", str(tmp_path / "c.json"), "--force"]) == 0
     assert "--force" in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_force_clears_the_old_runs_fallback_checkpoint(tmp_path):
+    from vfa.runs import prepare_run_dir
+    from vfa.training.checkpointing import resume_point
+
+    run = tmp_path / "run"
+    prepare_run_dir(run, force=False)
+    (run / "checkpoints").mkdir()
+    for name in ("last.ckpt", "last.ckpt.prev", "hpc_ckpt_1.ckpt", ".last.ckpt.x1.tmp"):
+        (run / "checkpoints" / name).write_text("old run")
+    prepare_run_dir(run, force=True)
+    assert not any((run / "checkpoints").iterdir())
+    (run / "checkpoints" / "last.ckpt.prev").write_text("another run's")
+    with pytest.raises(FileNotFoundError):  # last.ckpt.prev alone is never resumed from
+        resume_point(run)
+
+
+def test_a_foreign_folder_with_common_file_names_is_not_vfas(tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("metrics.json", "predictions.csv", "report.html", "roc.png"):
+        (other / name).write_text("{}" if name.endswith("json") else "x")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "d", n_per_class=2)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "--out", str(other), "--force"]) == 2
+    assert "no vfa evaluate outputs" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "predictions.csv", "report.html", "roc.png"]
+
+
+def test_force_leaves_nested_runs_and_empty_user_folders(tmp_path):
+    ph = tmp_path / "ph"
+    assert main(["synth", "--out", str(ph), "--n", "8", "--size", "96x64"]) == 0
+    (ph / "myrun" / "checkpoints").mkdir(parents=True)
+    (ph / "myrun" / ".vfa-output.json").write_text('{"command": "train"}')
+    (ph / "myrun" / "checkpoints" / "best.ckpt").write_text("weeks")
+    (ph / "empty-by-choice").mkdir()
+    assert main(["synth", "--out", str(ph), "--n", "8", "--size", "96x64", "--force"]) == 0
+    assert (ph / "myrun" / "checkpoints" / "best.ckpt").read_text() == "weeks" and (ph / "empty-by-choice").is_dir()
+
+
+def test_rank_variables_outside_ddp_do_not_switch_off_the_guards(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NODE_RANK", "1")  # e.g. set by a cluster for an unrelated task
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "d", n_per_class=2)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "--out", str(out)]) == 2
+    assert "pass --force" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["mine.txt"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vfa.io import inspect_file, is_image_file
 from vfa.io.errors import MIN_SIDE
+from vfa.io.identifiers import public_path
 
 MANIFEST_PATH_COLUMNS = ("path", "filename", "file")  # the first present names the image files
 
@@ -312,13 +313,19 @@ def duplicates_within(samples: Samples) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def write_skipped(samples: Samples, path: str | Path) -> None:
+def write_skipped(samples: Samples, path: str | Path, keep_identifiers: bool = False) -> None:
+    """The skipped files and why, as CSV (atomically); DICOM UIDs in their names hashed unless asked."""
     if not samples.skipped:
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "reason"])
-        writer.writerows(samples.skipped)
+    import io
+
+    from vfa.runs import atomic_write
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["file", "reason"])
+    writer.writerows((f if keep_identifiers else public_path(f), r) for f, r in samples.skipped)
+    atomic_write(Path(path), buf.getvalue())
 
 
 def expand_inputs(inputs, id_column: str | None = None, ids: dict | None = None) -> list[str]:

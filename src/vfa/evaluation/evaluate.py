@@ -91,6 +91,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     are replaced by a hash in every output unless `keep_identifiers`.
     """
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
+    public = (lambda text: text) if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
     try:  # fail on a bad option before any image is read
@@ -111,7 +112,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     with lock(out) if standalone else contextlib.nullcontext():  # one writer per output folder
         if standalone:
             prepare_run_dir(out, force, [model_path, data, manifest, threshold_from], "evaluate")
-        write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")))
+        write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")),
+                      keep_identifiers)
         backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
         frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
                                   id_regex, id_column, keep_identifiers)
@@ -122,7 +124,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
         result = metrics_dict(frame, score, thresholds, source)
         result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
-                       "backend": backend, "model": str(model_path), "data": str(data),
+                       "backend": backend, "model": public(str(model_path)), "data": public(str(data)),
                        "skipped": len(samples.skipped), "id_regex": id_regex})
         result = _ordered(result)
         boxes_file = manifest or find_manifest(data)

@@ -57,8 +57,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     method, layer = cam_settings(model, method, layer)
     resolve_layer(model, layer)
     out = check_out(out, inputs)
-    if out.is_dir() and any(out.iterdir()) and marked(out) not in (None, "heatmap"):
-        raise FileExistsError(f"{out} holds other vfa outputs ({marked(out)}); give the heatmaps their own folder")
+    if out.is_dir() and any(out.iterdir()) and marked(out) != "heatmap":
+        raise FileExistsError(f"{out} is not empty and holds no vfa heatmaps; give the heatmaps their own folder")
     table = _Table(out / "heatmaps.csv", root, keep_identifiers)
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
@@ -142,7 +142,9 @@ class _Table:
     def add(self, row: dict, out: Path) -> None:
         old = self.rows.get(row["file"])
         if old and old.get("heatmap") and old["heatmap"] != row["heatmap"]:  # re-done with another p
-            (out / old["heatmap"]).unlink(missing_ok=True)
+            stale = (out / old["heatmap"]).resolve()
+            if _DONE.match(stale.name) and stale.is_relative_to(out.resolve()):  # only an overlay of ours
+                stale.unlink(missing_ok=True)
         self.rows[row["file"]] = row
         self._writer.writerow(row)
         self._file.flush()
@@ -188,7 +190,7 @@ def heatmap_inputs(model, data, predictions=None, select: str = "all", sample: i
     samples = validate(Samples(paths, [0] * len(paths), str(data)), on_bad_file, frame=model.config.data.frame,
                        min_side=model.config.data.min_side)
     for path, reason in samples.skipped:
-        log(f"skipped {path}: {reason}")
+        log(f"skipped {public_path(path)}: {reason}")
     paths = samples.paths
     if sample and sample < len(paths):
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), sample, replace=False))

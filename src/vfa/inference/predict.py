@@ -127,7 +127,7 @@ def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: 
     samples = validate(Samples(paths, [0] * len(paths), "inputs", source="inputs"), on_bad_file,
                        frame=model.config.data.frame, min_side=model.config.data.min_side)
     for path, reason in samples.skipped:
-        (log or (lambda m: None))(f"skipped {path}: {reason}")
+        (log or (lambda m: None))(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
     if not samples.paths:
         raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
                         + (f", all {len(samples.skipped)} unusable (listed above)" if samples.skipped else ""))
@@ -199,7 +199,9 @@ def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs
             skipped_csv = None
         else:
             buf = io.StringIO()
-            csv.writer(buf).writerows([("file", "reason"), *frame.attrs["skipped"]])
+            keep = kwargs.get("keep_identifiers", False)
+            csv.writer(buf).writerows([("file", "reason"), *((f if keep else public_path(f), r)
+                                                             for f, r in frame.attrs["skipped"])])
             atomic_write(skipped_csv, buf.getvalue())
     return frame, skipped_csv
 

@@ -25,18 +25,13 @@ def dicom_identifiers(path: str | Path) -> dict:
     return {k: str(ds.get(k)) for k in IDENTIFIER_KEYWORDS if ds.get(k) not in (None, "")}
 
 
-# a DICOM UID as PACS exports name files by: digits and dots, at least 5 components (1.2.840.x.y...)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+){4,}$")
+# a DICOM UID as PACS exports name files with it: digits and dots, at least 5 components
+# (1.2.840.x.y...), alone (SOPInstanceUID.dcm) or inside a name (storescp's MODALITY.UID)
+_UID = re.compile(r"(?<![0-9])[0-9]+(?:\.[0-9]+){4,}(?![0-9])")
 
 
 def public_path(rel: str) -> str:
-    """`rel` with every path component that is a DICOM UID (a file named by its SOPInstanceUID, a
-    folder by its StudyInstanceUID; with or without .dcm) replaced by `uid-` and 16 hex digits of
-    its SHA-256: stable (the same file gets the same name in every output) and not identifying."""
-    parts = []
-    for part in str(rel).split("/"):
-        stem, dot, ext = part.rpartition(".") if part.lower().endswith(DICOM_EXTENSIONS) else (part, "", "")
-        if _UID.match(stem):
-            part = "uid-" + hashlib.sha256(stem.encode()).hexdigest()[:16] + dot + ext
-        parts.append(part)
-    return "/".join(parts)
+    """`rel` with every DICOM UID in its file or folder names (a file named by its SOPInstanceUID, a
+    folder by its StudyInstanceUID) replaced by `uid-` and 16 hex digits of its SHA-256: stable (the
+    same file gets the same name in every output) and not identifying."""
+    return _UID.sub(lambda m: "uid-" + hashlib.sha256(m.group(0).encode()).hexdigest()[:16], str(rel))

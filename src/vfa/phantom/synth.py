@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from vfa.phantom import anatomy
-from vfa.runs import prepare_run_dir
+from vfa.runs import lock, prepare_run_dir
 from vfa.phantom.anatomy import LEVELS, sample_fractures  # noqa: F401  (vfa.synth's API since the start)
 
 SPLITS = ("train", "val", "test")
@@ -289,6 +289,11 @@ def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force
     Layout: OUT/{train,val,test}/{norm,frac}/phantom_NNNNN.png + OUT/manifest.csv. Refuses a
     non-empty OUT unless force=True, which removes only what this function writes.
     """
+    with lock(out):  # one writer per output folder
+        return _synthesize(out, cfg, progress, force)
+
+
+def _synthesize(out, cfg: PhantomConfig, progress: bool, force: bool) -> pd.DataFrame:
     cfg.validate()
     prepare_run_dir(Path(out), force, command="synth")  # force replaces only a phantom's own files
     out = Path(out)

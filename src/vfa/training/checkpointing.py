@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -36,7 +37,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if path.name == LAST and path.is_file():
             prev_tmp = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
             prev_tmp.unlink(missing_ok=True)
-            os.link(path, prev_tmp)
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # a filesystem without hard links (SMB, FUSE mounts): copy instead
+                shutil.copyfile(path, prev_tmp)
             os.replace(prev_tmp, path.with_name(PREVIOUS))
         atomic_write(path, buf.getvalue())
 
@@ -57,11 +61,11 @@ def resume_point(run_dir: Path, log=print) -> tuple[Path, int]:
     one cannot be read, last.ckpt.prev, saying so."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     last, prev = ckpt_dir / LAST, ckpt_dir / PREVIOUS
-    if not last.is_file() and not prev.is_file():
+    if not last.is_file():  # last.ckpt.prev alone is never used: it may be another run's
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
     try:
         return last, completed_epochs(checkpoint.load(last, "resume checkpoint"))
-    except (FileNotFoundError, checkpoint.CheckpointError) as exc:
+    except checkpoint.CheckpointError as exc:
         if not prev.is_file():
             raise
         ckpt = checkpoint.load(prev, "resume checkpoint")

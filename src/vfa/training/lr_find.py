@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vfa.config import ConfigError
-from vfa.runs import atomic_write, check_out, prepare_run_dir
+from vfa.runs import atomic_write, check_out, lock, prepare_run_dir
 
 
 def schedule(min_lr: float, max_lr: float, n: int, endpoint: bool = True) -> np.ndarray:
@@ -171,7 +171,8 @@ def plot(result: dict) -> bytes:
 
 
 def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.nn.Module | None = None,
-            overrides: dict | None = None, min_lr: float | None = None, max_lr: float = 1.0, steps: int | None = None, per_epoch: bool = False,
+            overrides: dict | None = None, min_lr: float | None = None, max_lr: float = 1.0, steps: int | None = None,
+            per_epoch: bool = False,
             early_stop: float | None = 4.0, beta: float | None = None, force: bool = False,
             progress: bool = True, log=print) -> dict:
     """Range test of `cfg`'s model (fresh, or with weights from `model`) on the images in `train`.
@@ -180,6 +181,13 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
     Writes out/lr_find.png, lr_find.json (suggested_lr, rates, losses) and lr_find.csv; returns the dict.
     Per step: min_lr 1e-7, 100 steps, beta 0.98. Per epoch (the notebook): 1e-10, 50 epochs, beta 0.8.
     """
+    with lock(out):  # one writer per output folder
+        return _lr_find(cfg, train, out, model, overrides, min_lr, max_lr, steps, per_epoch, early_stop, beta, force,
+                        progress, log)
+
+
+def _lr_find(cfg, train, out, model, overrides, min_lr, max_lr, steps, per_epoch, early_stop, beta, force,
+             progress, log) -> dict:
     from torch.utils.data import DataLoader
 
     from vfa import config as config_mod

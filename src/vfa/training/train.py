@@ -151,19 +151,23 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     cfg.trainer.precision = resolve_precision(cfg)
     tr, va = load_data(cfg, log=log)  # every file decoded and checked before the disk is touched
     if not resume:
-        runs.prepare_run_dir(run_dir, force, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from])
+        runs.prepare_run_dir(run_dir, force, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from],
+                             ddp=True)
         runs.write_run_files(run_dir, cfg)
-    write_skipped(tr, run_dir / "skipped_train.csv")
-    write_skipped(va, run_dir / "skipped_val.csv")
+    elif not runs.is_secondary_rank():  # what --epochs / --set changed, so the next --resume knows it
+        runs.atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
+    if not runs.is_secondary_rank():
+        write_skipped(tr, run_dir / "skipped_train.csv")
+        write_skipped(va, run_dir / "skipped_val.csv")
     pos_weight = class_weight(tr.labels) if cfg.optim.class_weights else 1.0
     log(f"positive-class weight: {pos_weight:.3f}")
     module = VFAModule(config_mod.to_dict(cfg), pos_weight)
     if init_state is not None:
         module.model.load_state_dict(init_state)
         log(f"initial weights: {cfg.model.init_from}")
-    if resume:
-        runs.remove_temporaries(run_dir)  # what a killed write left behind
-        dropped = keep_history_before(run_dir / "history.csv", done) if not runs.is_secondary_rank() else 0
+    if resume and not runs.is_secondary_rank():
+        runs.remove_temporaries(run_dir, "checkpoints")  # what a killed write left behind
+        dropped = keep_history_before(run_dir / "history.csv", done)
         log(f"resuming {run_dir} after epoch {done} ({last.name})"
             + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
     trainer = make_trainer(cfg, run_dir)

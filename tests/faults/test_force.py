@@ -16,7 +16,8 @@ def tiny_train(tmp_path, out, *extra):
         write_folder(data / "val", n_per_class=3, seed=1)
     args = ["train", "--preset", "cpu-demo", "--train", str(data / "train"), "--val", str(data / "val"),
             "--out", str(out), "--epochs", "1", *extra]
-    for item in TINY + ["data.size=[48,32]", "data.batch_size=3"]:
+    small = ["data.size=[48,32]", "data.batch_size=3", "model.backbone=vfa_cnn_small", "model.head=[]"]
+    for item in TINY + small:  # the small CNN: checkpoints of kilobytes
         args += ["--set", item]
     return args
 

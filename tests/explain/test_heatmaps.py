@@ -48,3 +48,21 @@ def test_dicom_inputs_get_png_overlays(ckpt, tmp_path):
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size == (40, 60)
     assert overlay_name("a.png") == "a.png" and overlay_name("b.jpg") == "b.jpg" and overlay_name("c") == "c.png"
+
+
+def test_a_foreign_folder_is_refused_and_only_own_overlays_are_removed(ckpt, folder, tmp_path):
+    paths = sorted(str(p) for p in folder.rglob("*.png"))
+    kw = dict(root=folder, progress=False, log=lambda m: None)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.docx").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no vfa heatmaps"):
+        write_heatmaps(ckpt, paths, other, **kw)
+    out = tmp_path / "hm"
+    write_heatmaps(ckpt, paths, out, **kw)
+    (tmp_path / "precious.txt").write_text("keep")
+    rows = (out / "heatmaps.csv").read_text().splitlines()
+    rows[1] = rows[1].replace(rows[1].split(",")[2], "../precious.txt")  # a CSV pointing outside
+    (out / "heatmaps.csv").write_text("\n".join(rows) + "\n")
+    write_heatmaps(ckpt, paths, out, force=True, **kw)
+    assert (tmp_path / "precious.txt").read_text() == "keep" and (other / "thesis.docx").is_file()

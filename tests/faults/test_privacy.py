@@ -30,6 +30,9 @@ def test_public_path_hashes_uids_only():
     hashed = public_path(f"frac/{STUDY}/{SOPS[0]}.dcm")
     assert hashed.startswith("frac/uid-") and hashed.endswith(".dcm") and no_uid(hashed)
     assert hashed == public_path(f"frac/{STUDY}/{SOPS[0]}.dcm")  # stable
+    inside = public_path(f"DX.{SOPS[0]}.dcm")  # storescp-style MODALITY.UID names
+    assert inside.startswith("DX.uid-") and inside.endswith(".dcm") and no_uid(inside)
+    assert public_path("scans/v1.2/x_2024.01.02.png") == "scans/v1.2/x_2024.01.02.png"  # dates, versions kept
 
 
 def test_predict_evaluate_and_heatmaps_carry_no_uid(pacs, tmp_path):

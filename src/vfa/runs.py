@@ -256,6 +256,18 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+def write_csv(path: str | Path, fields, rows) -> None:
+    """A CSV with header `fields` and `rows` (dicts, or sequences in field order), written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(fields)
+    writer.writerows([r.get(k, "") for k in fields] if isinstance(r, dict) else r for r in rows)
+    atomic_write(Path(path), buf.getvalue())
+
+
 def json_safe(v):
     """NaN -> null, inf -> "inf", tuples/numpy -> plain JSON, recursively."""
     if isinstance(v, dict):

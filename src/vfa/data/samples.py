@@ -317,15 +317,9 @@ def write_skipped(samples: Samples, path: str | Path, keep_identifiers: bool = F
     """The skipped files and why, as CSV (atomically); DICOM UIDs in their names hashed unless asked."""
     if not samples.skipped:
         return
-    import io
+    from vfa.runs import write_csv
 
-    from vfa.runs import atomic_write
-
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["file", "reason"])
-    writer.writerows((f if keep_identifiers else public_path(f), r) for f, r in samples.skipped)
-    atomic_write(Path(path), buf.getvalue())
+    write_csv(path, ("file", "reason"), ((f if keep_identifiers else public_path(f), r) for f, r in samples.skipped))
 
 
 def expand_inputs(inputs, id_column: str | None = None, ids: dict | None = None) -> list[str]:

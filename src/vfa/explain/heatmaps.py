@@ -20,7 +20,7 @@ from vfa.explain.cam import cam_settings, iter_cams
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
 from vfa.explain.render import encode, heatmap_name, overlay, panel
-from vfa.runs import atomic_write, check_out, lock, mark, marked, write_json
+from vfa.runs import atomic_write, check_out, lock, mark, marked, write_csv, write_json
 
 _DONE = re.compile(r"^(heatmap|panel)_\d{3}_")
 CSV_FIELDS = ("file", "p_fracture", "heatmap", "label", "n_boxes", "pointing_hit", "pointing_hit_tol", "mass_in_boxes")
@@ -152,12 +152,7 @@ class _Table:
     def __exit__(self, *exc):
         self._file.close()
         if exc[0] is None:
-            import io
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows.values())
-            atomic_write(self.path, buf.getvalue())
+            write_csv(self.path, CSV_FIELDS, self.rows.values())
         return False
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from vfa import config as config_mod
 from vfa.models.loading import load_model  # noqa: F401  (vfa.inference.predict's API)
 from vfa.data.dataset import create_dataset
-from vfa.data.samples import DataError, Samples, expand_inputs  # noqa: F401  (expand_inputs: predict's API)
+from vfa.data.samples import DataError, Samples, expand_inputs, write_skipped  # noqa: F401  (expand_inputs: API)
 from vfa.io.identifiers import public_path
 from vfa.models.network import VFANet, p_fracture
 
@@ -185,9 +185,6 @@ def model_threshold(model, threshold: float | str = "model") -> float:
 def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs):
     """`vfa predict`: `predict_files` written to the CSV `out` (refused if it exists, unless `force`),
     and the skipped files with their reasons to OUT_skipped.csv. Returns (frame, skipped CSV or None)."""
-    import csv
-    import io
-
     from vfa.runs import atomic_write, lock, refuse_existing
 
     out = refuse_existing(out, force, inputs=[model] + ([inputs] if isinstance(inputs, str | Path) else list(inputs)))
@@ -195,14 +192,10 @@ def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs
     with lock(out):
         frame = predict_files(model, inputs, **kwargs)
         atomic_write(out, frame.to_csv(index=False))
-        if not frame.attrs["skipped"]:
+        skipped = Samples([], [], "", skipped=frame.attrs["skipped"])
+        write_skipped(skipped, skipped_csv, kwargs.get("keep_identifiers", False))
+        if not skipped.skipped:
             skipped_csv = None
-        else:
-            buf = io.StringIO()
-            keep = kwargs.get("keep_identifiers", False)
-            csv.writer(buf).writerows([("file", "reason"), *((f if keep else public_path(f), r)
-                                                             for f, r in frame.attrs["skipped"])])
-            atomic_write(skipped_csv, buf.getvalue())
     return frame, skipped_csv
 
 

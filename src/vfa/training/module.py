@@ -6,7 +6,6 @@ gathered from all ranks and de-duplicated by dataset index (DistributedSampler p
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import time
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from vfa import config as config_mod
 from vfa.stats.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.models.network import build_from_config, p_fracture
-from vfa.runs import atomic_write
+from vfa.runs import write_csv
 from vfa.training.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
@@ -164,11 +163,7 @@ def keep_history_before(path: Path, epoch: int) -> int:
     rows = read_history(path)
     kept = [r for r in rows if int(r["epoch"]) < epoch]
     if len(kept) < len(rows):
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=HISTORY_KEYS)
-        writer.writeheader()
-        writer.writerows(kept)
-        atomic_write(path, buf.getvalue())
+        write_csv(path, HISTORY_KEYS, kept)
     return len(rows) - len(kept)
 
 

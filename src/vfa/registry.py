@@ -69,11 +69,14 @@ class Registry:
 
 
 BACKENDS = Registry("inference backend", "vfa.inference.backends")
-BACKENDS.declare("auto", "auto", "the fastest checked path for the job: compile (bf16) for 256+ images, else torch fp32")
+BACKENDS.declare("auto", "auto", "per device and job size: bf16 where the CPU/GPU has it natively (compiled for "
+                 "long jobs), else fp32 (onnxruntime for long CPU jobs); never int8")
 BACKENDS.declare("torch", "torch fp32", "eager fp32, the reference every other backend is tested against")
 BACKENDS.declare("torch-bf16", "torch bf16", "bf16 autocast (CPU or GPU) + channels_last; within 0.02 of fp32")
 BACKENDS.declare("compile", "torch.compile", "inductor, weights frozen, bf16 autocast; kernels cached on disk")
 BACKENDS.declare("onnxruntime", "onnxruntime fp32", "exported to ONNX once (cached, verified), run by onnxruntime")
+BACKENDS.declare("openvino", "OpenVINO", "the ONNX export run by Intel's OpenVINO on the CPU (bf16 where "
+                 "the CPU has it, else fp32); optional extra")
 BACKENDS.declare("onnxruntime-int8", "onnxruntime int8",
                  "static int8 (QDQ), calibrated on up to 32 of the images, checked within 0.02 on up to 32 others")
 

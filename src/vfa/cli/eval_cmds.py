@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vfa.cli.options import _bad_file_arg, _force_arg, _model_args, _predict_args, _threshold, deprecated
+from vfa.cli.options import (_bad_file_arg, _force_arg, _model_arg, _model_args, _predict_args, _threshold,
+                             deprecated)
+from vfa.errors import ConfigError
 from vfa.registry import CAM_METHODS
 
 
@@ -100,30 +102,53 @@ def add_compare(sub) -> None:
 
 
 def cmd_predict(args) -> None:
-    from vfa.inference.predict import predict_to_csv
+    from vfa.inference.archive import predict_to_file, wants_shards
 
-    frame, skipped_csv = predict_to_csv(
-        args.model, args.inputs, args.out, force=args.force, tta=args.tta, tta_preset=args.tta_preset,
-        seed=args.seed, id_regex=args.id_regex, score=args.score, batch_size=args.batch_size,
-        on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
-        id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend,
-        device=args.device, threshold=args.threshold)
-    skipped = frame.attrs["skipped"]
-    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; skipped {len(skipped)} (listed in "
-                                                             f"{skipped_csv})" if skipped else ""))
+    kwargs = dict(force=args.force, resume=args.resume, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
+                  id_regex=args.id_regex, score=args.score, batch_size=args.batch_size, workers=args.workers,
+                  on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
+                  id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend,
+                  device=args.device, threshold=args.threshold)
+    trainer = _trainer_overrides(args.set)
+    if wants_shards(trainer.get("devices", 1), trainer.get("num_nodes", 1)):
+        from vfa.inference.sharded import predict_sharded
+
+        summary = predict_sharded(args.model, args.inputs, args.out, trainer=trainer, **kwargs)
+    else:
+        summary = predict_to_file(args.model, args.inputs, args.out, **kwargs)
+    if summary is not None:  # None on secondary ranks
+        print(f"wrote {summary.line()}")
+
+
+def _trainer_overrides(items) -> dict:
+    from vfa.config import parse_set
+
+    sets = parse_set(items)
+    unknown = [k for k in sets if k != "trainer"]
+    if unknown:
+        raise ConfigError(f"vfa predict --set takes trainer.* keys (devices, num_nodes, strategy, accelerator), "
+                          f"not {', '.join(unknown)}")
+    return sets.get("trainer", {})
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="P(fracture) for unlabeled images")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("predict", help="P(fracture) for unlabeled images, streamed to a CSV or Parquet file "
+                                       "(resumable; one model, an ensemble, sharded over processes)")
+    _model_arg(p)
     p.add_argument("inputs", nargs="+", help="image or DICOM files, folders, globs or manifest CSVs")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="add DICOM PatientID, StudyDate, ... columns and keep DICOM UIDs that name files "
                         "(default: no identifier in any output; UIDs in names become hashes)")
-    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--out", required=True, help="CSV or .parquet file to write; rows are flushed per batch to "
+                                                "OUT.partial, so rerunning a killed command resumes it")
+    p.add_argument("--resume", action="store_true",
+                   help="add to a finished --out the files not in it yet (or changed since)")
     p.add_argument("--threshold", default="model",
                    help="threshold of the predicted column: model (default: the checkpoint's, 0.5 unless "
                         "vfa calibrate stored one) or a number")
+    p.add_argument("--set", action="append", metavar="trainer.KEY=VALUE", default=[],
+                   help="shard over processes with Lightning: trainer.devices=N, trainer.num_nodes=N, "
+                        "trainer.strategy=ddp, trainer.accelerator=cpu|gpu (torchrun / SLURM are detected)")
     _predict_args(p)
     _bad_file_arg(p, "skip")
     _force_arg(p, "replace --out")

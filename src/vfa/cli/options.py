@@ -31,6 +31,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding images (default: the CPU count, capped at 8; 0 for a job of two "
+                        "batches or fewer)")
+
+
+def _model_arg(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
+    if ensembles:
+        p.add_argument("--model", required=True, action="append", metavar="CKPT",
+                       help="checkpoint; repeat for an ensemble of several, or give an ensemble file (vfa ensemble)")
+    else:
+        p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint")
 
 
 def _bad_file_arg(p: argparse.ArgumentParser, default: str) -> None:

@@ -57,7 +57,11 @@ class Transform:
         return resize(torch.from_numpy(self.read(path))[None], self.spec.size, self.spec.resize)
 
     def __call__(self, path) -> torch.Tensor:
-        img = self.load(path)
+        return self.prepare(self.read(path))
+
+    def prepare(self, gray: np.ndarray) -> torch.Tensor:
+        """What `read` returned -> the model's input: resized (and augmented), `channels` channels."""
+        img = resize(torch.from_numpy(gray)[None], self.spec.size, self.spec.resize)
         if self.augment is not None:
             img = self.augment(img, channels=self.channels)  # warps the gray channel once, shifts each
         else:

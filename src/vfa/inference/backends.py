@@ -12,8 +12,10 @@
                kernels), its activation ranges calibrated on the first images of the job
                (`calibration`); refused if it moves P(fracture) by more than 0.02 on held-out ones.
                Opt-in: quantization is a change to the model a user should choose knowingly
-  auto         compile for jobs of AUTO_COMPILE_MIN images or more (where its one-off compile pays
-               for itself; see BENCHMARKS.md), torch otherwise
+  openvino     the same ONNX export compiled by Intel's OpenVINO runtime for the CPU (bf16 inference
+               where the CPU has AMX/AVX512-BF16, else fp32); optional (pip install 'vfa[openvino]')
+  auto         per device and job size (`resolve_backend`): bf16 where the hardware has it, compiled
+               once the job repays the compile, else fp32 (onnxruntime for long CPU jobs)
 
 `with_backend(model, name)` returns a module that keeps `config`, `threshold`, `temperature` and
 `parameters()` of the wrapped VFANet, so `predict_loader` and `tta_predict` take it unchanged.
@@ -31,8 +33,24 @@ from vfa.registry import BACKENDS as REGISTRY
 from vfa.runs import enable_compile_cache
 
 BACKENDS = REGISTRY.names()  # declared, with their help, in vfa.registry
-AUTO_COMPILE_MIN = 256  # images; below this the one-off compile is not repaid (docs/performance.md)
+# Job sizes (images x TTA passes x members) from which a one-off set-up pays for itself against
+# the eager path it replaces (docs/performance.md has the measurements behind them).
+AUTO_COMPILE_MIN = 1000       # CPU with native bf16: compile vs torch-bf16
+AUTO_COMPILE_MIN_GPU = 20000  # GPU: compile vs torch-bf16 (eager bf16 is already fast there)
+AUTO_ONNX_MIN = 256           # CPU without native bf16: onnxruntime fp32 vs torch fp32
 _ATTRS = ("config", "threshold", "temperature", "threshold_source")
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """bf16 matrix units in hardware: AMX or AVX512-BF16 on a CPU, compute capability 8+ on a GPU.
+    Elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 class Backend(nn.Module):
@@ -52,14 +70,30 @@ class Backend(nn.Module):
 
 
 def resolve_backend(name: str, n_images: int | None = None, device: str | torch.device = "cpu") -> str:
+    """`auto` -> the fastest checked backend for a job of `n_images` forward passes on `device`:
+    bf16 where the hardware has it (compiled once the job repays the compile), else fp32 (through
+    onnxruntime for a long CPU job when it is installed). int8 is never chosen for the user."""
     REGISTRY.check(name, "backend")
     if name != "auto":
         return name
-    return "compile" if n_images is not None and n_images >= AUTO_COMPILE_MIN else "torch"
+    device, n = torch.device(device), n_images or 0
+    if device.type == "cuda":
+        return "compile" if n >= AUTO_COMPILE_MIN_GPU else "torch-bf16"
+    if device.type != "cpu":
+        return "torch"
+    if native_bf16(device):
+        return "compile" if n >= AUTO_COMPILE_MIN else "torch-bf16"
+    if n >= AUTO_ONNX_MIN:
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is not None:
+            return "onnxruntime"
+    return "torch"
 
 
 def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _bf16_forward(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -107,6 +141,30 @@ def _compile(model: nn.Module, device, calibration=None) -> nn.Module:
 @REGISTRY.register("onnxruntime")
 def _onnxruntime(model: nn.Module, device, calibration=None) -> nn.Module:
     return Backend(model, "onnxruntime", _ort_fn(cached_onnx(model)))
+
+
+@REGISTRY.register("openvino")
+def _openvino(model: nn.Module, device, calibration=None) -> nn.Module:
+    if torch.device(device).type != "cpu":
+        raise ConfigError("backend openvino runs on the CPU; use --device cpu")
+    return Backend(model, "openvino", _ov_fn(cached_onnx(model), native_bf16("cpu")))
+
+
+def _ov_fn(path, bf16: bool):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("backend openvino needs the openvino package (pip install 'vfa[openvino]')") from None
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x):
+        out = request.infer({0: x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(np.asarray(next(iter(out.values())))).reshape(-1).clone()
+
+    return run
 
 
 @REGISTRY.register("onnxruntime-int8")

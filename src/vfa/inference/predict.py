@@ -98,60 +98,95 @@ def _relative(path, root) -> str:
 SCORES = ("raw", "tta_mean", "tta_max")
 
 
-def predict_files(model: VFANet | str | Path, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
-                  id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int = 0,
+def _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file):
+    """Checks before any image is read; (ensemble, paths, id_map)."""
+    from vfa.inference.ensemble import Ensemble, load_ensemble
+
+    if score not in SCORES or (score != "raw" and not tta):
+        raise config_mod.ConfigError(f"score must be one of {SCORES} (tta_* need --tta N), got {score!r}")
+    check_run_args(batch_size=batch_size, tta=tta, num_workers=0 if workers is None else workers)
+    if on_bad_file not in ("error", "skip"):
+        raise DataError(f"--on-bad-file must be 'error' or 'skip', got '{on_bad_file}'")
+    ens = model if isinstance(model, Ensemble) else load_ensemble(model, device)
+    id_map: dict = {}
+    paths = expand_inputs(inputs, id_column, id_map)
+    if id_column and not id_map:
+        raise config_mod.ConfigError("--id-column needs a manifest CSV among the inputs")
+    return ens, paths, id_map
+
+
+def _check(ens, paths: list[str], positions: list[int], on_bad_file: str, workers: int, progress: bool, log):
+    """The up-front decode of every file still to do; (good paths, their positions, skipped [(path, reason)])."""
+    from vfa.data.stream import check_files
+
+    cfg = ens.config.data
+    bad = check_files(paths, cfg.frame, cfg.min_side, workers, progress)
+    skipped = [(paths[i], reason) for i, reason in bad]
+    if skipped and on_bad_file == "error":
+        listing = "\n".join(f"  {p}: {r}" for p, r in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        raise DataError(f"{len(skipped)} unusable file(s) among the inputs (use --on-bad-file skip to leave "
+                        f"them out):\n{listing}{more}")
+    bad_idx = {i for i, _ in bad}
+    keep = [i for i in range(len(paths)) if i not in bad_idx]
+    return [paths[i] for i in keep], [positions[i] for i in keep], skipped
+
+
+def output_rows(rows: pd.DataFrame, kinds, thr: float, score: str, id_map: dict, id_regex: str | None,
+                keep_identifiers: bool, fingerprint: bool = True) -> pd.DataFrame:
+    """Engine rows -> the columns vfa predict writes: image_id, file, the scores, predicted, each
+    member's scores, DICOM identifiers (only with keep_identifiers), file size and mtime."""
+    from vfa.inference.engine import identifier_columns, public_files
+
+    paths = rows["path"].tolist()
+    ids = [id_map.get(p, Path(p).as_posix()) for p in paths] if id_map else \
+        image_ids(paths, None, id_regex, keep_identifiers)
+    out = pd.DataFrame({"image_id": ids, "file": public_files(paths, keep_identifiers)})
+    for k in kinds:
+        out[k] = rows[k].to_numpy(np.float64)
+    out["predicted"] = (out[score] >= thr).astype(int)
+    for col in rows.columns:
+        if col.startswith(tuple(f"{k}_" for k in kinds)) and col not in kinds:
+            out[col] = rows[col].to_numpy(np.float64)
+    if keep_identifiers:
+        for key, values in identifier_columns(paths).items():
+            out[key] = values
+    if fingerprint:
+        out["file_size"], out["file_mtime_ns"] = rows["size"].to_numpy(), rows["mtime_ns"].to_numpy()
+    return out
+
+
+def predict_files(model, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
+                  id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int | None = None,
                   on_bad_file: str = "skip", progress: bool = False, log=None, id_column: str | None = None,
                   keep_identifiers: bool = False, backend: str = "auto", device: str = "auto",
                   threshold: float | str = "model"):
-    """A DataFrame (image_id, file, raw[, tta_mean, tta_max], predicted) for unlabeled images.
+    """A DataFrame (image_id, file, raw[, tta_mean, tta_max], predicted[, per-member scores]) for
+    unlabeled images, in memory (`predict_to_file` streams to disk instead).
 
+    `model`: a checkpoint, several (an ensemble), an ensemble file or loaded model(s).
     `predicted` is the class of `score` at the model's stored threshold (see `vfa calibrate`).
     Bad files are skipped (listed through `log`) or raise, per `on_bad_file`. Image IDs come from
     the file path (`id_regex`) or a manifest input's `id_column`; DICOM identifiers (PatientID,
     StudyDate, ...) are added as columns only with `keep_identifiers`. `backend`: see vfa.inference.
     """
-    from vfa.data.samples import validate
-    from vfa.inference.tta import tta_predict
+    from vfa.data.stream import default_workers
+    from vfa.inference.engine import Scorer, score_paths
 
-    if score not in SCORES or (score != "raw" and not tta):
-        raise config_mod.ConfigError(f"score must be one of {SCORES} (tta_* need --tta N), got {score!r}")
-    check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
-
-    if not isinstance(model, torch.nn.Module):
-        model = load_model(model, device)
-    thr = model_threshold(model, threshold)
-    id_map: dict = {}
-    paths = expand_inputs(inputs, id_column, id_map)
-    if id_column and not id_map:
-        raise config_mod.ConfigError("--id-column needs a manifest CSV among the inputs")
-    samples = validate(Samples(paths, [0] * len(paths), "inputs", source="inputs"), on_bad_file,
-                       frame=model.config.data.frame, min_side=model.config.data.min_side)
-    for path, reason in samples.skipped:
-        (log or (lambda m: None))(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
-    if not samples.paths:
+    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, num_workers, device, id_column, on_bad_file)
+    thr = model_threshold(ens, threshold)
+    workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
+    good, _, skipped = _check(ens, paths, list(range(len(paths))), on_bad_file, workers, progress, log)
+    if not good:
         raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
-                        + (f", all {len(samples.skipped)} unusable (listed above)" if samples.skipped else ""))
-    from vfa.inference.backends import with_backend
-
-    runner = with_backend(model, backend, n_images=len(samples.paths) * (1 + tta), calibration=samples.paths)
-    res = tta_predict(runner, create_dataset(model, samples.paths), tta, tta_preset, seed, batch_size,
-                      num_workers, progress)
-    ids = [id_map.get(p, Path(p).as_posix()) for p in samples.paths] if id_column else \
-        image_ids(samples.paths, None, id_regex, keep_identifiers)
-    files = samples.paths if keep_identifiers else [public_path(Path(p).as_posix()) for p in samples.paths]
-    frame = pd.DataFrame({"image_id": ids, "file": files, "raw": res.raw.astype(np.float64)})
-    if keep_identifiers:
-        from vfa.io import is_dicom
-        from vfa.io.identifiers import IDENTIFIER_KEYWORDS, dicom_identifiers
-
-        found = [dicom_identifiers(p) if is_dicom(p) else {} for p in samples.paths]
-        for key in IDENTIFIER_KEYWORDS:
-            if any(key in f for f in found):
-                frame[key] = [f.get(key, "") for f in found]
-    if tta:
-        frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
-    frame["predicted"] = (frame[score] >= thr).astype(int)
-    frame.attrs["skipped"] = samples.skipped
+                        + (f", all {len(skipped)} unusable" if skipped else ""))
+    scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed)
+    rows, late = score_paths(scorer, good, batch_size, workers, progress)
+    skipped += [(p, r) for _, p, r in late]
+    for path, reason in skipped:
+        (log or (lambda m: None))(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
+    frame = output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers, fingerprint=False)
+    frame.attrs["skipped"], frame.attrs["backend"] = skipped, scorer.backend
     return frame
 
 
@@ -172,7 +207,7 @@ def model_threshold(model, threshold: float | str = "model") -> float:
     """`predict --threshold`: "model" (the checkpoint's stored threshold, 0.5 unless `vfa calibrate`
     set one) or a number in [0, 1]."""
     if threshold in (None, "model"):
-        return float(model.threshold)
+        return float(model.decision_threshold() if hasattr(model, "decision_threshold") else model.threshold)
     try:
         value = float(threshold)
     except (TypeError, ValueError):
@@ -180,23 +215,6 @@ def model_threshold(model, threshold: float | str = "model") -> float:
     if not 0 <= value <= 1:
         raise config_mod.ConfigError(f"--threshold must be in [0, 1], got {value}")
     return value
-
-
-def predict_to_csv(model, inputs, out: str | Path, force: bool = False, **kwargs):
-    """`vfa predict`: `predict_files` written to the CSV `out` (refused if it exists, unless `force`),
-    and the skipped files with their reasons to OUT_skipped.csv. Returns (frame, skipped CSV or None)."""
-    from vfa.runs import atomic_write, lock, refuse_existing
-
-    out = refuse_existing(out, force, inputs=[model] + ([inputs] if isinstance(inputs, str | Path) else list(inputs)))
-    skipped_csv = refuse_existing(out.with_name(out.stem + "_skipped.csv"), force)
-    with lock(out):
-        frame = predict_files(model, inputs, **kwargs)
-        atomic_write(out, frame.to_csv(index=False))
-        skipped = Samples([], [], "", skipped=frame.attrs["skipped"])
-        write_skipped(skipped, skipped_csv, kwargs.get("keep_identifiers", False))
-        if not skipped.skipped:
-            skipped_csv = None
-    return frame, skipped_csv
 
 
 def check_run_args(batch_size: int = 1, tta: int = 0, num_workers: int = 0) -> None:

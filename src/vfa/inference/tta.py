@@ -44,6 +44,20 @@ def _probs(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def tta_batch(model, x: torch.Tensor, indices: list[int], n: int, augment: Augment, seed: int = 0):
+    """(raw (B,), passes (B, n)) P(fracture) of one preprocessed batch on the model's device; pass j of
+    dataset item i is drawn from (seed, i, j), so a batch gives the same numbers wherever it runs."""
+    raw = _probs(model, x)
+    # Eval images are gray replicated to 3 channels: warp one channel, as training does.
+    src = x[:, :1] if x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]) else x
+    cols = []
+    for j in range(n):
+        params = draw_params(augment, indices, j, seed, tuple(x.shape[-2:]), x.shape[1])
+        cols.append(_probs(model, augment.apply(src, params).contiguous()))
+    return raw, (torch.stack(cols, 1) if cols else torch.empty(len(x), 0))
+
+
+@torch.inference_mode()
 def tta_predict(model, data: Dataset | DataLoader, n: int, preset: str = "tta", seed: int = 0,
                 batch_size: int = 16, num_workers: int = 0, progress: bool = False) -> TTAResult:
     """Raw, per-pass, mean and max P(fracture) over a dataset (or a loader of (x, label, index))."""
@@ -59,15 +73,9 @@ def tta_predict(model, data: Dataset | DataLoader, n: int, preset: str = "tta", 
         from tqdm import tqdm
         iterator = tqdm(loader, desc=f"predict{f' + TTA x{n}' if n else ''}", unit="batch")
     for x, y, idx in iterator:
-        x = x.to(device)
-        raw.append(_probs(model, x))
-        # Eval images are gray replicated to 3 channels: warp one channel, as training does.
-        src = x[:, :1] if x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]) else x
-        cols = []
-        for j in range(n):
-            params = draw_params(augment, idx.tolist(), j, seed, tuple(x.shape[-2:]), x.shape[1])
-            cols.append(_probs(model, augment.apply(src, params).contiguous()))
-        passes.append(torch.stack(cols, 1) if cols else torch.empty(len(x), 0))
+        r, ps = tta_batch(model, x.to(device), idx.tolist(), n, augment, seed)
+        raw.append(r)
+        passes.append(ps)
         labels.append(torch.as_tensor(y).reshape(-1).float())
         index.append(torch.as_tensor(idx).reshape(-1))
     if not raw:

@@ -1,0 +1,157 @@
+"""`vfa predict` at archive scale: streamed to disk, resumable, and sharded over processes.
+
+One process: `predict_to_file` checks the files still to do in DataLoader workers, then appends
+each batch's rows to OUT.partial (`vfa.inference.output`), so a kill loses at most one batch and
+rerunning the command continues where it stopped. Several processes (`--set trainer.devices=N`,
+`num_nodes`, or a launch by torchrun / SLURM): Lightning's `Trainer.predict` runs the same loop
+per rank with a prediction writer (`vfa.inference.sharded`), and rank 0 merges the shards.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vfa import config as config_mod
+from vfa.data.samples import DataError, Samples, write_skipped
+from vfa.inference import output
+from vfa.inference.predict import _check, _job, model_threshold, output_rows
+from vfa.io.identifiers import public_path
+
+
+@dataclass
+class Summary:
+    out: Path
+    before: int = 0            # rows already in the output when this run started
+    now: int = 0               # rows this run added
+    skipped: list = field(default_factory=list)   # [(path, reason)] unusable files
+    changed: int = 0           # files predicted again because they changed since
+    backend: str = ""
+    seconds: float = 0.0
+    skipped_csv: Path | None = None
+
+    def line(self) -> str:
+        done = f"{self.before + self.now} predictions in {self.out} ({self.before} done before, {self.now} now"
+        if self.changed:
+            done += f", {self.changed} of them again because the file changed"
+        done += f"; backend {self.backend}, {self.seconds:.1f} s)"
+        if self.skipped:
+            done += f"; skipped {len(self.skipped)} unusable file(s), listed in {self.skipped_csv}"
+        return done
+
+
+def job_record(ens, tta: int, tta_preset: str, seed: int, score: str, threshold, id_regex, id_column,
+               keep_identifiers: bool) -> dict:
+    """What must be equal for rows of two runs to belong in one table (the backend may differ)."""
+    import os
+
+    members = [f"{n}:{os.path.getsize(p)}:{os.stat(p).st_mtime_ns}" for n, p in zip(ens.names, ens.paths)] \
+        if ens.paths else ens.names
+    return {"members": members, "combine": ens.combine, "tta": tta, "tta_preset": tta_preset if tta else None,
+            "seed": seed if tta else None, "score": score, "threshold": str(threshold), "id_regex": id_regex,
+            "id_column": id_column, "keep_identifiers": keep_identifiers}
+
+
+def _todo(paths: list[str], done: dict, keep_identifiers: bool):
+    """(positions to predict, hashed paths whose rows are stale, how many are done)."""
+    from vfa.data.stream import fingerprint
+    from vfa.inference.engine import public_files
+
+    if not done:
+        return list(range(len(paths))), set(), 0
+    todo, stale, before = [], set(), 0
+    for i, key in enumerate(public_files(paths, keep_identifiers)):
+        if key in done:
+            try:
+                same = fingerprint(paths[i]) == done[key]
+            except OSError:
+                same = False
+            if same:
+                before += 1
+                continue
+            stale.add(key)
+        todo.append(i)
+    return todo, stale, before
+
+
+def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume: bool = False, tta: int = 0,
+                    tta_preset: str = "tta", seed: int = 0, id_regex: str | None = None, score: str = "raw",
+                    batch_size: int = 16, workers: int | None = None, on_bad_file: str = "skip",
+                    progress: bool = False, log=None, id_column: str | None = None, keep_identifiers: bool = False,
+                    backend: str = "auto", device: str = "auto", threshold: float | str = "model") -> Summary:
+    """`vfa predict`: stream the predictions of `model` (checkpoint(s) or an ensemble file) to `out`
+    (.csv or .parquet), resuming a partial or (with `resume`) finished output. See the module doc."""
+    from vfa.data.stream import default_workers
+    from vfa.inference.engine import Scorer, iter_rows
+    from vfa.runs import check_out, lock
+
+    log = log or (lambda m: None)
+    t0 = time.perf_counter()
+    model_list = [m for m in ([model] if isinstance(model, str | Path) else list(model)) if isinstance(m, str | Path)]
+    out = check_out(out, [*model_list, *([inputs] if isinstance(inputs, str | Path) else inputs)], "file")
+    output.check_format(out)
+    skipped_csv = out.with_name(out.stem + "_skipped.csv")
+    if skipped_csv.exists() and not (force or resume or output.partial_path(out).exists()):
+        raise FileExistsError(f"{skipped_csv} exists; pass --force to overwrite it")
+    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
+    thr = model_threshold(ens, threshold)
+    job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
+    summary = Summary(out)
+    with lock(out):
+        part, done = output.start(out, job, force, resume)
+        todo, stale, summary.before = _todo(paths, done, keep_identifiers)
+        if summary.before:
+            log(f"resuming {out}: {summary.before} of {len(paths)} files already predicted")
+        if stale:
+            output.drop_rows(part, stale)
+            summary.changed = len(stale)
+        workers = default_workers(len(todo), batch_size) if workers is None else workers
+        good, positions, summary.skipped = _check(ens, [paths[i] for i in todo], todo, on_bad_file, workers,
+                                                  progress, log)
+        if not good and not summary.before:
+            raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
+                            + (f", all {len(summary.skipped)} unusable" if summary.skipped else ""))
+        scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed)
+        summary.backend = scorer.backend
+        writer = output.RowWriter(part)
+        try:
+            for rows, late in iter_rows(scorer, good, positions, batch_size, workers, progress):
+                writer.write(output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers))
+                summary.now += len(rows)
+                summary.skipped += [(p, r) for _, p, r in late]
+        finally:
+            writer.close()
+        output.finish(part, out)
+        for path, reason in summary.skipped:
+            log(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
+        skipped_csv.unlink(missing_ok=True)
+        write_skipped(Samples([], [], "", skipped=summary.skipped), skipped_csv, keep_identifiers)
+        summary.skipped_csv = skipped_csv if summary.skipped else None
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def predict_to_csv(model, inputs, out, force: bool = False, **kwargs):
+    """The earlier name: returns (the written table as a DataFrame, the skipped CSV or None)."""
+    import pandas as pd
+
+    kwargs["workers"] = kwargs.pop("num_workers", kwargs.get("workers"))
+    s = predict_to_file(model, inputs, out, force=force, **kwargs)
+    frame = pd.read_parquet(s.out) if s.out.suffix == ".parquet" else pd.read_csv(s.out)
+    frame.attrs["skipped"] = s.skipped
+    return frame, s.skipped_csv
+
+
+def wants_shards(devices, num_nodes) -> bool:
+    """More than one process: --set trainer.devices/num_nodes, or a launcher's WORLD_SIZE."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return True
+    try:
+        n = int(devices) if str(devices) not in ("auto", "-1") else 1
+    except (TypeError, ValueError):
+        n = len(devices) if isinstance(devices, list | tuple) else 1
+    if int(num_nodes or 1) < 1:
+        raise config_mod.ConfigError(f"trainer.num_nodes must be >= 1, got {num_nodes}")
+    return n > 1 or int(num_nodes or 1) > 1

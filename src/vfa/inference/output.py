@@ -1,0 +1,196 @@
+"""`vfa predict`'s output, written as it goes, so a killed job loses at most one batch and resumes.
+
+Rows are appended to OUT.partial (CSV) and flushed to disk after every batch; when the job ends
+OUT.partial becomes OUT (renamed for .csv, converted for .parquet). Rerunning the command finds
+OUT.partial and continues: a file is done when a row has its (hashed) path with the same size
+and mtime; a file that changed since is predicted again and its old row dropped. `--resume` on
+a finished OUT does the same (e.g. an archive folder that has grown). The job's settings are
+kept in .OUT.vfa-job.json; a resume with other settings (models, TTA, seed, score, threshold) is
+refused rather than mixed into one table.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from vfa.config import ConfigError
+
+FINGERPRINT = ("file_size", "file_mtime_ns")
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def job_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.vfa-job.json")
+
+
+def check_format(out: Path) -> None:
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"--out must end in .csv or .parquet, got {out.name}")
+    if out.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("a .parquet output needs pyarrow (pip install 'vfa[parquet]'); or write .csv") from None
+
+
+def check_job(out: Path, job: dict, resume: bool) -> None:
+    """Refuse to continue a partial or finished output made with other settings."""
+    path = job_path(out)
+    if not path.is_file():
+        if resume and out.exists():
+            raise ConfigError(f"{out}: no record of the job that wrote it ({path.name} is missing); "
+                              f"use --force to replace it")
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = {}
+    changed = sorted(k for k in set(before) | set(job) if before.get(k) != job.get(k))
+    if changed:
+        raise ConfigError(f"{out} was written with other settings ({', '.join(changed)} differ); "
+                          f"use --force to start again, or write to another --out")
+
+
+def start(out: Path, job: dict, force: bool, resume: bool) -> tuple[Path, dict]:
+    """Prepare OUT.partial; returns it and {hashed path: (size, mtime_ns)} of the rows already there."""
+    from vfa.runs import atomic_write
+
+    part = partial_path(out)
+    if force:
+        for p in (out, part, job_path(out)):
+            p.unlink(missing_ok=True)
+    elif out.exists() and not resume:
+        raise FileExistsError(f"{out} exists; add --resume to predict only the files not in it yet, "
+                              f"or --force to replace it")
+    check_job(out, job, resume)
+    if out.exists() and not part.exists():  # --resume of a finished output: continue from a copy
+        frame = pd.read_parquet(out) if out.suffix.lower() == ".parquet" else pd.read_csv(out, dtype=str)
+        frame.to_csv(part, index=False)
+    atomic_write(job_path(out), json.dumps(job, indent=1, sort_keys=True))
+    return part, done_rows(part)
+
+
+def done_rows(part: Path) -> dict:
+    if not part.is_file() or part.stat().st_size == 0:
+        return {}
+    _drop_torn_tail(part)
+    try:
+        frame = pd.read_csv(part, usecols=["file", *FINGERPRINT], dtype={"file": str})
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ConfigError(f"{part}: cannot resume from it ({exc}); use --force to start again") from None
+    return {f: (int(s), int(m)) for f, s, m in zip(frame["file"], frame[FINGERPRINT[0]], frame[FINGERPRINT[1]])}
+
+
+def _drop_torn_tail(part: Path) -> None:
+    """A kill during a write can leave half a row at the end: cut back to the last full line."""
+    with open(part, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return
+        chunk = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            data = f.read(pos - start)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def drop_rows(part: Path, files: set[str]) -> None:
+    """Remove the rows of `files` (changed since they were predicted), streaming, atomically."""
+    tmp = part.with_name(part.name + ".tmp")
+    with open(part, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        reader, writer = csv.reader(src), csv.writer(dst)
+        header = next(reader)
+        writer.writerow(header)
+        col = header.index("file")
+        writer.writerows(r for r in reader if r[col] not in files)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, part)
+
+
+class RowWriter:
+    """Appends DataFrames to a CSV, header once, each batch flushed and fsynced before the next."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] | None = None
+        if path.is_file() and path.stat().st_size:
+            with open(path, newline="", encoding="utf-8") as f:
+                self.columns = next(csv.reader(f))
+        self.f = open(path, "a", newline="", encoding="utf-8")
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        if self.columns is None:
+            self.columns = list(frame.columns)
+            frame.to_csv(self.f, index=False)
+        else:
+            missing = [c for c in self.columns if c not in frame.columns]
+            if missing or len(frame.columns) != len(self.columns):
+                raise ConfigError(f"{self.path}: the rows of this run have other columns than those already "
+                                  f"written ({', '.join(missing) or 'extra columns'}); use --force")
+            frame[self.columns].to_csv(self.f, index=False, header=False)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def finish(part: Path, out: Path) -> None:
+    """OUT.partial -> OUT, atomically (a .parquet is converted through a temporary file)."""
+    if not part.exists():
+        part.write_text("", encoding="utf-8")
+    if out.suffix.lower() == ".parquet":
+        frame = pd.read_csv(part, dtype={"file": str, "image_id": str}) if part.stat().st_size else pd.DataFrame()
+        tmp = out.with_name(f".{out.name}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+        part.unlink()
+    else:
+        os.replace(part, out)
+
+
+def merge_shards(part: Path, shards: list[Path]) -> int:
+    """Fold per-rank shards (rows with their input `position`) into OUT.partial in input order,
+    without the duplicates a distributed sampler pads with or rows already there; returns how
+    many rows were added. The shards are removed once their rows are safely in OUT.partial."""
+    frames = []
+    for shard in shards:
+        if shard.stat().st_size == 0:
+            continue
+        _drop_torn_tail(shard)
+        frames.append(pd.read_csv(shard, dtype={"file": str, "image_id": str}))
+    added = 0
+    if frames:
+        rows = pd.concat(frames, ignore_index=True).drop_duplicates("position").sort_values("position")
+        done = set(done_rows(part))
+        rows = rows[~rows["file"].isin(done)].drop(columns="position")
+        writer = RowWriter(part)
+        try:
+            writer.write(rows)
+        finally:
+            writer.close()
+        added = len(rows)
+    for shard in shards:
+        shard.unlink()
+    return added

@@ -1,0 +1,161 @@
+"""`vfa predict` over several processes, GPUs or nodes, on Lightning's `Trainer.predict`.
+
+Lightning launches the processes (devices=N) or finds them (torchrun, SLURM) and gives each rank
+its share of the files through its distributed sampler. Each rank appends its rows, with their
+position in the input list, to OUT.partial.rankR after every batch (a prediction writer); at the
+end rank 0 merges the shards into OUT.partial in input order, dropping the duplicates the sampler
+pads with, and finishes OUT as a single-process run does. A killed sharded job resumes like a
+single one: rank 0 first folds any shards left behind into OUT.partial.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from vfa.data.samples import DataError, Samples, write_skipped
+from vfa.data.stream import FileViews, check_files, default_workers, view_loader
+from vfa.inference import output
+from vfa.inference.archive import Summary, _todo, job_record
+from vfa.inference.engine import Scorer
+from vfa.inference.predict import _job, model_threshold, output_rows
+from vfa.runs import is_secondary_rank
+
+
+def shard_path(part: Path, rank: int) -> Path:
+    return part.with_name(f"{part.name}.rank{rank}")
+
+
+class _Predict(L.LightningModule):
+    def __init__(self, ens, paths, part, settings: dict):
+        super().__init__()
+        self.members = torch.nn.ModuleList(ens.members)  # Lightning moves them to the rank's device
+        self.ens, self.paths, self.part, self.s = ens, paths, part, settings
+        self.scorer, self.skipped, self.before = None, [], 0
+
+    def predict_dataloader(self):
+        """Called once the processes are up: agree on what is left to do, check it, share the work."""
+        import torch.distributed as dist
+
+        s, strategy = self.s, self.trainer.strategy
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if rank == 0:
+            output.merge_shards(self.part, sorted(self.part.parent.glob(self.part.name + ".rank*")))
+        strategy.barrier()
+        todo, stale, self.before = _todo(self.paths, output.done_rows(self.part) if rank == 0 else
+                                         _read_done(self.part), s["keep_identifiers"])
+        if rank == 0 and stale:
+            output.drop_rows(self.part, stale)
+        mine = todo[rank::world]
+        bad = [(mine[i], r) for i, r in check_files([self.paths[i] for i in mine], self.ens.config.data.frame,
+                                                    self.ens.config.data.min_side, s["workers"], rank == 0)]
+        gathered = [None] * world
+        dist.all_gather_object(gathered, bad) if world > 1 and dist.is_initialized() else gathered.__setitem__(0, bad)
+        bad = sorted(b for part in gathered for b in part)
+        self.skipped = [(self.paths[i], r) for i, r in bad]
+        if self.skipped and s["on_bad_file"] == "error":
+            raise DataError(f"{len(self.skipped)} unusable file(s) among the inputs, e.g. "
+                            f"{self.skipped[0][0]}: {self.skipped[0][1]} (use --on-bad-file skip)")
+        bad_pos = {i for i, _ in bad}
+        good = [i for i in todo if i not in bad_pos]
+        self.scorer = Scorer(self.ens, s["backend"], max(1, len(good) // world), [self.paths[i] for i in good[:64]],
+                             s["tta"], s["tta_preset"], s["seed"])
+        strategy.barrier()
+        return view_loader(FileViews([self.paths[i] for i in good], self.scorer.transforms, good),
+                           s["batch_size"], s["workers"])
+
+    def predict_step(self, batch, batch_idx):
+        views, pos, sizes, mtimes, bad = batch
+        if not pos:
+            return None
+        import pandas as pd
+
+        rows = pd.DataFrame({"position": pos, "path": [self.paths[p] for p in pos], "size": sizes,
+                             "mtime_ns": mtimes})
+        for col, values in self.scorer(views, pos).items():
+            rows[col] = values
+        s = self.s
+        table = output_rows(rows, self.scorer.kinds(), s["thr"], s["score"], s["id_map"], s["id_regex"],
+                            s["keep_identifiers"])
+        table.insert(0, "position", pos)
+        return table
+
+
+class _ShardWriter(BasePredictionWriter):
+    def __init__(self, part: Path):
+        super().__init__(write_interval="batch")
+        self.part, self.writer = part, None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        if prediction is None:
+            return
+        if self.writer is None:
+            self.writer = output.RowWriter(shard_path(self.part, trainer.global_rank))
+        self.writer.write(prediction)
+
+    def on_predict_end(self, trainer, pl_module):
+        if self.writer is not None:
+            self.writer.close()
+        trainer.strategy.barrier()  # every shard complete before rank 0 merges
+
+
+def _read_done(part: Path) -> dict:
+    """done_rows without repairing the file (only rank 0 writes OUT.partial)."""
+    import pandas as pd
+
+    if not part.is_file() or part.stat().st_size == 0:
+        return {}
+    frame = pd.read_csv(part, usecols=["file", *output.FINGERPRINT], dtype={"file": str})
+    return {f: (int(a), int(b)) for f, a, b in zip(frame["file"], frame[output.FINGERPRINT[0]],
+                                                   frame[output.FINGERPRINT[1]])}
+
+
+def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resume: bool = False, tta: int = 0,
+                    tta_preset: str = "tta", seed: int = 0, id_regex=None, score: str = "raw", batch_size: int = 16,
+                    workers: int | None = None, on_bad_file: str = "skip", progress: bool = False, log=None,
+                    id_column=None, keep_identifiers: bool = False, backend: str = "auto", device: str = "auto",
+                    threshold="model") -> Summary | None:
+    """`predict_to_file` over the processes Lightning runs (`trainer`: devices, num_nodes, strategy,
+    accelerator). Returns the Summary on rank 0 and None on the other ranks."""
+    from vfa.runs import check_out, lock
+
+    t0 = time.perf_counter()
+    secondary = is_secondary_rank()
+    out = check_out(out, [m for m in ([model] if isinstance(model, str | Path) else model)
+                          if isinstance(m, str | Path)], "file")
+    output.check_format(out)
+    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, "cpu", id_column, on_bad_file)
+    thr = model_threshold(ens, threshold)
+    part = output.partial_path(out)
+    settings = dict(thr=thr, score=score, id_map=id_map, id_regex=id_regex, keep_identifiers=keep_identifiers,
+                    tta=tta, tta_preset=tta_preset, seed=seed, backend=backend, batch_size=batch_size,
+                    on_bad_file=on_bad_file,
+                    workers=default_workers(len(paths), batch_size) if workers is None else workers)
+    accel = trainer.get("accelerator", "cpu" if device == "cpu" else "auto")
+    pl_trainer = L.Trainer(accelerator=accel, devices=trainer.get("devices", 1),
+                           num_nodes=trainer.get("num_nodes", 1), strategy=trainer.get("strategy", "ddp"),
+                           logger=False, enable_progress_bar=progress and not secondary,
+                           enable_checkpointing=False, callbacks=[_ShardWriter(part)], precision="32-true",
+                           enable_model_summary=False)
+    module = _Predict(ens, paths, part, settings)
+    if secondary:
+        pl_trainer.predict(module, return_predictions=False)
+        return None
+    job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
+    with lock(out):
+        output.start(out, job, force, resume)
+        pl_trainer.predict(module, return_predictions=False)
+        if pl_trainer.global_rank != 0:  # a launcher made this process a secondary rank
+            return None
+        summary = Summary(out, before=module.before, skipped=module.skipped, backend=module.scorer.backend)
+        summary.now = output.merge_shards(part, sorted(part.parent.glob(part.name + ".rank*")))
+        output.finish(part, out)
+        skipped_csv = out.with_name(out.stem + "_skipped.csv")
+        skipped_csv.unlink(missing_ok=True)
+        write_skipped(Samples([], [], "", skipped=summary.skipped), skipped_csv, keep_identifiers)
+        summary.skipped_csv = skipped_csv if summary.skipped else None
+    summary.seconds = time.perf_counter() - t0
+    return summary

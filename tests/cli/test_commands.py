@@ -78,6 +78,10 @@ def run_export(env, tmp):
     return ["export", "--model", str(env["ckpt"]), "--out", str(tmp / "m.onnx")]
 
 
+def run_ensemble(env, tmp):
+    return ["ensemble", "--model", str(env["ckpt"]), "--model", str(env["ckpt"]), "--out", str(tmp / "e.yaml")]
+
+
 def run_compare(env, tmp):
     a = tmp / "a"
     assert main(["evaluate", "--model", str(env["ckpt"]), "--data", str(env["data"]), "--out", str(a),

@@ -34,7 +34,8 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
 
 # in the order `vfa --help` lists them
 _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_keras, eval_cmds.add_evaluate,
-             eval_cmds.add_calibrate, eval_cmds.add_compare, eval_cmds.add_predict, model_cmds.add_export,
+             eval_cmds.add_calibrate, eval_cmds.add_compare, eval_cmds.add_predict, model_cmds.add_ensemble,
+             model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
              model_cmds.add_lr_find, data_cmds.add_augment_preview)
 

@@ -18,13 +18,14 @@ def cmd_evaluate(args) -> None:
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
-             backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers)
+             backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers,
+             num_workers=args.workers)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
 def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled folder")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint (or an ensemble) on a labelled folder")
+    _model_arg(p)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=_threshold, default=None,
@@ -49,14 +50,17 @@ def cmd_calibrate(args) -> None:
     from vfa.evaluation.calibrate import calibrate
 
     calibrate(args.model, args.data, args.out, threshold=args.threshold, temperature=not args.no_temperature,
-              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force, device=args.device)
+              on_bad_file=args.on_bad_file, batch_size=args.batch_size, force=args.force, device=args.device,
+              num_workers=args.workers)
 
 
 def add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new checkpoint")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new checkpoint "
+                                         "(an ensemble: the threshold, in a new ensemble file)")
+    _model_arg(p)
     p.add_argument("--data", required=True, help="labelled validation folder with norm/ and frac/")
-    p.add_argument("--out", required=True, help="checkpoint file to write (the input is never changed)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (an ensemble: a .yaml ensemble file); "
+                                                "the input is never changed")
     p.add_argument("--threshold", type=_threshold, default="0.5",
                    help="threshold to store: a number (default 0.5), youden, sensitivity=X, specificity=X, model")
     p.add_argument("--no-temperature", action="store_true", help="store T = 1 (threshold only)")
@@ -156,11 +160,11 @@ def add_predict(sub) -> None:
 
 
 def cmd_heatmap(args) -> None:
-    from vfa.models.loading import load_model
     from vfa.explain.heatmaps import heatmap_inputs, write_heatmaps
+    from vfa.inference.ensemble import load_ensemble
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    model = load_model(args.model, args.device)
+    model = load_ensemble(args.model, args.device)
     paths = heatmap_inputs(model, args.data, args.predictions, args.select, args.sample, args.seed,
                            args.on_bad_file, log)
     data = Path(args.data)
@@ -168,7 +172,7 @@ def cmd_heatmap(args) -> None:
                          layer=args.target_layer, alpha=args.alpha, with_panel=args.panel,
                          start_index=args.start_index, manifest=args.boxes, batch_size=args.batch_size,
                          output_stride=args.output_stride, log=log, force=args.force,
-                         inputs=[args.data, args.model, args.predictions, args.boxes],
+                         inputs=[args.data, *args.model, args.predictions, args.boxes],
                          keep_identifiers=args.keep_identifiers)
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
@@ -181,8 +185,9 @@ def cmd_heatmap(args) -> None:
 
 
 def add_heatmap(sub) -> None:
-    p = sub.add_parser("heatmap", help="Grad-CAM overlays for a folder or a predictions CSV (resumable)")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("heatmap", help="Grad-CAM overlays for a folder or a predictions CSV (resumable; "
+                                       "an ensemble's maps are the mean of its members')")
+    _model_arg(p)
     p.add_argument("--data", required=True, help="image folder (searched recursively), file or glob; with "
                                                   "--predictions, the folder its relative `file` paths are under")
     p.add_argument("--out", required=True, help="output folder (mirrors DATA's sub-folders); existing heatmaps "

@@ -60,8 +60,13 @@ def add_import_keras(sub) -> None:
 
 
 def cmd_export(args) -> None:
+    from vfa.inference.ensemble import is_ensemble_file
     from vfa.inference.export import export_onnx
 
+    if len(args.model) > 1 or is_ensemble_file(args.model[0]):
+        raise config_mod.ConfigError("vfa export writes one network: export each member of an ensemble on its own "
+                                     "(vfa export --model MEMBER.ckpt --out MEMBER.onnx); the ensemble file lists them")
+    args.model = args.model[0]
     calibration = None
     if args.format == "onnx-int8":
         if not args.calibration:
@@ -78,7 +83,7 @@ def cmd_export(args) -> None:
 
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, verified against torch (max |delta p| <= 1e-4)")
-    p.add_argument("--model", required=True, help="vfa checkpoint")
+    p.add_argument("--model", required=True, action="append", help="vfa checkpoint (one; ensembles: each member)")
     p.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
                    help="onnx-int8: static int8 quantization (onnxruntime), kept only within 0.02 of fp32")
     p.add_argument("--calibration", metavar="DATA", help="onnx-int8: folder, file list or manifest of images "
@@ -89,6 +94,27 @@ def add_export(sub) -> None:
     _bad_file_arg(p, "error")
     _force_arg(p, "replace --out")
     p.set_defaults(func=cmd_export)
+
+
+def cmd_ensemble(args) -> None:
+    from vfa.inference.ensemble import write_ensemble
+
+    out = write_ensemble(args.model, args.out, combine=args.combine, force=args.force)
+    print(f"wrote {out}: {len(args.model)} members, combined by {args.combine}; choose its threshold with "
+          f"vfa calibrate --model {out} --data VAL --out CALIBRATED.yaml --threshold youden")
+
+
+def add_ensemble(sub) -> None:
+    from vfa.inference.ensemble import COMBINE
+
+    p = sub.add_parser("ensemble", help="an ensemble file of several checkpoints (by path and sha256), usable "
+                                        "wherever --model is")
+    p.add_argument("--model", required=True, action="append", metavar="CKPT", help="a member; repeat for each")
+    p.add_argument("--combine", choices=tuple(COMBINE), default="mean",
+                   help="how members' P(fracture) combine (default mean; with TTA, over members x passes)")
+    p.add_argument("--out", required=True, help="ensemble file to write (.yaml)")
+    _force_arg(p, "replace --out")
+    p.set_defaults(func=cmd_ensemble)
 
 
 def cmd_summary(args) -> None:

@@ -12,6 +12,7 @@ from vfa.models.loading import load_model
 from vfa.config import ConfigError
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import load_samples, validate
+from vfa.data.stream import default_workers
 from vfa.inference.predict import predict_loader
 from vfa.models.network import p_fracture
 from vfa.runs import refuse_existing
@@ -19,11 +20,21 @@ from vfa.stats import accuracy as stats
 
 
 def calibrate(model_path: str | Path, data: str | Path, out: str | Path, threshold: float | str = 0.5,
-              temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
+              temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
               force: bool = False, progress: bool = True, log=print, device: str = "auto") -> dict:
     """Fit a temperature (validation NLL) and choose a threshold on the calibrated validation
     probabilities; write a copy of the checkpoint with `vfa_temperature`, `vfa_threshold`,
-    `vfa_threshold_source` and `vfa_calibration` (plain floats/strings), read by `load_model`."""
+    `vfa_threshold_source` and `vfa_calibration` (plain floats/strings), read by `load_model`.
+    An ensemble (several checkpoints or an ensemble file) gets only a threshold, chosen on its
+    combined validation scores and written into a new ensemble file; its members keep their own
+    temperatures (calibrate each member first if they need one)."""
+    from vfa.inference.ensemble import is_ensemble_file, model_paths
+
+    paths = model_paths(model_path)
+    if len(paths) > 1 or is_ensemble_file(paths[0]):
+        return calibrate_ensemble(paths, data, out, threshold, on_bad_file, batch_size, num_workers, force,
+                                  progress, log, device)
+    model_path = paths[0]
     out = refuse_existing(out, force, inputs=[model_path, data])
     try:
         kind, _ = stats.parse_threshold(threshold)
@@ -33,7 +44,8 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
                        frame=model.config.data.frame,
                        min_side=model.config.data.min_side)
-    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size,
+                        num_workers=default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers)
     y = np.asarray(samples.labels, dtype=int)
     logits = predict_loader(model, loader, progress, logits=True).astype(float)
     try:
@@ -58,3 +70,36 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     log(f"temperature {t:.4g} (NLL {summary['nll_before']:.4f} -> {summary['nll_after']:.4f}, ECE "
         f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}); threshold {thr:.4g} ({source}); wrote {out}")
     return summary
+
+
+def calibrate_ensemble(paths, data, out, threshold, on_bad_file: str = "error", batch_size: int = 16,
+                       num_workers: int | None = None, force: bool = False, progress: bool = True, log=print,
+                       device: str = "auto") -> dict:
+    """`vfa calibrate` of an ensemble: a threshold on its combined validation P(fracture) -> OUT.yaml."""
+    from vfa.inference.engine import Scorer, score_paths
+    from vfa.inference.ensemble import is_ensemble_file, load_ensemble, write_ensemble
+
+    if not is_ensemble_file(out):
+        raise ConfigError(f"--out {out}: an ensemble's calibration is an ensemble file; give a .yaml name")
+    refuse_existing(out, force, inputs=[*paths, data])
+    try:
+        kind, _ = stats.parse_threshold(threshold)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ens = load_ensemble(paths, device)
+    samples = validate(load_samples(data, ens.config.data.classes, split="val"), on_bad_file,
+                       frame=ens.config.data.frame, min_side=ens.config.data.min_side)
+    workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
+    rows, _ = score_paths(Scorer(ens, "torch"), samples.paths, batch_size, workers, progress)
+    y, p = np.asarray(samples.labels, dtype=int), rows["raw"].to_numpy(float)
+    if kind == "model":
+        thr, source = ens.threshold, ens.threshold_source
+    else:
+        try:
+            thr = stats.choose_threshold(y, p, threshold)
+        except ValueError as exc:
+            raise ConfigError(f"{data}: {exc}") from None
+        source = f"{threshold} on {data} (n={len(y)}, vfa calibrate, {ens.combine} of {len(ens)} members)"
+    write_ensemble(ens.paths, out, ens.combine, float(thr), source, force)
+    log(f"ensemble threshold {thr:.4g} ({source}); wrote {out}")
+    return {"n": len(y), "threshold": float(thr), "threshold_source": source}

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
 
 from vfa.config import ConfigError, get_augment_config
-from vfa.data.dataset import create_dataset
+from vfa.data.stream import default_workers
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.evaluation import report as report_mod
 from vfa.explain import cam
 from vfa.explain.localization import find_manifest, read_manifest, summarize
 from vfa.explain.render import gallery_png, select_gallery
-from vfa.inference.backends import resolve_backend, with_backend
+from vfa.inference.engine import Scorer, score_paths
+from vfa.inference.ensemble import load_ensemble
 from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
-from vfa.inference.tta import tta_predict
 from vfa.io.identifiers import public_path
-from vfa.models.loading import load_model
-from vfa.models.network import model_device
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
 from vfa.stats.metrics import SCALAR_KEYS, format_line, fractions, med_metrics, scalars
@@ -75,7 +72,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              threshold: float | str = 0.5, threshold_from: str | Path | None = None, tta: int = 0,
              tta_preset: str = "tta", seed: int = 0, score: str = "raw", id_regex: str | None = None,
              id_column: str | None = None, split: str | None = None,
-             report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int = 2,
+             report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
              gallery: int = 4, cam_method: str | None = None, backend: str = "auto",
              device: str = "auto", keep_identifiers: bool = False) -> dict:
@@ -90,7 +87,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps. DICOM UIDs in file names
     are replaced by a hash in every output unless `keep_identifiers`.
     """
-    check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers)
+    check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers or 0)
+    models = [model_path] if isinstance(model_path, str | Path) else list(model_path)
     public = (lambda text: text) if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
@@ -99,7 +97,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         get_augment_config(tta_preset)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    model = load_model(model_path, device)
+    model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     cfg = model.config
     # a class folder or a manifest (split: the rows of that split; id_column: image IDs from it)
     samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
@@ -111,12 +109,13 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     report = standalone if report is None else report
     with lock(out) if standalone else contextlib.nullcontext():  # one writer per output folder
         if standalone:
-            prepare_run_dir(out, force, [model_path, data, manifest, threshold_from], "evaluate")
+            prepare_run_dir(out, force, [*models, data, manifest, threshold_from], "evaluate")
         write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")),
                       keep_identifiers)
-        backend = resolve_backend(backend, len(samples.paths) * (1 + tta), model_device(model))  # Grad-CAM below stays eager fp32
-        frame = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress, backend,
-                                  id_regex, id_column, keep_identifiers)
+        if num_workers is None:
+            num_workers = default_workers(len(samples.paths), batch_size)
+        frame, backend = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress,
+                                           backend, id_regex, id_column, keep_identifiers)  # Grad-CAM stays fp32
         if frame["image_id"].duplicated().any():
             log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
         scores = [s for s in SCORES if s in frame]
@@ -124,7 +123,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
         result = metrics_dict(frame, score, thresholds, source)
         result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
-                       "backend": backend, "model": public(str(model_path)), "data": public(str(data)),
+                       "backend": backend, "data": public(str(data)),
+                       "model": public(str(models[0])) if len(models) == 1 else [public(str(m)) for m in models],
                        "skipped": len(samples.skipped), "id_regex": id_regex})
         result = _ordered(result)
         boxes_file = manifest or find_manifest(data)
@@ -148,19 +148,21 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
 
 def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batch_size: int, num_workers: int,
                       progress: bool, backend: str, id_regex: str | None, id_column: str | None,
-                      keep_identifiers: bool = False) -> pd.DataFrame:
-    """image_id, file, label, raw (and tta_mean, tta_max) for labelled `samples`; DICOM UIDs in file
-    names are hashed (`public_path`) unless `keep_identifiers`."""
-    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=num_workers)
-    res = tta_predict(with_backend(model, backend, calibration=samples.paths), loader, tta, tta_preset, seed,
-                      progress=progress)
+                      keep_identifiers: bool = False) -> tuple[pd.DataFrame, str]:
+    """(image_id, file, label, raw (and tta_mean, tta_max; each member's with an ensemble) for
+    labelled `samples`, the backend used); DICOM UIDs in file names are hashed unless `keep_identifiers`."""
+    scorer = Scorer(model, backend, len(samples.paths), samples.paths, tta, tta_preset, seed)
+    rows, late = score_paths(scorer, samples.paths, batch_size, num_workers, progress)
+    if late:
+        raise DataError(f"{len(late)} file(s) changed while being evaluated, e.g. {late[0][1]}: {late[0][2]}")
     rel = samples.rel_paths()
     frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(rel, None, id_regex, keep_identifiers),
                           "file": rel if keep_identifiers else [public_path(r) for r in rel],
-                          "label": np.asarray(samples.labels, dtype=int), "raw": res.raw.astype(np.float64)})
-    if tta:  # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
-        frame["tta_mean"], frame["tta_max"] = res.mean.astype(np.float64), res.max.astype(np.float64)
-    return frame
+                          "label": np.asarray(samples.labels, dtype=int)})
+    # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
+    for col in [c for c in rows.columns if c.startswith(SCORES)]:
+        frame[col] = rows[col].to_numpy(np.float64)
+    return frame, scorer.backend
 
 
 def metrics_dict(frame: pd.DataFrame, score: str, thresholds: dict, source: str) -> dict:
@@ -192,7 +194,7 @@ def localization(model, fractured: list[str], boxes: dict, boxes_file, method: s
     """The CAM method's pointing game and box mass over the fractured images that have boxes."""
     rows = cam.localization_rows(model, fractured, boxes, method, layer, batch_size=batch_size)
     loc = {**summarize(rows), "manifest": str(boxes_file), "method": method, "layer": layer,
-           "output_stride": cam.cam_network(model, None, layer)[1]}
+           "output_stride": cam.cam_network(cam.members_of(model)[0], None, layer)[1]}
     log(f"{cam.METHOD_NAMES[method]} pointing game {loc['pointing_game']:.3f} (95% CI {loc['pointing_game_ci'][0]:.3f}-"
         f"{loc['pointing_game_ci'][1]:.3f}, n={loc['n_fractured']}; within 15 px "
         f"{loc['pointing_game_tol15px']:.3f}), heatmap mass in boxes "

@@ -43,7 +43,13 @@ METHOD_NAMES = {m: REGISTRY.title(m) for m in METHODS}
 def cam_settings(model, method: str | None = None, layer: str | None = None) -> tuple[str, str]:
     """(method, layer): None picks the model's own `model.cam_method` / `model.cam_layer` (the
     notebook's Grad-CAM on the last feature map unless its preset says otherwise); layer "auto" is
-    the last feature map whatever the model's default."""
+    the last feature map whatever the model's default. An ensemble whose members default to
+    different layers uses each one's last feature map ("auto")."""
+    members = members_of(model)
+    if len(members) > 1:
+        chosen = {cam_settings(m, method, layer) for m in members}
+        return chosen.pop() if len(chosen) == 1 else (next(iter(chosen))[0], "auto")
+    model = members[0]
     mc = getattr(getattr(model, "config", None), "model", None)
     method = REGISTRY.check(method or getattr(mc, "cam_method", "gradcam"), "CAM method")
     if layer is None:
@@ -101,8 +107,28 @@ def _layercam(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:  # Jiang et al.
 
 # --- streaming maps over files -----------------------------------------------------------------
 
+def members_of(model) -> list:
+    """The networks behind `model`: an ensemble's members (vfa.inference.ensemble), or the model itself."""
+    return list(getattr(model, "members", None) or [model])
+
+
 def iter_cams(model, paths: list[str], method: str | None = None, layer: str | None = None, batch_size: int = 4,
               output_stride: int | None = None):
+    """As `_iter_cams`; for an ensemble, the mean of its members' maps (each member with its own
+    default layer unless `layer` is given) and the ensemble's combined P(fracture)."""
+    members = members_of(model)
+    if len(members) == 1:
+        yield from _iter_cams(members[0], paths, method, layer, batch_size, output_stride)
+        return
+    streams = [_iter_cams(m, paths, method, layer, batch_size, output_stride) for m in members]
+    for items in zip(*streams):
+        path, _, gray, _ = items[0]
+        p = float(model.combined(np.array([[it[1] for it in items]]))[0])
+        yield path, p, gray, np.mean([it[3] for it in items], axis=0)
+
+
+def _iter_cams(model, paths: list[str], method: str | None = None, layer: str | None = None, batch_size: int = 4,
+               output_stride: int | None = None):
     """Stream (path, P(fracture), original gray image, heatmap at its resolution), O(batch) memory.
     `output_stride`: None -> the model's `cam_output_stride`; 0 -> the backbone's own. Finer maps
     come from `dense_model`; P(fracture) always from the model as trained."""

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfa.models.loading import load_model
+from vfa.inference.ensemble import load_ensemble
 from vfa.config import ConfigError
 from vfa.data.samples import Samples, expand_inputs, validate
 from vfa.inference.predict import read_predictions
 from vfa.io import IMAGE_EXTENSIONS
 from vfa.io.identifiers import public_path
 from vfa.stats.metrics import outcomes
-from vfa.explain.cam import cam_settings, iter_cams
+from vfa.explain.cam import cam_settings, iter_cams, members_of
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
 from vfa.explain.render import encode, heatmap_name, overlay, panel
@@ -52,17 +52,18 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     "localization" (with boxes)}. `inputs` (data, model, predictions, boxes) are never overwritten.
     A DICOM UID in a file or folder name becomes a hash in the outputs unless `keep_identifiers`.
     """
-    if not isinstance(model, torch.nn.Module):
-        model = load_model(model, device)
+    if not isinstance(model, torch.nn.Module) and not hasattr(model, "members"):
+        model = load_ensemble(model, device)
     method, layer = cam_settings(model, method, layer)
-    resolve_layer(model, layer)
+    for m in members_of(model):
+        resolve_layer(m, cam_settings(m, method, layer)[1])
     out = check_out(out, inputs)
     if out.is_dir() and any(out.iterdir()) and marked(out) != "heatmap":
         raise FileExistsError(f"{out} is not empty and holds no vfa heatmaps; give the heatmaps their own folder")
     table = _Table(out / "heatmaps.csv", root, keep_identifiers)
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
-    _, used_stride, _ = cam_network(model, output_stride, layer)  # a bad --output-stride fails before any file
+    _, used_stride, _ = cam_network(members_of(model)[0], output_stride, layer)  # a bad --output-stride fails before any file
     log(f"heatmaps: {len(todo)} to write, {len(paths[start_index:]) - len(todo)} already there, "
         f"{min(start_index, len(paths))} before --start-index")
     cams = iter_cams(model, todo, method, layer, batch_size, output_stride)

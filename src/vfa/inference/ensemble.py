@@ -37,9 +37,15 @@ class Ensemble:
     members: list
     names: list[str]
     combine: str = "mean"
-    threshold: float | None = None          # None: a single member's own stored threshold
-    threshold_source: str | None = None
+    stored_threshold: float | None = None   # None: a single member's own stored threshold
+    stored_source: str | None = None
     paths: list[str] = field(default_factory=list)
+
+    # the attributes commands read of a single model (vfa.models.loading.load_model)
+    threshold = property(lambda self: self.decision_threshold())
+    threshold_source = property(lambda self: self.source())
+    temperature = property(lambda self: self.members[0].temperature if len(self) == 1
+                           else [float(m.temperature) for m in self.members])
 
     def __len__(self) -> int:
         return len(self.members)
@@ -54,13 +60,13 @@ class Ensemble:
         return self.members[0] if len(self.members) == 1 else None
 
     def decision_threshold(self) -> float:
-        if self.threshold is not None:
-            return float(self.threshold)
+        if self.stored_threshold is not None:
+            return float(self.stored_threshold)
         return float(self.members[0].threshold) if len(self) == 1 else 0.5
 
     def source(self) -> str:
-        if self.threshold_source:
-            return self.threshold_source
+        if self.stored_source:
+            return self.stored_source
         return self.members[0].threshold_source if len(self) == 1 else "default 0.5 (calibrate the ensemble)"
 
     def combined(self, scores: np.ndarray) -> np.ndarray:
@@ -82,7 +88,7 @@ def is_ensemble_file(path) -> bool:
 
 def model_paths(spec) -> list:
     """The --model argument(s) as a list (a single str/Path, or a list of them)."""
-    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    items = [spec] if isinstance(spec, str | Path) or hasattr(spec, "parameters") else list(spec)
     if not items:
         raise ConfigError("--model: at least one checkpoint is needed")
     if len(items) > 1 and any(is_ensemble_file(p) for p in items):

@@ -3,6 +3,8 @@
     VFA_FAULT=step:EPOCH:BATCH:SIGNAL   python -m tests.faults.inject train ...
     VFA_FAULT=write:NAME:NTH:SIGNAL     (the NTH atomic write of a file called NAME, after its
                                          temporary file is written and before it is renamed)
+    VFA_FAULT=rows:NTH:SIGNAL           (vfa predict: after the NTH batch of rows is on disk)
+    VFA_FAULT=torn:NTH:SIGNAL           (vfa predict: half-way through writing the NTH batch)
 
 The signal is sent by the process to itself, exactly where asked: no timing, no races."""
 import os
@@ -40,6 +42,24 @@ def main() -> int:
             return replace(src, dst)
 
         vfa.runs.os.replace = fault_replace
+    elif kind in ("rows", "torn"):
+        from vfa.inference.output import RowWriter
+
+        nth, seen = int(spec[0]), {"n": 0}
+        write = RowWriter.write
+
+        def fault_write(self, frame):
+            seen["n"] += 1
+            if seen["n"] == nth and kind == "torn":
+                text = frame.to_csv(index=False, header=self.columns is None)
+                self.f.write(text[: text.index("\n", len(text) // 2) - 3])  # half a batch, its last row cut
+                self.f.flush()
+                os.kill(os.getpid(), sig)
+            write(self, frame)
+            if seen["n"] == nth:
+                os.kill(os.getpid(), sig)
+
+        RowWriter.write = fault_write
     from vfa.cli import main as cli
 
     return cli(sys.argv[1:])

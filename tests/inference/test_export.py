@@ -145,3 +145,16 @@ def test_int8_export_is_quantized_checked_and_refused_when_too_far(ckpt, tmp_pat
                      "--calibration", str(data)]) != 0
     assert "int8 quantization changes P(fracture)" in capsys.readouterr().err
     assert not bad.exists() and not list(tmp_path.glob("bad.onnx*"))
+
+
+def test_openvino_backend_matches_fp32(tmp_path, monkeypatch):
+    """OpenVINO (bf16 where the CPU has it, else fp32) within the same 0.02 as every other backend."""
+    pytest.importorskip("openvino", reason="openvino is an optional extra (installed by make test)")
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path / "cache"))
+    from tests.helpers import make_checkpoint, write_folder
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "imgs", n_per_class=3, size=(70, 44))
+    ref = predict_files(ckpt, [data], backend="torch", device="cpu")["raw"].to_numpy()
+    ov = predict_files(ckpt, [data], backend="openvino", device="cpu")["raw"].to_numpy()
+    assert np.abs(ov - ref).max() <= 0.02

@@ -12,7 +12,7 @@ DEMO_DATA ?= runs/demo-data
 DEMO_RUN ?= runs/demo
 CKPT := $(DEMO_RUN)/checkpoints/best.ckpt
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench bench-archive
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: $(STAMP) $(KERAS_STAMP)
 KERAS_BENCH ?= ../shared/bench/keras_seed.py
 bench: $(STAMP) $(KERAS_STAMP)
 	$(VPY) benchmarks/bench.py --keras-python .venv-keras/bin/python --keras-script $(KERAS_BENCH) --out BENCHMARKS.md
+	$(VPY) benchmarks/archive.py --keras-python .venv-keras/bin/python --out BENCHMARKS.md
+
+# whole `vfa predict` processes vs the notebook's whole Keras job, ensembles, 100,000-file streaming
+bench-archive: $(STAMP) $(KERAS_STAMP)
+	$(VPY) benchmarks/archive.py --keras-python .venv-keras/bin/python --out BENCHMARKS.md
 
 clean:
 	rm -rf runs

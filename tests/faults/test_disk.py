@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.helpers import make_checkpoint, write_folder
@@ -23,7 +24,7 @@ def limited(max_bytes: int):
     return preexec
 
 
-def test_a_full_disk_during_predict_is_one_line_and_leaves_nothing_half_written(tmp_path):
+def test_a_full_disk_during_predict_is_one_line_and_a_rerun_completes_it(tmp_path):
     model = make_checkpoint(tmp_path / "m.ckpt")
     data = write_folder(tmp_path / "d", n_per_class=8)
     out = tmp_path / "out" / "p.csv"
@@ -33,7 +34,13 @@ def test_a_full_disk_during_predict_is_one_line_and_leaves_nothing_half_written(
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().endswith("File too large") and str(out.parent) in res.stderr
     assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in out.parent.iterdir()) == []  # no partial CSV, no temporary file, no lock
+    # only the resumable partial output and its job record: no finished-looking CSV, no temporary, no lock
+    assert set(p.name for p in out.parent.iterdir()) <= {"p.csv.partial", ".p.csv.vfa-job.json"}
+    again = subprocess.run([sys.executable, "-m", "vfa.cli", "predict", "--model", str(model), str(data),
+                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    frame = pd.read_csv(out)
+    assert len(frame) == 16 and frame["file"].is_unique
 
 
 @pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.ENOSPC])

@@ -138,6 +138,12 @@ class RowWriter:
         self.f = open(path, "a", newline="", encoding="utf-8")
 
     def write(self, frame: pd.DataFrame) -> None:
+        try:
+            self._write(frame)
+        except OSError as exc:  # a full disk or quota: one line naming the file; rerunning resumes
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
+
+    def _write(self, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
         if self.columns is None:
@@ -153,7 +159,10 @@ class RowWriter:
         os.fsync(self.f.fileno())
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
 
 
 def finish(part: Path, out: Path) -> None:

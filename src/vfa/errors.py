@@ -15,6 +15,15 @@ class RunInterrupted(BaseException):
         super().__init__(signum)
 
 
+_RECEIVED: list[int] = []  # signals raise_on_signals' handler saw in this process
+
+
+def received_signal() -> int | None:
+    """The first SIGTERM/SIGINT this process received, even if its RunInterrupted was swallowed
+    (raised inside a finalizer or a library's `except BaseException`, Python only prints it)."""
+    return _RECEIVED[0] if _RECEIVED else None
+
+
 def raise_on_signals(signums=None):
     """Turn SIGTERM and SIGINT into RunInterrupted in this (main) thread; returns the old handlers."""
     import os
@@ -28,6 +37,7 @@ def raise_on_signals(signums=None):
                 return  # Ctrl-C reaches the whole process group: the main process handles it
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+        _RECEIVED.append(signum)
         raise RunInterrupted(signum)
 
     old = {}

@@ -63,14 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vfa.io import BadImageError
     from vfa.data.samples import DataError  # torch-free
-    from vfa.errors import RunInterrupted, raise_on_signals
+    from vfa.errors import RunInterrupted, raise_on_signals, received_signal
 
     # OSError: a missing or existing path, a full disk, a read-only folder, no permission: the
     # machine's state, not a bug, so one line naming the path (atomic writes leave no half file)
     user_errors = (config_mod.ConfigError, DataError, BadImageError, OSError)
     old_handlers = raise_on_signals()
     try:
-        rc = args.func(args)
+        try:
+            rc = args.func(args)
+        except SystemExit:  # a library's own exit after our signal (Lightning's SIGTERM path)
+            if received_signal() is None:
+                raise
+            rc = 0
+        if received_signal() is not None:  # the RunInterrupted was swallowed on the way (a finalizer)
+            raise RunInterrupted(received_signal())
     except user_errors as exc:
         if args.debug:
             raise

@@ -33,7 +33,12 @@ def predict(path, folder):
     import tf_keras as keras
     from tf_keras.preprocessing.image import ImageDataGenerator
 
-    model = keras.models.load_model(path)
+    try:  # tf-keras' Inception-ResNet-v2 scales residuals with a layer of its own (Keras 2.1.5: a Lambda)
+        from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+        custom = {"CustomScaleLayer": CustomScaleLayer}
+    except ImportError:
+        custom = {}
+    model = keras.models.load_model(path, custom_objects=custom)
     gen = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
         folder, target_size=(H, W), batch_size=12, class_mode="binary", shuffle=False, interpolation="nearest")
     p = model.predict(gen, verbose=0)

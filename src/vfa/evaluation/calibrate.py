@@ -53,14 +53,7 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     except ValueError as exc:
         raise ConfigError(f"{data}: {exc}") from None
     before, after = p_fracture(logits, model.temperature), p_fracture(logits, t)
-    if kind == "model":
-        thr, source = model.threshold, model.threshold_source
-    else:
-        try:
-            thr = stats.choose_threshold(y, after, threshold)
-        except ValueError as exc:
-            raise ConfigError(f"{data}: {exc}") from None
-        source = f"{threshold} on {data} (n={len(y)}, vfa calibrate, temperature {t:.4g})"
+    thr, source = _threshold(model, kind, threshold, y, after, data, f"temperature {t:.4g}")
     summary = {"n": len(y), "temperature": t, "threshold": thr,
                "nll_before": stats.nll(y, logits, model.temperature), "nll_after": stats.nll(y, logits, t),
                **{f"{k}_before": v for k, v in stats.calibration(y, before).items() if k != "ece_bins"},
@@ -70,6 +63,17 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     log(f"temperature {t:.4g} (NLL {summary['nll_before']:.4f} -> {summary['nll_after']:.4f}, ECE "
         f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}); threshold {thr:.4g} ({source}); wrote {out}")
     return summary
+
+
+def _threshold(model, kind: str, spec, y, p, data, how: str) -> tuple[float, str]:
+    """(threshold, where it came from): the model's stored one, or `spec` chosen on (y, p)."""
+    if kind == "model":
+        return model.threshold, model.threshold_source
+    try:
+        thr = stats.choose_threshold(y, p, spec)
+    except ValueError as exc:
+        raise ConfigError(f"{data}: {exc}") from None
+    return thr, f"{spec} on {data} (n={len(y)}, vfa calibrate, {how})"
 
 
 def calibrate_ensemble(paths, data, out, threshold, on_bad_file: str = "error", batch_size: int = 16,
@@ -92,14 +96,7 @@ def calibrate_ensemble(paths, data, out, threshold, on_bad_file: str = "error", 
     workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
     rows, _ = score_paths(Scorer(ens, "torch"), samples.paths, batch_size, workers, progress)
     y, p = np.asarray(samples.labels, dtype=int), rows["raw"].to_numpy(float)
-    if kind == "model":
-        thr, source = ens.threshold, ens.threshold_source
-    else:
-        try:
-            thr = stats.choose_threshold(y, p, threshold)
-        except ValueError as exc:
-            raise ConfigError(f"{data}: {exc}") from None
-        source = f"{threshold} on {data} (n={len(y)}, vfa calibrate, {ens.combine} of {len(ens)} members)"
+    thr, source = _threshold(ens, kind, threshold, y, p, data, f"{ens.combine} of {len(ens)} members")
     write_ensemble(ens.paths, out, ens.combine, float(thr), source, force)
     log(f"ensemble threshold {thr:.4g} ({source}); wrote {out}")
     return {"n": len(y), "threshold": float(thr), "threshold_source": source}

@@ -1,5 +1,6 @@
 """`vfa calibrate`: a temperature fitted on validation NLL and a threshold chosen on the calibrated
-probabilities, written into a copy of the checkpoint (`vfa.checkpoint.update`)."""
+probabilities, written into a copy of the checkpoint (`vfa.checkpoint.update`); for an ensemble,
+a threshold on its combined validation scores, written into a new ensemble file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,18 +9,18 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from vfa import checkpoint
-from vfa.models.loading import load_model
 from vfa.config import ConfigError
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import load_samples, validate
 from vfa.data.stream import default_workers
+from vfa.inference.ensemble import is_ensemble_file, load_ensemble, model_paths, write_ensemble
 from vfa.inference.predict import predict_loader
 from vfa.models.network import p_fracture
 from vfa.runs import refuse_existing
 from vfa.stats import accuracy as stats
 
 
-def calibrate(model_path: str | Path, data: str | Path, out: str | Path, threshold: float | str = 0.5,
+def calibrate(model_path, data: str | Path, out: str | Path, threshold: float | str = 0.5,
               temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
               force: bool = False, progress: bool = True, log=print, device: str = "auto") -> dict:
     """Fit a temperature (validation NLL) and choose a threshold on the calibrated validation
@@ -28,25 +29,31 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
     An ensemble (several checkpoints or an ensemble file) gets only a threshold, chosen on its
     combined validation scores and written into a new ensemble file; its members keep their own
     temperatures (calibrate each member first if they need one)."""
-    from vfa.inference.ensemble import is_ensemble_file, model_paths
-
     paths = model_paths(model_path)
-    if len(paths) > 1 or is_ensemble_file(paths[0]):
-        return calibrate_ensemble(paths, data, out, threshold, on_bad_file, batch_size, num_workers, force,
-                                  progress, log, device)
-    model_path = paths[0]
-    out = refuse_existing(out, force, inputs=[model_path, data])
+    ensemble = len(paths) > 1 or is_ensemble_file(paths[0])
+    if ensemble and not is_ensemble_file(out):
+        raise ConfigError(f"--out {out}: an ensemble's calibration is an ensemble file; give a .yaml name")
+    out = refuse_existing(out, force, inputs=[*paths, data])
     try:
         kind, _ = stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    model = load_model(model_path, device)
-    samples = validate(load_samples(data, model.config.data.classes, split="val"), on_bad_file,
-                       frame=model.config.data.frame,
-                       min_side=model.config.data.min_side)
-    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size,
-                        num_workers=default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers)
+    ens = load_ensemble(paths, device)
+    samples = validate(load_samples(data, ens.config.data.classes, split="val"), on_bad_file,
+                       frame=ens.config.data.frame, min_side=ens.config.data.min_side)
+    workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
     y = np.asarray(samples.labels, dtype=int)
+    if ensemble:
+        from vfa.inference.engine import Scorer, score_paths
+
+        rows, _ = score_paths(Scorer(ens, "torch"), samples.paths, batch_size, workers, progress)
+        thr, source = _threshold(ens, kind, threshold, y, rows["raw"].to_numpy(float), data,
+                                 f"{ens.combine} of {len(ens)} members")
+        write_ensemble(ens.paths, out, ens.combine, float(thr), source, force)
+        log(f"ensemble threshold {thr:.4g} ({source}); wrote {out}")
+        return {"n": len(y), "threshold": float(thr), "threshold_source": source}
+    model = ens.members[0]
+    loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=workers)
     logits = predict_loader(model, loader, progress, logits=True).astype(float)
     try:
         t = stats.fit_temperature(y, logits) if temperature else 1.0
@@ -58,7 +65,7 @@ def calibrate(model_path: str | Path, data: str | Path, out: str | Path, thresho
                "nll_before": stats.nll(y, logits, model.temperature), "nll_after": stats.nll(y, logits, t),
                **{f"{k}_before": v for k, v in stats.calibration(y, before).items() if k != "ece_bins"},
                **{f"{k}_after": v for k, v in stats.calibration(y, after).items() if k != "ece_bins"}}
-    checkpoint.update(model_path, out, force, vfa_temperature=float(t), vfa_threshold=float(thr),
+    checkpoint.update(paths[0], out, force, vfa_temperature=float(t), vfa_threshold=float(thr),
                       vfa_threshold_source=source, vfa_calibration={k: float(v) for k, v in summary.items()})
     log(f"temperature {t:.4g} (NLL {summary['nll_before']:.4f} -> {summary['nll_after']:.4f}, ECE "
         f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}); threshold {thr:.4g} ({source}); wrote {out}")
@@ -74,29 +81,3 @@ def _threshold(model, kind: str, spec, y, p, data, how: str) -> tuple[float, str
     except ValueError as exc:
         raise ConfigError(f"{data}: {exc}") from None
     return thr, f"{spec} on {data} (n={len(y)}, vfa calibrate, {how})"
-
-
-def calibrate_ensemble(paths, data, out, threshold, on_bad_file: str = "error", batch_size: int = 16,
-                       num_workers: int | None = None, force: bool = False, progress: bool = True, log=print,
-                       device: str = "auto") -> dict:
-    """`vfa calibrate` of an ensemble: a threshold on its combined validation P(fracture) -> OUT.yaml."""
-    from vfa.inference.engine import Scorer, score_paths
-    from vfa.inference.ensemble import is_ensemble_file, load_ensemble, write_ensemble
-
-    if not is_ensemble_file(out):
-        raise ConfigError(f"--out {out}: an ensemble's calibration is an ensemble file; give a .yaml name")
-    refuse_existing(out, force, inputs=[*paths, data])
-    try:
-        kind, _ = stats.parse_threshold(threshold)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    ens = load_ensemble(paths, device)
-    samples = validate(load_samples(data, ens.config.data.classes, split="val"), on_bad_file,
-                       frame=ens.config.data.frame, min_side=ens.config.data.min_side)
-    workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
-    rows, _ = score_paths(Scorer(ens, "torch"), samples.paths, batch_size, workers, progress)
-    y, p = np.asarray(samples.labels, dtype=int), rows["raw"].to_numpy(float)
-    thr, source = _threshold(ens, kind, threshold, y, p, data, f"{ens.combine} of {len(ens)} members")
-    write_ensemble(ens.paths, out, ens.combine, float(thr), source, force)
-    log(f"ensemble threshold {thr:.4g} ({source}); wrote {out}")
-    return {"n": len(y), "threshold": float(thr), "threshold_source": source}

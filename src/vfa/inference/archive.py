@@ -83,16 +83,11 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
     (.csv or .parquet), resuming a partial or (with `resume`) finished output. See the module doc."""
     from vfa.data.stream import default_workers
     from vfa.inference.engine import Scorer, iter_rows
-    from vfa.runs import check_out, lock
+    from vfa.runs import lock
 
     log = log or (lambda m: None)
     t0 = time.perf_counter()
-    model_list = [m for m in ([model] if isinstance(model, str | Path) else list(model)) if isinstance(m, str | Path)]
-    out = check_out(out, [*model_list, *([inputs] if isinstance(inputs, str | Path) else inputs)], "file")
-    output.check_format(out)
-    skipped_csv = out.with_name(out.stem + "_skipped.csv")
-    if skipped_csv.exists() and not (force or resume or output.partial_path(out).exists()):
-        raise FileExistsError(f"{skipped_csv} exists; pass --force to overwrite it")
+    out = out_path(out, model, inputs)
     ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
@@ -121,25 +116,32 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
                 summary.skipped += [(p, r) for _, p, r in late]
         finally:
             writer.close()
-        output.finish(part, out)
-        for path, reason in summary.skipped:
-            log(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
-        skipped_csv.unlink(missing_ok=True)
-        write_skipped(Samples([], [], "", skipped=summary.skipped), skipped_csv, keep_identifiers)
-        summary.skipped_csv = skipped_csv if summary.skipped else None
+        finish(summary, part, keep_identifiers, log)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def predict_to_csv(model, inputs, out, force: bool = False, **kwargs):
-    """The earlier name: returns (the written table as a DataFrame, the skipped CSV or None)."""
-    import pandas as pd
+def out_path(out, model, inputs) -> Path:
+    """--out checked before anything is read: never an input (model or data), .csv or .parquet."""
+    from vfa.inference.ensemble import Ensemble, model_paths
+    from vfa.runs import check_out
 
-    kwargs["workers"] = kwargs.pop("num_workers", kwargs.get("workers"))
-    s = predict_to_file(model, inputs, out, force=force, **kwargs)
-    frame = pd.read_parquet(s.out) if s.out.suffix == ".parquet" else pd.read_csv(s.out)
-    frame.attrs["skipped"] = s.skipped
-    return frame, s.skipped_csv
+    models = [] if isinstance(model, Ensemble) else [m for m in model_paths(model) if isinstance(m, str | Path)]
+    out = check_out(out, [*models, *([inputs] if isinstance(inputs, str | Path) else inputs)], "file")
+    output.check_format(out)
+    return out
+
+
+def finish(summary: Summary, part: Path, keep_identifiers: bool, log) -> None:
+    """OUT.partial -> OUT, and this run's unusable files logged and listed in OUT_skipped.csv."""
+    out = summary.out
+    output.finish(part, out)
+    for path, reason in summary.skipped:
+        log(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
+    skipped_csv = output.skipped_path(out)
+    skipped_csv.unlink(missing_ok=True)
+    write_skipped(Samples([], [], "", skipped=summary.skipped), skipped_csv, keep_identifiers)
+    summary.skipped_csv = skipped_csv if summary.skipped else None
 
 
 def wants_shards(devices, num_nodes) -> bool:

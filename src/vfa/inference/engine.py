@@ -55,8 +55,9 @@ class Scorer:
             raw, passes = tta_batch(runner, x, positions, self.tta, self.augment, self.seed)
             member["raw"].append(raw.numpy())
             if self.tta:
-                member["tta_mean"].append(passes.numpy().mean(1))
-                member["tta_max"].append(passes.numpy().max(1))
+                passes = passes.numpy()
+                member["tta_mean"].append(passes.mean(1))
+                member["tta_max"].append(passes.max(1))
         cols = {k: self.ens.combined(np.stack(v, 1)) for k, v in member.items()}
         if len(self.ens) > 1:
             for k, values in member.items():
@@ -76,17 +77,25 @@ def iter_rows(scorer: Scorer, paths: list[str], positions: list[int] | None = No
     if progress and paths:
         from tqdm import tqdm
         bar = tqdm(total=len(paths), desc=desc + (f" + TTA x{scorer.tta}" if scorer.tta else ""), unit="img")
+    path_of = path_at.__getitem__ if path_at else paths.__getitem__
     for views, pos, sizes, mtimes, bad in loader:
-        rows = pd.DataFrame({"position": pos, "path": [path_at[p] if path_at else paths[p] for p in pos],
-                             "size": sizes, "mtime_ns": mtimes})
-        if pos:
-            for col, values in scorer(views, pos).items():
-                rows[col] = values
+        rows = batch_rows(scorer, (views, pos, sizes, mtimes), path_of)
         if bar is not None:
             bar.update(len(pos) + len(bad))
-        yield rows, [(p, path_at[p] if path_at else paths[p], r) for p, r in bad]
+        yield rows, [(p, path_of(p), r) for p, r in bad]
     if bar is not None:
         bar.close()
+
+
+def batch_rows(scorer: Scorer, batch, path_of) -> pd.DataFrame:
+    """One collated batch (views, positions, sizes, mtimes) -> rows: position, path, size,
+    mtime_ns and the scorer's columns. `path_of(position)` names the file."""
+    views, pos, sizes, mtimes = batch[:4]
+    rows = pd.DataFrame({"position": pos, "path": [path_of(p) for p in pos], "size": sizes, "mtime_ns": mtimes})
+    if pos:
+        for col, values in scorer(views, pos).items():
+            rows[col] = values
+    return rows
 
 
 def public_files(paths, keep_identifiers: bool = False) -> list[str]:

@@ -26,6 +26,10 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_skipped.csv")
+
+
 def job_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.vfa-job.json")
 
@@ -64,11 +68,13 @@ def start(out: Path, job: dict, force: bool, resume: bool) -> tuple[Path, dict]:
 
     part = partial_path(out)
     if force:
-        for p in (out, part, job_path(out)):
+        for p in (out, part, job_path(out), skipped_path(out)):
             p.unlink(missing_ok=True)
     elif out.exists() and not resume:
         raise FileExistsError(f"{out} exists; add --resume to predict only the files not in it yet, "
                               f"or --force to replace it")
+    elif skipped_path(out).exists() and not (resume or part.exists()):
+        raise FileExistsError(f"{skipped_path(out)} exists; pass --force to overwrite it")
     check_job(out, job, resume)
     if out.exists() and not part.exists():  # --resume of a finished output: continue from a copy
         frame = pd.read_parquet(out) if out.suffix.lower() == ".parquet" else pd.read_csv(out, dtype=str)
@@ -77,10 +83,12 @@ def start(out: Path, job: dict, force: bool, resume: bool) -> tuple[Path, dict]:
     return part, done_rows(part)
 
 
-def done_rows(part: Path) -> dict:
+def done_rows(part: Path, repair: bool = True) -> dict:
+    """{hashed path: (size, mtime_ns)} of the rows in OUT.partial; `repair` first cuts a torn last row."""
     if not part.is_file() or part.stat().st_size == 0:
         return {}
-    _drop_torn_tail(part)
+    if repair:
+        _drop_torn_tail(part)
     try:
         frame = pd.read_csv(part, usecols=["file", *FINGERPRINT], dtype={"file": str})
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

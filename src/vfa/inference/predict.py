@@ -207,7 +207,7 @@ def model_threshold(model, threshold: float | str = "model") -> float:
     """`predict --threshold`: "model" (the checkpoint's stored threshold, 0.5 unless `vfa calibrate`
     set one) or a number in [0, 1]."""
     if threshold in (None, "model"):
-        return float(model.decision_threshold() if hasattr(model, "decision_threshold") else model.threshold)
+        return float(model.threshold)  # an Ensemble's is its stored one, or its single member's
     try:
         value = float(threshold)
     except (TypeError, ValueError):

@@ -16,11 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vfa.data.samples import DataError, Samples, write_skipped
+from vfa.data.samples import DataError
 from vfa.data.stream import FileViews, check_files, default_workers, view_loader
 from vfa.inference import output
-from vfa.inference.archive import Summary, _todo, job_record
-from vfa.inference.engine import Scorer
+from vfa.inference.archive import Summary, _todo, finish, job_record, out_path
+from vfa.inference.engine import Scorer, batch_rows
 from vfa.inference.predict import _job, model_threshold, output_rows
 from vfa.runs import is_secondary_rank
 
@@ -45,8 +45,9 @@ class _Predict(L.LightningModule):
         if rank == 0:
             output.merge_shards(self.part, sorted(self.part.parent.glob(self.part.name + ".rank*")))
         strategy.barrier()
-        todo, stale, self.before = _todo(self.paths, output.done_rows(self.part) if rank == 0 else
-                                         _read_done(self.part), s["keep_identifiers"])
+        # only rank 0 writes OUT.partial (and cuts a torn last row); the others just read it
+        todo, stale, self.before = _todo(self.paths, output.done_rows(self.part, repair=rank == 0),
+                                         s["keep_identifiers"])
         if rank == 0 and stale:
             output.drop_rows(self.part, stale)
         mine = todo[rank::world]
@@ -68,19 +69,13 @@ class _Predict(L.LightningModule):
                            s["batch_size"], s["workers"])
 
     def predict_step(self, batch, batch_idx):
-        views, pos, sizes, mtimes, bad = batch
-        if not pos:
+        if not batch[1]:
             return None
-        import pandas as pd
-
-        rows = pd.DataFrame({"position": pos, "path": [self.paths[p] for p in pos], "size": sizes,
-                             "mtime_ns": mtimes})
-        for col, values in self.scorer(views, pos).items():
-            rows[col] = values
         s = self.s
+        rows = batch_rows(self.scorer, batch, self.paths.__getitem__)
         table = output_rows(rows, self.scorer.kinds(), s["thr"], s["score"], s["id_map"], s["id_regex"],
                             s["keep_identifiers"])
-        table.insert(0, "position", pos)
+        table.insert(0, "position", rows["position"].to_numpy())
         return table
 
 
@@ -102,17 +97,6 @@ class _ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier()  # every shard complete before rank 0 merges
 
 
-def _read_done(part: Path) -> dict:
-    """done_rows without repairing the file (only rank 0 writes OUT.partial)."""
-    import pandas as pd
-
-    if not part.is_file() or part.stat().st_size == 0:
-        return {}
-    frame = pd.read_csv(part, usecols=["file", *output.FINGERPRINT], dtype={"file": str})
-    return {f: (int(a), int(b)) for f, a, b in zip(frame["file"], frame[output.FINGERPRINT[0]],
-                                                   frame[output.FINGERPRINT[1]])}
-
-
 def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resume: bool = False, tta: int = 0,
                     tta_preset: str = "tta", seed: int = 0, id_regex=None, score: str = "raw", batch_size: int = 16,
                     workers: int | None = None, on_bad_file: str = "skip", progress: bool = False, log=None,
@@ -120,13 +104,11 @@ def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resu
                     threshold="model") -> Summary | None:
     """`predict_to_file` over the processes Lightning runs (`trainer`: devices, num_nodes, strategy,
     accelerator). Returns the Summary on rank 0 and None on the other ranks."""
-    from vfa.runs import check_out, lock
+    from vfa.runs import lock
 
     t0 = time.perf_counter()
     secondary = is_secondary_rank()
-    out = check_out(out, [m for m in ([model] if isinstance(model, str | Path) else model)
-                          if isinstance(m, str | Path)], "file")
-    output.check_format(out)
+    out = out_path(out, model, inputs)
     ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, "cpu", id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     part = output.partial_path(out)
@@ -152,10 +134,6 @@ def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resu
             return None
         summary = Summary(out, before=module.before, skipped=module.skipped, backend=module.scorer.backend)
         summary.now = output.merge_shards(part, sorted(part.parent.glob(part.name + ".rank*")))
-        output.finish(part, out)
-        skipped_csv = out.with_name(out.stem + "_skipped.csv")
-        skipped_csv.unlink(missing_ok=True)
-        write_skipped(Samples([], [], "", skipped=summary.skipped), skipped_csv, keep_identifiers)
-        summary.skipped_csv = skipped_csv if summary.skipped else None
+        finish(summary, part, keep_identifiers, log or (lambda m: None))
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from vfa.cli.options import (_bad_file_arg, _force_arg, _model_arg, _model_args, _predict_args, _threshold,
                              deprecated)
-from vfa.errors import ConfigError
 from vfa.registry import CAM_METHODS
 
 
@@ -106,33 +105,16 @@ def add_compare(sub) -> None:
 
 
 def cmd_predict(args) -> None:
-    from vfa.inference.archive import predict_to_file, wants_shards
+    from vfa.inference.run import predict_archive
 
-    kwargs = dict(force=args.force, resume=args.resume, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
-                  id_regex=args.id_regex, score=args.score, batch_size=args.batch_size, workers=args.workers,
-                  on_bad_file=args.on_bad_file, progress=True, log=lambda m: print(m, file=sys.stderr),
-                  id_column=args.id_column, keep_identifiers=args.keep_identifiers, backend=args.backend,
-                  device=args.device, threshold=args.threshold)
-    trainer = _trainer_overrides(args.set)
-    if wants_shards(trainer.get("devices", 1), trainer.get("num_nodes", 1)):
-        from vfa.inference.sharded import predict_sharded
-
-        summary = predict_sharded(args.model, args.inputs, args.out, trainer=trainer, **kwargs)
-    else:
-        summary = predict_to_file(args.model, args.inputs, args.out, **kwargs)
+    summary = predict_archive(
+        args.model, args.inputs, args.out, sets=args.set, force=args.force, resume=args.resume, tta=args.tta,
+        tta_preset=args.tta_preset, seed=args.seed, id_regex=args.id_regex, score=args.score,
+        batch_size=args.batch_size, workers=args.workers, on_bad_file=args.on_bad_file, progress=True,
+        log=lambda m: print(m, file=sys.stderr), id_column=args.id_column, keep_identifiers=args.keep_identifiers,
+        backend=args.backend, device=args.device, threshold=args.threshold)
     if summary is not None:  # None on secondary ranks
         print(f"wrote {summary.line()}")
-
-
-def _trainer_overrides(items) -> dict:
-    from vfa.config import parse_set
-
-    sets = parse_set(items)
-    unknown = [k for k in sets if k != "trainer"]
-    if unknown:
-        raise ConfigError(f"vfa predict --set takes trainer.* keys (devices, num_nodes, strategy, accelerator), "
-                          f"not {', '.join(unknown)}")
-    return sets.get("trainer", {})
 
 
 def add_predict(sub) -> None:

@@ -28,19 +28,25 @@ BACKENDS = ("auto", "torch", "torch-bf16", "compile", "onnxruntime", "onnxruntim
 
 def wall(cmd, env=None, rss=False):
     """(seconds, peak RSS MiB of the process itself or None, result) of a whole child process."""
+    import tempfile
+
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    peak = 0
-    while rss and proc.poll() is None:
-        try:
-            for line in open(f"/proc/{proc.pid}/status"):
-                if line.startswith("VmRSS"):
-                    peak = max(peak, int(line.split()[1]) // 1024)
-        except OSError:
-            pass
-        time.sleep(0.2)
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - t0
+    # output to files, not pipes: a progress bar would fill a pipe nobody reads while RSS is polled
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=env, cwd=ROOT)
+        peak = 0
+        while rss and proc.poll() is None:
+            try:
+                for line in open(f"/proc/{proc.pid}/status"):
+                    if line.startswith("VmRSS"):
+                        peak = max(peak, int(line.split()[1]) // 1024)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        proc.wait()
+        seconds = time.perf_counter() - t0
+        fo.seek(0), fe.seek(0)
+        out, err = fo.read(), fe.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[:4]))}... failed: {err.strip().splitlines()[-1:]}")
     return seconds, (peak or None), out
@@ -135,6 +141,7 @@ def main() -> int:
     three = wall(vfa + ["predict", *sum((["--model", m] for m in members), []), str(files), "--out",
                         str(root / "e3.csv"), "--force"], env=env)[0]
     ens_note = f"3 members {three:.1f} s vs 1 member {one:.1f} s: {three / one:.2f}x the time (decoded once)"
+    print(ens_note, flush=True)
     stream = []
     if args.stream:
         from tests.helpers import make_checkpoint

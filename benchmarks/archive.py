@@ -132,8 +132,9 @@ def main() -> int:
             rows.append((f"vfa predict, backend {b}" + (f" ({attempt} cache)" if attempt else ""), s,
                          f"ran {chosen}" if b == "auto" else "", p))
             print(rows[-1][:3], flush=True)
-    rows = [r if len(r) == 3 else (r[0], r[1], r[2] + (f"; max dp vs fp32 {np.abs(r[3] - ref).max():.1e}"
-                                                       if ref is not None else "")) for r in rows]
+    rows = [r if len(r) == 3 else (r[0], r[1], "; ".join(filter(None, [r[2], f"max dp vs fp32 "
+                                                                     f"{np.abs(r[3] - ref).max():.1e}"])))
+            for r in rows]
     # ensemble overhead: 3 members vs 1, same job, backend auto
     members = [shutil.copy(ckpt, root / f"m{i}.ckpt") for i in range(3)]
     one = wall(vfa + ["predict", "--model", members[0], str(files), "--out", str(root / "e1.csv"), "--force"],

@@ -12,12 +12,14 @@ The package layout and its dependency rule are in docs/architecture.md.
 from vfa.config import Config, resolve
 
 __version__ = "0.1.0"
-__all__ = ["Config", "resolve", "train", "evaluate", "predict", "load_model", "build_model", "synthesize"]
+__all__ = ["Config", "resolve", "train", "evaluate", "predict", "load_model", "build_model", "synthesize",
+           "cross_validate"]
 
 # name -> (module, attribute), imported on first use so that `import vfa` stays light until torch is needed
 _LAZY = {"train": ("vfa.api", "train"), "evaluate": ("vfa.evaluation.evaluate", "evaluate"),
          "predict": ("vfa.inference.predict", "predict"), "load_model": ("vfa.models.loading", "load_model"),
-         "build_model": ("vfa.models.network", "build_model"), "synthesize": ("vfa.phantom.synth", "synthesize")}
+         "build_model": ("vfa.models.network", "build_model"), "synthesize": ("vfa.phantom.synth", "synthesize"),
+         "cross_validate": ("vfa.cv", "cross_validate")}
 
 
 def __getattr__(name):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vfa.evaluation.evaluate import evaluate
 from vfa.runs import is_secondary_rank, lock
+from vfa.training.tracking import log_results
 from vfa.training.train import train as train_model
 
 
@@ -14,10 +15,14 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     best.ckpt on that held-out set afterwards: RUN/test_metrics.json and test_predictions.csv."""
     with lock(out, ddp=True):  # a second run into the same folder is refused, not interleaved
         run = train_model(cfg, out, force=force, resume=resume, log=log)
-        if cfg.data.test and not is_secondary_rank():
-            evaluate(run / "checkpoints" / "best.ckpt", cfg.data.test, run, metrics_name="test_metrics.json",
-                     on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test", log=log)
+        if is_secondary_rank():
+            return run
+        metrics = None
+        if cfg.data.test:
+            metrics = evaluate(run / "checkpoints" / "best.ckpt", cfg.data.test, run, metrics_name="test_metrics.json",
+                               on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test", log=log)
             log(f"held-out test metrics written to {run / 'test_metrics.json'}")
+        log_results(cfg, run, metrics)
     return run
 
 

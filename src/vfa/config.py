@@ -88,6 +88,12 @@ class DataConfig:
     # (whole batches on the training device, same preset and parameters: one worker then feeds a
     # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)
     augment_on: str = "auto"
+    # cross-validation (vfa cv): train on the other folds of the `train` manifest, validate on this
+    # one; its `test` rows stay out. A manifest without a fold column gets `folds` folds, patient-level
+    # and stratified (vfa.data.split.assign_folds, seeded with fold_seed)
+    fold: int | None = None
+    folds: int = 5
+    fold_seed: int = 0
 
 
 @dataclass
@@ -142,6 +148,11 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     limit_train_batches: Any = None  # for smoke tests: int batches or float fraction
     progress: bool = True
+    # experiment tracking through Lightning's loggers: csv | tensorboard | mlflow | none, or a list;
+    # each writes under RUN/logs/ (mlflow: to tracking_uri, default a local mlruns/ beside the run)
+    logger: Any = "tensorboard"
+    tracking_uri: str | None = None
+    experiment: str = "vfa"
 
 
 @dataclass
@@ -275,6 +286,11 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"optim.epochs must be an integer >= 1 and optim.lr > 0, got {cfg.optim.epochs!r} and "
                           f"{cfg.optim.lr!r}")
     _check_trainer(cfg.trainer)
+    d = cfg.data
+    if not isinstance(d.folds, int) or d.folds < 2:
+        raise ConfigError(f"data.folds must be an integer >= 2, got {d.folds!r}")
+    if d.fold is not None and (not isinstance(d.fold, int) or not 0 <= d.fold < d.folds):
+        raise ConfigError(f"data.fold must be an integer from 0 to data.folds - 1 = {d.folds - 1}, got {d.fold!r}")
     if not isinstance(cfg.data.min_side, int) or cfg.data.min_side < 1:
         raise ConfigError(f"data.min_side must be a positive integer, got {cfg.data.min_side!r}")
 
@@ -298,6 +314,21 @@ def _check_trainer(t: TrainerConfig) -> None:
                           f"got {d!r}")
     if not isinstance(t.num_nodes, int) or t.num_nodes < 1:
         raise ConfigError(f"trainer.num_nodes must be an integer >= 1, got {t.num_nodes!r}")
+    bad = [name for name in loggers(t) if name not in LOGGERS]
+    if bad:
+        raise ConfigError(f"trainer.logger must be one or a list of {', '.join(LOGGERS)}, got {t.logger!r}")
+
+
+LOGGERS = ("csv", "tensorboard", "mlflow", "none")
+
+
+def loggers(t: TrainerConfig) -> list[str]:
+    """trainer.logger as a list of names ('none', None, False and [] give [])."""
+    value = t.logger
+    if value in (None, False, "", "none"):
+        return []
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else [value]
+    return [str(n).strip().lower() for n in names if str(n).strip().lower() != "none"]
 
 
 def to_dict(cfg: Config) -> dict:
@@ -320,3 +351,20 @@ def from_dict(data: dict) -> Config:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'optim': {'lr': 1e-3}} -> {'optim.lr': 1e-3}: the keys `--set` takes."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for every `--set` key where two config dicts differ (None: absent)."""
+    fa, fb = flatten(a), flatten(b)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]

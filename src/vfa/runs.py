@@ -27,13 +27,15 @@ OUTPUTS = {
     "train": ("config.yaml", "environment.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
               "checkpoints/last.ckpt.prev", "checkpoints/hpc_ckpt_*.ckpt", "checkpoints/.*.tmp", ".*.tmp",
               "curves_metrics.png", "curves_loss.png", "skipped_*.csv", "test_metrics.json", "test_predictions.csv",
-              "test_skipped.csv"),
+              "test_skipped.csv", "logs/csv/*/*", "logs/tensorboard/*", "logs/mlflow_run_id.txt"),
     "evaluate": ("metrics.json", "predictions.csv", "skipped.csv", "final_results.xlsx", "report.html",
                  "roc.png", "confusion_matrix.png", "sn_sp_threshold.png", "reliability.png", "heatmap_gallery.png",
                  "test_fnames.npy", "test_classes.npy", "test_preds.npy", "test_max_preds.npy", "test_mean_preds.npy"),
     "lr-find": ("lr_find.png", "lr_find.json", "lr_find.csv"),
     "heatmap": ("heatmaps.csv", "localization.json", "**/heatmap_*", "**/panel_*"),
     "synth": ("manifest.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
+    "cv": ("cv_config.yaml", "cv_summary.json", "cv_folds.csv", "oof_predictions.csv", "cv_roc.png",
+           "cv_report.html", "ensemble.yaml"),
 }
 # Folders vfa wrote before it marked them, recognised by content only vfa writes: (file, text in it).
 LEGACY_SIGNS = {"train": ("environment.json", '"lightning"'), "evaluate": ("metrics.json", '"threshold_source"'),

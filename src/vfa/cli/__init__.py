@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from vfa import config as config_mod
-from vfa.cli import data_cmds, eval_cmds, model_cmds
+from vfa.cli import data_cmds, eval_cmds, model_cmds, study_cmds
 
 DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images with CNNs.
 
@@ -29,6 +29,8 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa heatmap --model CKPT --data DIR --out DIR [--boxes CSV]   Grad-CAM overlays, pointing game
   vfa lr-find --train DIR [--preset NAME] --out DIR                LR range test, suggested rate
   vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
+  vfa cv --preset cpu-demo --data MANIFEST.csv --folds 5 --out runs/cv   cross-validation + fold ensemble
+  vfa runs list runs/  |  vfa runs compare runs/a runs/b                 runs side by side
 """
 
 
@@ -37,7 +39,7 @@ _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_ke
              eval_cmds.add_calibrate, eval_cmds.add_compare, eval_cmds.add_predict, model_cmds.add_ensemble,
              model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
-             model_cmds.add_lr_find, data_cmds.add_augment_preview)
+             model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,8 +81,10 @@ def _threshold(text: str) -> str:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation passes (0 = off; the notebook used 5)")
-    p.add_argument("--tta-preset", default="tta", choices=("tta", "tta-keras215"),
-                   help="tta: rotation +-20, zoom 0.9-1.1, channel shift; tta-keras215: as Keras 2.1.5 ran it")
+    p.add_argument("--tta-preset", default="auto", choices=("auto", "train", "tta", "tta-keras215"),
+                   help="train: the model's own training augmentation; tta: the notebook's (rotation +-20, zoom "
+                        "0.9-1.1, channel shift); tta-keras215: as Keras 2.1.5 ran it; auto (default): tta for "
+                        "models trained with the notebook's augmentation (seed, keras215), train for others")
     p.add_argument("--seed", type=int, default=0, help="TTA seed (results are deterministic given it)")
     p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw",
                    help="score that decides the class (and the flat metrics); tta_* need --tta")

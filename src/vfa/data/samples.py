@@ -195,9 +195,10 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
         labs.append(label)
         keep_rows.append(rec)
     columns = {}
-    for name in ("patient_id", "study_date", "split"):
+    for name in ("patient_id", "study_date", "split", "fold"):
         if name in lower:
             columns[name] = [str(r[lower[name]]).strip() for r in keep_rows]
+    columns["_line"] = [r["_line"] for r in keep_rows]
     if id_column:
         columns["image_id"] = [str(r[id_column]).strip() for r in keep_rows]
     return Samples(paths, labs, str(root), skipped, tuple(classes), columns, source=source)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError
+from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError, Samples
 from vfa.runs import refuse_existing
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -37,6 +37,59 @@ def _assign(groups: pd.DataFrame, shares: list[float], rng: np.random.Generator)
             out[patient] = k
             have[k] += size
     return out
+
+
+def assign_folds(groups, labels, folds: int, seed: int = 0) -> np.ndarray:
+    """A fold 0..K-1 per row: scikit-learn's StratifiedGroupKFold (shuffled with `seed`), so every
+    row of a group (patient) is in one fold and each fold's label mix is close to the whole's."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups, labels = np.asarray(groups).astype(str), np.asarray(labels).astype(str)
+    n_groups = len(set(groups))
+    if n_groups < folds:
+        raise DataError(f"{folds} folds need at least {folds} patients; there are {n_groups}")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = np.full(len(groups), -1)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(groups)), labels, groups)):
+        out[held] = k
+    return out
+
+
+def folds_of(samples: Samples, folds: int, seed: int = 0) -> list[int | None]:
+    """Each row's fold (None for `test` rows): the manifest's fold column when it has one, else
+    `assign_folds` over patients (the patient_id column; without one, each image is its own patient)."""
+    split = samples.columns.get("split", [""] * len(samples.paths))
+    rows = [i for i, s in enumerate(split) if s != "test"]
+    given = samples.columns.get("fold")
+    out: list[int | None] = [None] * len(samples.paths)
+    if given is not None:
+        for i in rows:
+            value = given[i]
+            if not value.lstrip("-").isdigit() or not 0 <= int(value) < folds:
+                line = samples.columns["_line"][i]
+                raise DataError(f"{samples.source} line {line}: fold {value!r} is not one of 0..{folds - 1} "
+                                f"(data.folds = {folds}; test rows may leave it empty)")
+            out[i] = int(value)
+        return out
+    patients = samples.columns.get("patient_id") or samples.paths
+    assigned = assign_folds([patients[i] for i in rows], [samples.labels[i] for i in rows], folds, seed)
+    for i, k in zip(rows, assigned):
+        out[i] = int(k)
+    return out
+
+
+def fold_samples(samples: Samples, fold: int, folds: int, seed: int = 0) -> tuple[Samples, Samples]:
+    """(train, val) of cross-validation fold `fold`: val its rows, train the other folds' rows;
+    `test` rows are in neither."""
+    which = folds_of(samples, folds, seed)
+    train = samples.subset([i for i, k in enumerate(which) if k is not None and k != fold], skipped=[])
+    val = samples.subset([i for i, k in enumerate(which) if k == fold], skipped=[])
+    train.skipped = list(samples.skipped)  # a manifest's bad rows are reported once, with training's
+    train.source, val.source = f"{samples.source} folds != {fold}", f"{samples.source} fold {fold}"
+    for part, name in ((train, "training"), (val, "validation")):
+        if not part.paths:
+            raise DataError(f"{samples.source}: fold {fold} leaves no {name} images")
+    return train, val
 
 
 def split_manifest(frame: pd.DataFrame, by: str = "patient_id", stratify: str | None = "label",
@@ -69,10 +122,10 @@ def split_manifest(frame: pd.DataFrame, by: str = "patient_id", stratify: str | 
             is_test = patients.map(first).to_numpy() == 1
         else:
             is_test = np.zeros(len(out), bool)
-        rest = groups.loc[sorted(set(patients[~is_test]))]
-        fold_of = _assign(rest, [1 / folds] * folds, rng)
+        fold = assign_folds(patients[~is_test].to_numpy(), strata[~is_test].to_numpy(), folds, seed)
         out["split"] = np.where(is_test, "test", "train")
-        out["fold"] = [("" if t else int(fold_of[p])) for p, t in zip(patients, is_test)]
+        rest = iter(fold.tolist())
+        out["fold"] = pd.Series(["" if t else next(rest) for t in is_test], index=out.index, dtype=object)
         return out
     names = {1: ("train",), 2: ("train", "val"), 3: SPLIT_NAMES}[len(ratios)]
     bins = _assign(groups, ratios, rng)

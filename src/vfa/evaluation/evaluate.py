@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfa.config import ConfigError, get_augment_config
+from vfa.config import ConfigError
 from vfa.data.stream import default_workers
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.evaluation import report as report_mod
@@ -19,6 +19,7 @@ from vfa.explain.localization import find_manifest, read_manifest, summarize
 from vfa.explain.render import gallery_png, select_gallery
 from vfa.inference.engine import Scorer, score_paths
 from vfa.inference.ensemble import load_ensemble
+from vfa.inference.tta import tta_name
 from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
 from vfa.io.identifiers import public_path
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
@@ -70,7 +71,7 @@ def resolve_thresholds(spec, scores: list[str], model, frame: pd.DataFrame,
 
 def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_name: str = "metrics.json",
              threshold: float | str = 0.5, threshold_from: str | Path | None = None, tta: int = 0,
-             tta_preset: str = "tta", seed: int = 0, score: str = "raw", id_regex: str | None = None,
+             tta_preset: str = "auto", seed: int = 0, score: str = "raw", id_regex: str | None = None,
              id_column: str | None = None, split: str | None = None,
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
@@ -94,10 +95,10 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
     try:  # fail on a bad option before any image is read
         stats.parse_threshold(threshold)
-        get_augment_config(tta_preset)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
+    tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config
     # a class folder or a manifest (split: the rows of that split; id_column: image IDs from it)
     samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
@@ -122,7 +123,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         thresholds, source = resolve_thresholds(threshold, scores, model, frame, threshold_from)
         frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
         result = metrics_dict(frame, score, thresholds, source)
-        result.update({"tta": {"n": tta, "preset": tta_preset, "seed": seed}, "temperature": model.temperature,
+        result.update({"tta": {"n": tta, "preset": tta_used, "seed": seed}, "temperature": model.temperature,
                        "backend": backend, "data": public(str(data)),
                        "model": public(str(models[0])) if len(models) == 1 else [public(str(m)) for m in models],
                        "skipped": len(samples.skipped), "id_regex": id_regex})

@@ -47,7 +47,7 @@ def job_record(ens, tta: int, tta_preset: str, seed: int, score: str, threshold,
 
     members = [f"{n}:{os.path.getsize(p)}:{os.stat(p).st_mtime_ns}" for n, p in zip(ens.names, ens.paths)] \
         if ens.paths else ens.names
-    return {"members": members, "combine": ens.combine, "tta": tta, "tta_preset": tta_preset if tta else None,
+    return {"members": members, "combine": ens.combine, "tta": tta, "tta_preset": tta_name(tta_preset, ens.members) if tta else None,
             "seed": seed if tta else None, "score": score, "threshold": str(threshold), "id_regex": id_regex,
             "id_column": id_column, "keep_identifiers": keep_identifiers}
 
@@ -75,7 +75,7 @@ def _todo(paths: list[str], done: dict, keep_identifiers: bool):
 
 
 def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume: bool = False, tta: int = 0,
-                    tta_preset: str = "tta", seed: int = 0, id_regex: str | None = None, score: str = "raw",
+                    tta_preset: str = "auto", seed: int = 0, id_regex: str | None = None, score: str = "raw",
                     batch_size: int = 16, workers: int | None = None, on_bad_file: str = "skip",
                     progress: bool = False, log=None, id_column: str | None = None, keep_identifiers: bool = False,
                     backend: str = "auto", device: str = "auto", threshold: float | str = "model") -> Summary:

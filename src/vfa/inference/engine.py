@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vfa.data.augment import Augment, get_augment_config
+from vfa.data.augment import Augment
 from vfa.data.stream import FileViews, view_loader
 from vfa.data.transforms import create_transform
 from vfa.inference.backends import resolve_backend, with_backend
 from vfa.inference.ensemble import Ensemble
-from vfa.inference.tta import tta_batch
+from vfa.inference.tta import tta_batch, tta_config, tta_name
 from vfa.io.identifiers import public_path
 from vfa.models.network import model_device
 
@@ -29,13 +29,15 @@ class Scorer:
     """Each member of `ens` on `backend` (resolved per job size and device), TTA with `tta` passes."""
 
     def __init__(self, ens: Ensemble, backend: str = "auto", n_images: int | None = None, calibration=None,
-                 tta: int = 0, tta_preset: str = "tta", seed: int = 0):
+                 tta: int = 0, tta_preset: str = "auto", seed: int = 0):
         self.ens, self.tta, self.seed = ens, tta, seed
         self.device = model_device(ens.members[0])
         work = None if n_images is None else n_images * (1 + tta) * len(ens)
         self.backend = resolve_backend(backend, work, self.device)
         self.runners = [with_backend(m, self.backend, work, calibration) for m in ens.members]
-        self.augment = Augment(get_augment_config(tta_preset))
+        # each member its own TTA (tta_preset "auto"/"train" follow each one's training augmentation)
+        self.tta_preset = tta_name(tta_preset, ens.members) if tta else None
+        self.augments = [Augment(tta_config(tta_preset, m.config)) for m in ens.members]
         self.transforms, self.view_of = [], []
         for m in ens.members:  # members that share preprocessing share one view of each image
             t = create_transform(m)
@@ -50,9 +52,9 @@ class Scorer:
     def __call__(self, views, positions: list[int]) -> dict[str, np.ndarray]:
         """Column -> (B,) float64: the combined kinds, then per member (when there are several)."""
         member: dict[str, list] = {k: [] for k in self.kinds()}
-        for runner, v in zip(self.runners, self.view_of):
+        for runner, v, augment in zip(self.runners, self.view_of, self.augments):
             x = views[v].to(self.device, non_blocking=True)
-            raw, passes = tta_batch(runner, x, positions, self.tta, self.augment, self.seed)
+            raw, passes = tta_batch(runner, x, positions, self.tta, augment, self.seed)
             member["raw"].append(raw.numpy())
             if self.tta:
                 passes = passes.numpy()

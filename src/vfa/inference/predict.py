@@ -156,7 +156,7 @@ def output_rows(rows: pd.DataFrame, kinds, thr: float, score: str, id_map: dict,
     return out
 
 
-def predict_files(model, inputs, tta: int = 0, tta_preset: str = "tta", seed: int = 0,
+def predict_files(model, inputs, tta: int = 0, tta_preset: str = "auto", seed: int = 0,
                   id_regex: str | None = None, score: str = "raw", batch_size: int = 16, num_workers: int | None = None,
                   on_bad_file: str = "skip", progress: bool = False, log=None, id_column: str | None = None,
                   keep_identifiers: bool = False, backend: str = "auto", device: str = "auto",

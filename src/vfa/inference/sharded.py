@@ -98,7 +98,7 @@ class _ShardWriter(BasePredictionWriter):
 
 
 def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resume: bool = False, tta: int = 0,
-                    tta_preset: str = "tta", seed: int = 0, id_regex=None, score: str = "raw", batch_size: int = 16,
+                    tta_preset: str = "auto", seed: int = 0, id_regex=None, score: str = "raw", batch_size: int = 16,
                     workers: int | None = None, on_bad_file: str = "skip", progress: bool = False, log=None,
                     id_column=None, keep_identifiers: bool = False, backend: str = "auto", device: str = "auto",
                     threshold="model") -> Summary | None:

@@ -1,7 +1,8 @@
 """Test-time augmentation as the notebook ran it: n random passes per image, pooled by mean and max.
 
 The transform is `vfa.augment.Augment` with the "tta" preset (rotation +-20 deg, zoom 0.9-1.1,
-channel shift; "tta-keras215" is what Keras 2.1.5 executed). Each image's parameters for pass j
+channel shift; "tta-keras215" is what Keras 2.1.5 executed), or with the model's own training
+augmentation ("train", the default for models not trained with the notebook's augmentation). Each image's parameters for pass j
 come from a generator seeded by (seed, dataset index, j), so results do not depend on batch size,
 worker count, device or order. Images stream: each batch is decoded once and augmented n times.
 As in the notebook, the raw (unaugmented) prediction is not part of the mean/max pool.
@@ -14,8 +15,38 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vfa.config import AugmentConfig, ConfigError
 from vfa.data.augment import Augment, get_augment_config
 from vfa.models.network import p_fracture
+
+# "train": the model's own training augmentation; "auto": the notebook's TTA for a model trained
+# with the notebook's augmentation (seed, keras215), "train" for any other
+TTA_PRESETS = ("auto", "train", "tta", "tta-keras215")
+
+
+def resolve_tta_preset(preset: str, cfg) -> str:
+    """The TTA preset a model gets: "auto" resolved from its training config (a model config)."""
+    if preset not in TTA_PRESETS:
+        raise ConfigError(f"--tta-preset must be one of {', '.join(TTA_PRESETS)}, got {preset!r}")
+    if preset != "auto":
+        return preset
+    if cfg.augment in ("seed", "keras215") and not cfg.augment_overrides:
+        return "tta-keras215" if cfg.augment == "keras215" else "tta"
+    return "train"
+
+
+def tta_name(preset: str, members) -> str:
+    """The resolved preset of every member, once each ("tta", or "train, tta" for a mixed ensemble)."""
+    return ", ".join(dict.fromkeys(resolve_tta_preset(preset, m.config) for m in members))
+
+
+def tta_config(preset: str, cfg) -> AugmentConfig:
+    """The augmentation TTA draws from: a fixed preset, or the model's training augmentation (with
+    its resize: a TTA pass sees what a training step saw)."""
+    name = resolve_tta_preset(preset, cfg)
+    if name == "train":
+        return get_augment_config(cfg.augment, **cfg.augment_overrides)
+    return get_augment_config(name)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 
 from vfa import checkpoint
 from vfa import config as config_mod
@@ -21,6 +21,7 @@ from vfa.errors import RunInterrupted
 from vfa.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, completed_epochs_in, resume_point
 from vfa.training.datamodule import VFADataModule
 from vfa.training.module import VFAModule, keep_history_before
+from vfa.training.tracking import make_loggers, remember
 
 def load_data(cfg, train: bool = True, log=print):
     """Scan and fully decode the training/validation (and --test) sets before any work starts;
@@ -33,14 +34,18 @@ def load_data(cfg, train: bool = True, log=print):
     parse(d.normalize)
     if d.train is None:
         raise config_mod.ConfigError("data.train is not set (pass --train DIR or MANIFEST.csv)")
-    train_samples = load_samples(d.train, d.classes, split="train")  # a missing path fails first
-    val = d.val
-    if val is None and is_manifest(d.train) and "val" in manifest_splits(d.train):
-        val = str(split_source(d.train)[0])  # a split manifest: its 'val' rows
-    if val is None:
-        raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
+    if d.fold is not None:
+        train_samples, val_samples = _fold(cfg)
+    else:
+        train_samples = load_samples(d.train, d.classes, split="train")  # a missing path fails first
+        val = d.val
+        if val is None and is_manifest(d.train) and "val" in manifest_splits(d.train):
+            val = str(split_source(d.train)[0])  # a split manifest: its 'val' rows
+        if val is None:
+            raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
+        val_samples = load_samples(val, d.classes, split="val")
     tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame, min_side=d.min_side)
-    va = validate(load_samples(val, d.classes, split="val"), d.on_bad_file, frame=d.frame, min_side=d.min_side)
+    va = validate(val_samples, d.on_bad_file, frame=d.frame, min_side=d.min_side)
     sets = {"train": tr, "val": va}
     if getattr(d, "test", None):
         sets["test"] = validate(load_samples(d.test, d.classes, split="test"), d.on_bad_file, frame=d.frame,
@@ -60,15 +65,31 @@ def load_data(cfg, train: bool = True, log=print):
                         f"Sp are undefined there and best.ckpt could not be chosen; add images of both classes")
     return tr, va
 
-def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
+def _fold(cfg):
+    """data.fold = k: (train, val) samples of fold k of the data.train manifest."""
+    from vfa.data.samples import is_manifest, load_samples
+    from vfa.data.split import fold_samples
+
+    d = cfg.data
+    if not is_manifest(d.train):
+        raise config_mod.ConfigError(f"data.fold needs a manifest CSV as data.train (folds are rows); got {d.train}")
+    if d.val is not None:
+        raise config_mod.ConfigError("data.fold validates on that fold of data.train; do not also set data.val")
+    return fold_samples(load_samples(d.train, d.classes, split="all"), d.fold, d.folds, d.fold_seed)
+
+
+def make_trainer(cfg, run_dir: Path, extra_callbacks=(), track: bool = True) -> L.Trainer:
     t = cfg.trainer
     callbacks = [*checkpoint_callbacks(run_dir / "checkpoints"), *extra_callbacks]
     if t.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
+    loggers = make_loggers(cfg, run_dir) if track else []
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
         default_root_dir=str(run_dir), max_epochs=cfg.optim.epochs, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-        deterministic=t.deterministic, callbacks=callbacks, logger=False, num_sanity_val_steps=0,
+        deterministic=determinism(cfg), callbacks=callbacks, logger=loggers or False, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
 
@@ -118,6 +139,16 @@ def native_bf16(device: str) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def determinism(cfg):
+    """trainer.deterministic on a GPU -> "warn": CUDA has no deterministic kernel for some backward
+    passes (adaptive max-pool, the cpu-demo's global pool, is one), and a run must not stop there;
+    every other operation stays deterministic. On CPU every kernel is, and True holds."""
+    d = cfg.trainer.deterministic
+    if d is True and _training_device(cfg) == "cuda":
+        return "warn"
+    return d
 
 
 def resolve_precision(cfg) -> str:
@@ -183,5 +214,6 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     if trainer.is_global_zero:
         from vfa.training.curves import plot_history
         plot_history(run_dir / "history.csv", run_dir)
+        remember(trainer.loggers, run_dir)
     return run_dir
 

@@ -1,0 +1,76 @@
+"""Study commands: cross-validation (`vfa cv`) and the runs table (`vfa runs list|compare`)."""
+from __future__ import annotations
+
+from vfa import config as config_mod
+from vfa.cli.options import _config_args, _force_arg, _resolve
+
+
+def cmd_cv(args) -> None:
+    from vfa.cli.model_cmds import _trainer_device
+    from vfa.cv import cross_validate
+
+    extra = {"data": {"train": args.data, "folds": args.folds, "on_bad_file": args.on_bad_file},
+             "optim": {"epochs": args.epochs}, "trainer": _trainer_device(args.device)}
+    cfg = _resolve(args, extra)
+    cross_validate(cfg, args.out, resume=args.resume, force=args.force, checkpoint=args.checkpoint)
+
+
+def add_cv(sub) -> None:
+    p = sub.add_parser("cv", help="K-fold cross-validation: a model per fold, pooled out-of-fold metrics, the fold "
+                                  "ensemble on the held-out test rows")
+    p.add_argument("--data", required=True, metavar="MANIFEST.csv",
+                   help="manifest with patient_id (and split: its test rows stay out; a fold column is used "
+                        "when present, else folds are made, patient-level and stratified)")
+    p.add_argument("--folds", type=int, help="number of folds K (default 5; data.folds)")
+    p.add_argument("--out", required=True, help="folder: fold0 ... foldK-1 run directories and the summary")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="each fold's model for out-of-fold scores and the ensemble (default last: best is "
+                        "chosen on the fold it would be scored on)")
+    p.add_argument("--resume", action="store_true", help="continue unfinished folds, start missing ones, then "
+                                                         "summarize")
+    p.add_argument("--on-bad-file", choices=("error", "skip"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (as vfa train)")
+    _force_arg(p, "replace an existing cross-validation (its folds are trained again)")
+    _config_args(p)
+    p.epilog = "one fold alone (a cluster array job): --set data.fold=K"
+    p.set_defaults(func=cmd_cv)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def cmd_runs(args) -> None:
+    from vfa.data.check import _table
+    from vfa.evaluation import runs_table
+
+    if args.action == "list":
+        frame = runs_table.list_runs(args.paths[0] if args.paths else "runs")
+        if frame.empty:
+            print("no vfa training runs found")
+            return
+        rows = [[r.run, r.preset, f"{r.epochs}/{_fmt(r.of)}", _fmt(r.best_val_auc), _fmt(r.best_epoch),
+                 "-" if r.wall_s is None or r.wall_s != r.wall_s else f"{r.wall_s / 60:.1f} min", _fmt(r.test_auc),
+                 r.overrides or "-"] for r in frame.itertuples()]
+        print("\n".join(_table(["run", "preset", "epochs", "best val AUC", "at epoch", "wall", "test AUC",
+                                "overrides"], rows)))
+        return
+    if len(args.paths) != 2:
+        raise config_mod.ConfigError("vfa runs compare takes two run directories: vfa runs compare A B")
+    result = runs_table.compare_runs(*args.paths)
+    print(f"A = {result['A']}\nB = {result['B']}\n")
+    rows = [[c["key"], _fmt(c["A"]), _fmt(c["B"])] for c in result["config"]]
+    print("\n".join(_table(["config", "A", "B"], rows)) if rows else "same config")
+    print()
+    rows = [[m["metric"], _fmt(m["A"]), _fmt(m["B"]), _fmt(m["B - A"])] for m in result["metrics"]]
+    print("\n".join(_table(["metric", "A", "B", "B - A"], rows)) if rows else "no metrics yet")
+
+
+def add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list training runs in a folder, or compare two side by side")
+    p.add_argument("action", choices=("list", "compare"))
+    p.add_argument("paths", nargs="*", help="list: the folder to search (default runs); compare: two run directories")
+    p.set_defaults(func=cmd_runs)

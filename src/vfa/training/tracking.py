@@ -32,6 +32,12 @@ def _mlflow(cfg, run_dir: Path):
         uri = f"sqlite:///{store / 'mlflow.db'}"  # MLflow 3 keeps plain-file stores for old data only
     id_file = run_dir / LOG_DIR / MLFLOW_RUN_ID
     run_id = id_file.read_text().strip() if id_file.is_file() else None
+    if run_id:  # MLflow parameters cannot change: a resumed run keeps those of its first start
+        class ResumedMLFlowLogger(MLFlowLogger):  # (its final config.yaml is logged as an artifact)
+            def log_hyperparams(self, params, *args, **kwargs) -> None:
+                return None
+
+        MLFlowLogger = ResumedMLFlowLogger  # noqa: N806
     return MLFlowLogger(experiment_name=t.experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                         artifact_location=None if t.tracking_uri else (store / "artifacts").as_uri(),
                         tags={"vfa.run_dir": str(run_dir.resolve()), "vfa.preset": cfg.preset})
@@ -60,8 +66,10 @@ def remember(loggers, run_dir: str | Path) -> None:
     """Keep the MLflow run id in the run folder, so `vfa train --resume` logs to the same run."""
     from vfa.runs import atomic_write
 
+    from lightning.pytorch.loggers import MLFlowLogger
+
     for logger in loggers:
-        if type(logger).__name__ == "MLFlowLogger" and logger.run_id:
+        if isinstance(logger, MLFlowLogger) and logger.run_id:
             atomic_write(Path(run_dir) / LOG_DIR / MLFLOW_RUN_ID, logger.run_id)
 
 
@@ -73,7 +81,9 @@ def log_results(cfg, run_dir: str | Path, test_metrics: dict | None = None) -> N
     configured logger. MLflow also gets the run's small files as artifacts."""
     run_dir = Path(run_dir)
     # (not the CSV logger: reopened, it would start a new version folder; test_metrics.json is beside it)
-    loggers = [lg for lg in make_loggers(cfg, run_dir) if type(lg).__name__ != "CSVLogger"]
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+
+    loggers = [lg for lg in make_loggers(cfg, run_dir) if not isinstance(lg, CSVLogger)]
     if not loggers:
         return
     step = max(1, int(cfg.optim.epochs))
@@ -82,10 +92,9 @@ def log_results(cfg, run_dir: str | Path, test_metrics: dict | None = None) -> N
     for logger in loggers:
         if flat:
             logger.log_metrics(flat, step=step)
-        kind = type(logger).__name__
-        if kind == "TensorBoardLogger":
+        if isinstance(logger, TensorBoardLogger):
             _tensorboard_figures(logger, run_dir, step)
-        elif kind == "MLFlowLogger":
+        elif isinstance(logger, MLFlowLogger):
             for name in (*FIGURES, "config.yaml", "history.csv", "test_metrics.json"):
                 if (run_dir / name).is_file():
                     logger.experiment.log_artifact(logger.run_id, str(run_dir / name))

@@ -96,6 +96,19 @@ def run_train(env, tmp):
             "--set", "model.head=[8]", "--set", "trainer.precision=32-true", "--set", "optim.lr=1e-3"]
 
 
+def run_cv(env, tmp):
+    rows = [{"path": str(f), "label": f.parent.name, "split": split if split == "test" else "train",
+             "patient_id": f"{split}-{f.stem}"}
+            for split in ("train", "val", "test") for f in sorted(env[split].rglob("*.png"))]
+    pd.DataFrame(rows).to_csv(tmp / "m.csv", index=False)
+    return ["cv", "--preset", "cpu-demo", "--data", str(tmp / "m.csv"), "--folds", "2", "--out", str(tmp / "cv"),
+            "--device", "cpu", "--epochs", "1", *run_train(env, tmp)[15:]]
+
+
+def run_runs(env, tmp):
+    return ["runs", "list", str(tmp)]
+
+
 def run_import_keras(env, tmp):
     return None  # needs a Keras .h5: run through the CLI in tests/models/test_keras_import.py
 

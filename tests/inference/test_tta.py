@@ -96,3 +96,30 @@ def test_keras215_preset_and_temperature(model):
     np.testing.assert_allclose(hot.raw, torch.sigmoid(z / 2).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         tta_predict(model, Gray(), -1)
+
+
+def test_tta_preset_follows_the_training_augmentation():
+    from vfa import config as config_mod
+    from vfa.inference.tta import resolve_tta_preset, tta_config
+
+    seed, keras, demo = (config_mod.resolve(p) for p in ("seed2019", "keras215", "cpu-demo"))
+    assert [resolve_tta_preset("auto", c) for c in (seed, keras, demo)] == ["tta", "tta-keras215", "train"]
+    assert resolve_tta_preset("tta", demo) == "tta"  # an explicit choice is kept
+    assert tta_config("train", demo) == get_augment_config(demo.augment, **demo.augment_overrides)
+    assert tta_config("auto", demo).rotation == 5.0 and tta_config("auto", seed) == get_augment_config("tta")
+    with pytest.raises(config_mod.ConfigError, match="--tta-preset"):
+        resolve_tta_preset("mild", demo)
+
+
+def test_ensemble_members_each_get_their_own_tta(tmp_path):
+    from tests.helpers import make_checkpoint
+    from vfa import config as config_mod
+    from vfa.inference.engine import Scorer
+    from vfa.inference.ensemble import load_ensemble
+
+    a = make_checkpoint(tmp_path / "a.ckpt")  # cpu-demo config: its own (milder) augmentation
+    ens = load_ensemble([a, a])
+    ens.members[1].config = config_mod.resolve("seed")  # as if trained with the notebook's augmentation
+    scorer = Scorer(ens, "torch", 4, tta=2)
+    assert scorer.tta_preset == "train, tta"
+    assert [g.cfg.rotation for g in scorer.augments] == [5.0, 20.0]

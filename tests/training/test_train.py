@@ -103,6 +103,18 @@ def test_ddp_two_processes_metrics_match_single_process(tiny_phantom, tmp_path):
         assert single[key] == row[key], key
     assert single["auc"] == pytest.approx(row["auc"], abs=1e-6)
 
+    # the way a cluster user starts it: torchrun (Lightning reads its environment); same metrics
+    launched = tmp_path / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+           *cmd[1:cmd.index("--out") + 1], str(launched), *cmd[cmd.index("--out") + 2:]]
+    result = subprocess.run(cmd, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = pd.read_csv(launched / "history.csv").iloc[-1]
+    for key in ("tn", "fp", "fn", "tp", "n"):
+        assert again[key] == row[key], key
+    assert again["auc"] == pytest.approx(row["auc"], abs=1e-6)
+
 
 def test_augment_on_auto_resolves_by_accelerator():
     from vfa.training.train import resolve_augment_on
@@ -179,3 +191,16 @@ def test_train_with_device_augmentation_and_compile(tiny_phantom, tmp_path):
     model = vfa.load_model(run / "checkpoints" / "last.ckpt")
     paths = sorted(str(p) for p in (tiny_phantom / "val").rglob("*.png"))
     assert vfa.predict(model, paths).shape == (len(paths),)
+
+
+def test_deterministic_is_warn_only_on_cuda():
+    """CUDA has no deterministic kernel for adaptive max-pool backward (the cpu-demo's global pool):
+    on a GPU, trainer.deterministic=True runs warn-only instead of stopping; on CPU it holds."""
+    from vfa.training.train import determinism
+
+    cfg = config_mod.resolve("cpu-demo", overrides={"trainer": {"accelerator": "gpu"}})
+    assert determinism(cfg) == "warn"
+    cfg.trainer.accelerator = "cpu"
+    assert determinism(cfg) is True
+    cfg.trainer.deterministic = False
+    assert determinism(cfg) is False

@@ -16,6 +16,7 @@ from vfa import config as config_mod
 from vfa.data.samples import DataError, Samples, write_skipped
 from vfa.inference import output
 from vfa.inference.predict import _check, _job, model_threshold, output_rows
+from vfa.inference.tta import tta_name
 from vfa.io.identifiers import public_path
 
 
@@ -47,7 +48,8 @@ def job_record(ens, tta: int, tta_preset: str, seed: int, score: str, threshold,
 
     members = [f"{n}:{os.path.getsize(p)}:{os.stat(p).st_mtime_ns}" for n, p in zip(ens.names, ens.paths)] \
         if ens.paths else ens.names
-    return {"members": members, "combine": ens.combine, "tta": tta, "tta_preset": tta_name(tta_preset, ens.members) if tta else None,
+    return {"members": members, "combine": ens.combine, "tta": tta,
+            "tta_preset": tta_name(tta_preset, ens.members) if tta else None,
             "seed": seed if tta else None, "score": score, "threshold": str(threshold), "id_regex": id_regex,
             "id_column": id_column, "keep_identifiers": keep_identifiers}
 

@@ -84,7 +84,8 @@ def _train_fold(cfg, out: Path, k: int, resume: bool, force: bool, log) -> Path:
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg.data.fold = k
     log(f"fold {k} of {cfg.data.folds}: training {run}")
-    return api.train(fold_cfg, run, force=force or state != "missing", log=log)
+    # a fold killed before its first epoch left a run folder with nothing to keep
+    return api.train(fold_cfg, run, force=force or marked(run) == "train", log=log)
 
 
 def cross_validate(cfg, out: str | Path, resume: bool = False, force: bool = False, checkpoint: str = "last",

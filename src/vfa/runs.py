@@ -34,6 +34,8 @@ OUTPUTS = {
     "lr-find": ("lr_find.png", "lr_find.json", "lr_find.csv"),
     "heatmap": ("heatmaps.csv", "localization.json", "**/heatmap_*", "**/panel_*"),
     "synth": ("manifest.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
+    "cohort": ("cohort.json", "cohort.xlsx", "exclusions.csv", "km*.png", "cumulative_incidence*.png", "forest.png",
+               "cohort_report.html"),
     "cv": ("cv_config.yaml", "cv_summary.json", "cv_folds.csv", "oof_predictions.csv", "cv_roc.png",
            "cv_report.html", "ensemble.yaml"),
 }
@@ -43,7 +45,7 @@ LEGACY_SIGNS = {"train": ("environment.json", '"lightning"'), "evaluate": ("metr
                 "synth": ("manifest.csv", "fractured_boxes")}
 # Output folders that belong to the folder they are nested in (a run's evaluations, heatmaps):
 # `--force` on the outer folder clears these too. Other nested vfa folders (runs, phantoms) are kept.
-DERIVED = ("evaluate", "heatmap", "lr-find")
+DERIVED = ("evaluate", "heatmap", "lr-find", "cohort")
 
 
 def _input_path(item) -> Path | None:
@@ -183,7 +185,7 @@ class lock:
             from vfa.errors import ConfigError
             raise ConfigError(f"--out {target} is not a place for outputs")
         self.path = target.with_name(f".{target.name}.vfa-lock")  # beside it: a folder's lock is not in it
-        self.ddp, self.fd = ddp, None
+        self.target, self.ddp, self.fd = target, ddp, None
 
     def __enter__(self):
         import fcntl
@@ -198,7 +200,7 @@ class lock:
             except OSError:
                 owner = self._owner()
                 os.close(fd)
-                raise FileExistsError(f"{self.path.parent} is being written by another vfa process (PID "
+                raise FileExistsError(f"{self.target} is being written by another vfa process (PID "
                                       f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
                                       "wait for it to finish") from None
             try:  # the file may have been removed by its previous holder between our open and flock
@@ -299,14 +301,19 @@ def enable_compile_cache() -> None:
 
 
 def environment() -> dict:
-    import lightning
-    import timm
-    import torch
+    """Versions, platform, GPU and git commit, for environment.json (torch-free: it reads installed
+    versions, and the GPU only from a torch that the run already imported)."""
+    from importlib import metadata
 
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
-           "torch": torch.__version__, "timm": timm.__version__, "lightning": lightning.__version__,
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "argv": sys.argv}
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    for name in ("torch", "timm", "lightning"):
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
+    torch = sys.modules.get("torch")
+    env["cuda"] = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    env["argv"] = sys.argv
     try:
         src = Path(__file__).resolve().parent
         env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True,

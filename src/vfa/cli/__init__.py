@@ -31,6 +31,7 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
   vfa cv --preset cpu-demo --data MANIFEST.csv --folds 5 --out runs/cv   cross-validation + fold ensemble
   vfa runs list runs/  |  vfa runs compare runs/a runs/b                 runs side by side
+  vfa cohort --predictions P.csv --outcomes O.csv --out DIR [--adjust age,sex]   KM, Cox, Fine-Gray, C, kappa
 """
 
 
@@ -39,7 +40,8 @@ _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_ke
              eval_cmds.add_calibrate, eval_cmds.add_compare, eval_cmds.add_predict, model_cmds.add_ensemble,
              model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
-             model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs)
+             model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs,
+             study_cmds.add_cohort, study_cmds.add_synth_cohort)
 
 
 def build_parser() -> argparse.ArgumentParser:

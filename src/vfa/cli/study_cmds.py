@@ -74,3 +74,63 @@ def add_runs(sub) -> None:
     p.add_argument("action", choices=("list", "compare"))
     p.add_argument("paths", nargs="*", help="list: the folder to search (default runs); compare: two run directories")
     p.set_defaults(func=cmd_runs)
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_cohort(args) -> None:
+    from vfa.cohort.run import analyze
+
+    codes = tuple(int(v) for v in _csv_list(args.event_codes))
+    analyze(args.predictions, args.outcomes, args.out, id_col=args.id, exposure=args.exposure,
+            threshold=args.threshold, time=args.time, events=_csv_list(args.event), codes=codes,
+            adjust=_csv_list(args.adjust or ""), horizon=args.horizon, reader=args.reader, start=args.start_date,
+            end=args.end_date, force=args.force)
+    print(f"wrote cohort.json, cohort.xlsx, figures and cohort_report.html to {args.out}")
+
+
+def add_cohort(sub) -> None:
+    p = sub.add_parser("cohort", help="does the model's finding predict the next fracture? KM, competing-risk "
+                                      "incidence, Cox and Fine-Gray HRs, C-index, agreement with a reader")
+    p.add_argument("--predictions", required=True, help="vfa predict / evaluate output")
+    p.add_argument("--outcomes", required=True, help="CSV: one row per image (or patient) with the join key, "
+                                                     "follow-up time, event code(s), covariates")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--id", default="image_id", help="join key, in both files (default image_id)")
+    p.add_argument("--exposure", default="predicted", choices=("predicted", "raw", "tta_mean", "tta_max"),
+                   help="predicted: the model's finding as written (default); a score: finding = score >= "
+                        "--threshold; the score per SD is always analysed too")
+    p.add_argument("--threshold", type=float, help="threshold for a score exposure (default 0.5)")
+    p.add_argument("--time", default="time", help="follow-up in years from the scan (default time)")
+    p.add_argument("--start-date", help="or: follow-up = (--end-date - --start-date) / 365.25")
+    p.add_argument("--end-date")
+    p.add_argument("--event", default="event", help="event column(s), comma-separated: one analysis each")
+    p.add_argument("--event-codes", default="0,1,2", help="censored,event,competing (default 0,1,2)")
+    p.add_argument("--adjust", help="covariates for the adjusted models, e.g. age,sex,bmd_tscore")
+    p.add_argument("--horizon", type=float, default=5.0, help="years for the cumulative incidence (default 5)")
+    p.add_argument("--reader", help="column with a reader's call (0/1): kappa and PABAK against the model")
+    _force_arg(p, "replace the outputs in --out")
+    p.set_defaults(func=cmd_cohort)
+
+
+def cmd_synth_cohort(args) -> None:
+    from vfa.cohort.synth import synth_cohort
+
+    frame = synth_cohort(args.predictions, args.out, hr=args.hr, seed=args.seed, id_col=args.id,
+                         threshold=args.threshold, force=args.force)
+    print(f"wrote {args.out}: {len(frame)} rows, events {frame['event'].value_counts().sort_index().to_dict()} "
+          f"(0 censored, 1 fracture, 2 death); planted HR {args.hr} given age, sex, bmd_tscore")
+
+
+def add_synth_cohort(sub) -> None:
+    p = sub.add_parser("synth-cohort", help="synthetic follow-up with a known hazard ratio for a predictions file")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--out", required=True, help="outcomes CSV to write")
+    p.add_argument("--hr", type=float, default=1.85, help="the planted HR of the model's finding (default 1.85)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--id", default="image_id")
+    p.add_argument("--threshold", type=float, help="finding = raw >= this (default: the 'predicted' column)")
+    _force_arg(p, "replace --out")
+    p.set_defaults(func=cmd_synth_cohort)

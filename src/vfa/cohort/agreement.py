@@ -1,0 +1,34 @@
+"""Agreement of the model's finding with a reader: Cohen's kappa and PABAK, with 95 % CIs.
+
+Kappa's CI uses the large-sample standard error of Fleiss, Cohen and Everitt (1969), as
+statsmodels' `cohens_kappa` and R's `psych::cohen.kappa` do; PABAK = 2 p_o - 1 (Byrt, Bishop and
+Carlin 1993), its CI the Wilson interval of the observed agreement p_o, mapped the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import norm
+
+from vfa.stats.accuracy import wilson
+
+
+def agreement(a, b, alpha: float = 0.05) -> dict:
+    """Two binary ratings of the same subjects (0/1) -> n, the 2x2 table, p_o, kappa and PABAK with CIs."""
+    a, b = np.asarray(a, int), np.asarray(b, int)
+    n = len(a)
+    table = np.array([[np.sum((a == i) & (b == j)) for j in (0, 1)] for i in (0, 1)], float)
+    p = table / n
+    po, rows, cols = np.trace(p), p.sum(1), p.sum(0)
+    pe = float(rows @ cols)
+    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
+    # Fleiss, Cohen & Everitt (1969): the variance of kappa-hat
+    diag = sum(p[i, i] * (1 - (rows[i] + cols[i]) * (1 - kappa)) ** 2 for i in (0, 1))
+    off = (1 - kappa) ** 2 * sum(p[i, j] * (cols[i] + rows[j]) ** 2 for i in (0, 1) for j in (0, 1) if i != j)
+    var = (diag + off - (kappa - pe * (1 - kappa)) ** 2) / (n * (1 - pe) ** 2) if pe < 1 else float("nan")
+    z = norm.ppf(1 - alpha / 2)
+    se = float(np.sqrt(max(var, 0.0)))
+    lo, hi = wilson(int(np.trace(table)), n, alpha)
+    return {"n": n, "table": table.astype(int).tolist(), "observed_agreement": float(po), "kappa": float(kappa),
+            "kappa_se": se, "kappa_ci": [float(kappa - z * se), float(kappa + z * se)],
+            "pabak": float(2 * po - 1), "pabak_ci": [2 * lo - 1, 2 * hi - 1],
+            "methods": "kappa: Fleiss-Cohen-Everitt SE, Wald CI; PABAK: Wilson CI of p_o, 2p-1"}

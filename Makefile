@@ -27,7 +27,8 @@ $(KERAS_STAMP): tests/keras/make_env.sh
 venv: $(STAMP)
 
 # synthesize -> train (held-out test metrics) -> threshold on validation -> test with TTA,
-# report.html and Grad-CAM gallery -> heatmaps with the pointing game
+# report.html and Grad-CAM gallery -> heatmaps with the pointing game -> the cohort analysis of the
+# test predictions against synthetic follow-up (planted HR 1.85; the phantom's labels as the reader)
 demo: $(STAMP)
 	$(VFA) synth --out $(DEMO_DATA) --preset cpu-demo --force
 	$(VFA) train --preset cpu-demo --train $(DEMO_DATA)/train --val $(DEMO_DATA)/val --test $(DEMO_DATA)/test \
@@ -37,7 +38,10 @@ demo: $(STAMP)
 		--threshold-from $(DEMO_RUN)/val/predictions.csv --force
 	$(VFA) heatmap --model $(CKPT) --data $(DEMO_DATA)/test --out $(DEMO_RUN)/heatmaps \
 		--boxes $(DEMO_DATA)/manifest.csv --force
-	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/"
+	$(VFA) synth-cohort --predictions $(DEMO_RUN)/test/predictions.csv --out $(DEMO_RUN)/outcomes.csv --force
+	$(VFA) cohort --predictions $(DEMO_RUN)/test/predictions.csv --outcomes $(DEMO_RUN)/outcomes.csv \
+		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label --force
+	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/, $(DEMO_RUN)/cohort/cohort_report.html"
 
 test: $(STAMP) $(KERAS_STAMP)
 	$(VENV)/bin/lint-imports

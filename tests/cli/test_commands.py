@@ -105,6 +105,18 @@ def run_cv(env, tmp):
             "--device", "cpu", "--epochs", "1", *run_train(env, tmp)[15:]]
 
 
+def run_synth_cohort(env, tmp):
+    rows = [{"image_id": f"i{k}", "raw": k / 40, "predicted": int(k >= 30)} for k in range(40)]
+    pd.DataFrame(rows).to_csv(tmp / "pred.csv", index=False)
+    return ["synth-cohort", "--predictions", str(tmp / "pred.csv"), "--out", str(tmp / "outcomes.csv")]
+
+
+def run_cohort(env, tmp):
+    assert main(run_synth_cohort(env, tmp)) == 0
+    return ["cohort", "--predictions", str(tmp / "pred.csv"), "--outcomes", str(tmp / "outcomes.csv"),
+            "--out", str(tmp / "cohort")]
+
+
 def run_runs(env, tmp):
     return ["runs", "list", str(tmp)]
 

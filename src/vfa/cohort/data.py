@@ -33,14 +33,9 @@ def _lines(mask) -> str:
 
 
 def read_csv(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:
-        raise CohortError(f"{path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    from vfa.io.tables import read_table
+
+    frame = read_table(path, f"{what} file", CohortError)
     if frame.empty:
         raise CohortError(f"{path}: no rows")
     return frame

@@ -136,16 +136,10 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
     None: every row, refused when the manifest holds several splits). Rows with a missing or
     unknown label, an empty path or a path listed twice are recorded as skipped with the reason
     (so `validate` stops or reports them); `labels=False` (predict) ignores the label column."""
-    import pandas as pd
+    from vfa.io.tables import read_table
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable CSV manifest ({type(exc).__name__}: {exc})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = read_table(path, "manifest", DataError)
     lower = {c.lower(): c for c in frame.columns}
     path_col = next((lower[c] for c in MANIFEST_PATH_COLUMNS if c in lower), None)
     if path_col is None:

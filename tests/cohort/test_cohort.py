@@ -175,3 +175,22 @@ def test_the_cohort_analysis_imports_without_torch():
     code = ("import sys, vfa.cohort.run, vfa.cohort.synth; "
             "bad = [m for m in ('torch', 'lightning', 'timm') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dates_give_follow_up_in_years_and_several_outcomes_run_each(tmp_path):
+    pred_csv, out_csv = _files(tmp_path, n=300, seed=2)
+    out = pd.read_csv(out_csv)
+    start = pd.Timestamp("2015-01-01")
+    out["scan_date"] = start.strftime("%Y-%m-%d")
+    out["end_date"] = [(start + pd.Timedelta(days=round(t * 365.25))).strftime("%Y-%m-%d") for t in out["time"]]
+    out["hip"] = np.where(np.arange(len(out)) % 2 == 0, out["event"], 0)
+    out.drop(columns=["time"]).to_csv(out_csv, index=False)
+    c = load_cohort(pred_csv, out_csv, events=("event", "hip"), start="scan_date", end="end_date")
+    assert np.abs(c.frame["time"].to_numpy() - out["time"].to_numpy()).max() < 1 / 365
+    assert c.outcomes == ["event", "hip"]
+    rows = [survival.cox(c, o, adjusted=False)[0][0] for o in c.outcomes]
+    assert rows[0]["events"] == int((out["event"] == 1).sum()) and rows[1]["events"] == int((out["hip"] == 1).sum())
+    out.loc[4, "end_date"] = "someday"
+    out.drop(columns=["time"]).to_csv(out_csv, index=False)
+    with pytest.raises(CohortError, match="unreadable dates .* CSV lines 6"):
+        load_cohort(pred_csv, out_csv, start="scan_date", end="end_date")

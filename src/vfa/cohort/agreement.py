@@ -1,7 +1,7 @@
 """Agreement of the model's finding with a reader: Cohen's kappa and PABAK, with 95 % CIs.
 
 Kappa's CI uses the large-sample standard error of Fleiss, Cohen and Everitt (1969), as
-statsmodels' `cohens_kappa` and R's `psych::cohen.kappa` do; PABAK = 2 p_o - 1 (Byrt, Bishop and
+statsmodels' `cohens_kappa` and R's `psych::cohen.kappa` do (a Wald interval, cut at -1 and 1); PABAK = 2 p_o - 1 (Byrt, Bishop and
 Carlin 1993), its CI the Wilson interval of the observed agreement p_o, mapped the same way.
 """
 from __future__ import annotations
@@ -29,6 +29,6 @@ def agreement(a, b, alpha: float = 0.05) -> dict:
     se = float(np.sqrt(max(var, 0.0)))
     lo, hi = wilson(int(np.trace(table)), n, alpha)
     return {"n": n, "table": table.astype(int).tolist(), "observed_agreement": float(po), "kappa": float(kappa),
-            "kappa_se": se, "kappa_ci": [float(kappa - z * se), float(kappa + z * se)],
+            "kappa_se": se, "kappa_ci": [float(max(-1.0, kappa - z * se)), float(min(1.0, kappa + z * se))],
             "pabak": float(2 * po - 1), "pabak_ci": [2 * lo - 1, 2 * hi - 1],
             "methods": "kappa: Fleiss-Cohen-Everitt SE, Wald CI; PABAK: Wilson CI of p_o, 2p-1"}

@@ -15,7 +15,7 @@ import pandas as pd
 
 from vfa.cv.report import write_report
 from vfa.data.samples import Samples, manifest_splits, validate
-from vfa.data.split import folds_of
+from vfa.data.split import fold_samples
 from vfa.data.stream import default_workers
 from vfa.evaluation.evaluate import evaluate, metrics_dict, predictions_frame
 from vfa.inference.ensemble import load_ensemble, write_ensemble
@@ -33,12 +33,10 @@ def fold_dir(out: str | Path, k: int) -> Path:
 
 def out_of_fold(cfg, out: Path, rows: Samples, checkpoint: str, progress: bool, log) -> pd.DataFrame:
     """Every non-test image scored by the model that did not train on it: image_id, file, label, fold, raw."""
-    which = folds_of(rows, cfg.data.folds, cfg.data.fold_seed)
     frames = []
     for k in range(cfg.data.folds):
-        keep = [i for i, f in enumerate(which) if f == k]
-        samples = validate(rows.subset(keep, skipped=[]), cfg.data.on_bad_file, frame=cfg.data.frame,
-                           min_side=cfg.data.min_side)
+        _, held = fold_samples(rows, k, cfg.data.folds, cfg.data.fold_seed)  # the validation rows training used
+        samples = validate(held, cfg.data.on_bad_file, frame=cfg.data.frame, min_side=cfg.data.min_side)
         model = load_ensemble(fold_dir(out, k) / "checkpoints" / f"{checkpoint}.ckpt")
         frame, _ = predictions_frame(model, samples, 0, "auto", 0, 16, default_workers(len(samples.paths), 16),
                                      progress, "auto", None, None)

@@ -64,9 +64,11 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
             incidence += ci_rows
             cindex.append(survival.c_index(c, outcome))
             km = survival.kaplan_meier(c, outcome)
-            figures[f"Kaplan–Meier: {outcome}"] = km_figure(km, outcome, horizon)
-            figures[f"Cumulative incidence: {outcome}"] = incidence_figure(aj, km, outcome, horizon)
-        figures["Hazard ratios"] = forest_figure(cox_rows + fg_rows)
+            suffix = "" if len(c.outcomes) == 1 else f"_{outcome}"  # title -> (file, png)
+            figures[f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
+            figures[f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
+                                                           incidence_figure(aj, km, outcome, horizon))
+        figures["Hazard ratios"] = ("forest.png", forest_figure(cox_rows + fg_rows))
         result = _result(c, cox_rows, fg_rows, incidence, cindex, ph, warnings)
         if reader:
             result["agreement"] = agreement(_binary(c.frame["reader"]), c.frame["exposure"])
@@ -116,9 +118,6 @@ def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
     atomic_write(out / "exclusions.csv", pd.DataFrame(c.excluded, columns=["file", "line", "id", "reason"])
                  .to_csv(index=False))
     write_excel(out / "cohort.xlsx", tables)
-    names = {"Hazard ratios": "forest.png"}
-    for title, png in figures.items():
-        name = names.get(title) or ("km" if title.startswith("Kaplan") else "cumulative_incidence")
-        name = name if name.endswith(".png") else f"{name}{'' if len(c.outcomes) == 1 else '_' + title.split(': ')[1]}.png"
+    for name, png in figures.values():
         atomic_write(out / name, png)
-    write_html(out / "cohort_report.html", result, tables, figures)
+    write_html(out / "cohort_report.html", result, tables, {title: png for title, (_, png) in figures.items()})

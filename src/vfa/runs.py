@@ -33,7 +33,7 @@ OUTPUTS = {
                  "test_fnames.npy", "test_classes.npy", "test_preds.npy", "test_max_preds.npy", "test_mean_preds.npy"),
     "lr-find": ("lr_find.png", "lr_find.json", "lr_find.csv"),
     "heatmap": ("heatmaps.csv", "localization.json", "**/heatmap_*", "**/panel_*"),
-    "synth": ("manifest.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
+    "synth": ("manifest.csv", "vertebrae.csv", "*/norm/phantom_*", "*/frac/phantom_*"),
     "cohort": ("cohort.json", "cohort.xlsx", "exclusions.csv", "km*.png", "cumulative_incidence*.png", "forest.png",
                "cohort_report.html"),
     "cv": ("cv_config.yaml", "cv_summary.json", "cv_folds.csv", "oof_predictions.csv", "cv_roc.png",

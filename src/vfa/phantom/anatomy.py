@@ -157,3 +157,22 @@ def settle(an: dict, shapes: list[dict]) -> dict:
     for sh in shapes:
         sh.update({key: sh[key] * k for key in ("ha", "hm", "hp", "ref", "ha0", "hp0")})
     return an
+
+
+# the six morphometry points, superior then inferior end plate, each anterior -> middle -> posterior
+POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_ant", "inf_mid", "inf_post")
+
+
+def morphometry_points(an: dict, sh: dict, i: int) -> np.ndarray:
+    """Vertebra i's six points (6 x 2, image x/y) where the rendered end plates meet the anterior
+    wall, the body's middle and the posterior wall: the curves vfa.synth draws, so the heights
+    between them are exactly the body's ha, hm and hp."""
+    c, ax = np.array([an["cx"][i], an["cy"][i]]), _axis(an, i)
+    across = np.array([ax[1], -ax[0]])                  # + = posterior (the renderer's u)
+    ref, kt, w = sh["ref"], sh["k_top"], an["w"][i]
+    pts = []
+    for side in (-1, 1):
+        for u, hu in ((-w / 2, sh["ha"]), (0.0, sh["hm"]), (w / 2, sh["hp"])):
+            v = -ref / 2 + kt * (ref - hu) if side < 0 else ref / 2 - (1 - kt) * (ref - hu)
+            pts.append(c + u * across + v * ax)
+    return np.array(pts)

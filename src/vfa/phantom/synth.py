@@ -220,7 +220,9 @@ def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[d
     img = np.round(np.clip(img, 0, 1) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
     ann = dict(size=[H, W], levels=list(LEVELS), boxes=boxes, fractures=fractures,
                heights={lv: [round(float(shapes[i][k]), 2) for k in ("ha", "hm", "hp", "ref")]
-                        for i, lv in enumerate(LEVELS)})
+                        for i, lv in enumerate(LEVELS)},
+               points={lv: anatomy.morphometry_points(an, shapes[i], i).round(2).tolist()
+                       for i, lv in enumerate(LEVELS)})
     return img, ann
 
 
@@ -259,11 +261,31 @@ def _make_one(job) -> dict:
 
         write_dicom(Path(out) / rel, img, monochrome1=fmt == "dicom-mono1", patient_id=f"PHANTOM-P{i:05d}")
     fr = sorted(fractures, key=lambda f: LEVELS.index(f["level"]))
-    return dict(filename=rel, split=split, label=int(label), patient_id=f"P{i:05d}",
+    return dict(_vertebrae=vertebra_rows(rel, ann), filename=rel, split=split, label=int(label), patient_id=f"P{i:05d}",
                 n_fractures=len(fr), max_grade=max([f["grade"] for f in fr], default=0),
                 levels=";".join(f["level"] for f in fr), types=";".join(f["type"] for f in fr),
                 grades=";".join(str(f["grade"]) for f in fr), boxes=json.dumps(ann["boxes"]),
                 fractured_boxes=json.dumps([ann["boxes"][f["level"]] for f in fr]))
+
+
+def vertebra_rows(rel: str, ann: dict) -> list[dict]:
+    """The per-vertebra truth of one image (vertebrae.csv, docs/vertebrae.md): level, the six
+    morphometry points, box (the points' bounds), heights, Genant grade, type and height loss."""
+    broken = {f["level"]: f for f in ann["fractures"]}
+    rows = []
+    for lv in LEVELS:
+        pts = np.asarray(ann["points"][lv])
+        f = broken.get(lv, {})
+        row = dict(filename=rel, level=lv)
+        row.update({f"{name}_{ax}": float(pts[j, k]) for j, name in enumerate(anatomy.POINTS)
+                    for k, ax in enumerate("xy")})
+        row.update(x0=float(pts[:, 0].min()), y0=float(pts[:, 1].min()),
+                   x1=float(pts[:, 0].max()), y1=float(pts[:, 1].max()))
+        row.update(zip(("ha", "hm", "hp"), ann["heights"][lv][:3]))
+        row.update(grade=int(f.get("grade", 0)), type=f.get("type", "normal"),
+                   height_loss=float(f.get("height_loss", 0.0)))
+        rows.append(row)
+    return rows
 
 
 def phantom_config(preset: str | None = None, **given) -> PhantomConfig:
@@ -311,6 +333,10 @@ def _synthesize(out, cfg: PhantomConfig, progress: bool, force: bool) -> pd.Data
             from tqdm import tqdm
             it = tqdm(it, total=cfg.n, desc="phantom", unit="img")
         rows = list(it)
+    vertebrae = pd.DataFrame([v for row in rows for v in row.pop("_vertebrae")])
+    tmp = out / "vertebrae.csv.tmp"
+    vertebrae.to_csv(tmp, index=False, float_format="%.2f")
+    os.replace(tmp, out / "vertebrae.csv")
     manifest = pd.DataFrame(rows)
     tmp = out / "manifest.csv.tmp"
     manifest.to_csv(tmp, index=False)

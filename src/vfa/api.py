@@ -14,7 +14,11 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
     """Train as configured (`vfa.training.train.train`); when `cfg.data.test` is set, evaluate
     best.ckpt on that held-out set afterwards: RUN/test_metrics.json and test_predictions.csv."""
     with lock(out, ddp=True):  # a second run into the same folder is refused, not interleaved
-        run = train_model(cfg, out, force=force, resume=resume, log=log)
+        if cfg.model.family == "vertebra":
+            from vfa.training.vertebra import train_vertebrae
+            run = train_vertebrae(cfg, out, force=force, resume=resume, log=log)
+        else:
+            run = train_model(cfg, out, force=force, resume=resume, log=log)
         if is_secondary_rank():
             return run
         metrics = None

@@ -98,6 +98,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # image: one P(fracture) per image (the notebook's family); vertebra: detect and read each body
+    # (vfa.models.vertebra, the `vertebra` section below, docs/vertebrae.md)
+    family: str = "image"
     backbone: str = "inception_resnet_v2"
     pretrained: bool = False  # the notebook trained from scratch (weights=None)
     head: tuple[int, ...] = (1024,)
@@ -156,6 +159,21 @@ class TrainerConfig:
 
 
 @dataclass
+class VertebraConfig:
+    table: str | None = None   # per-vertebra truth CSV; None: vertebrae.csv beside the training data
+    detector_backbone: str = "resnet18"   # timm names
+    landmark_backbone: str = "resnet18"
+    width: int = 64
+    pretrained: bool = False
+    detector_size: tuple[int, int] = (256, 160)   # (H, W) the detector sees; data.size is the working size
+    crop_size: int = 64        # px of each body's crop
+    crop_scale: float = 1.8    # crop side / the spine's spacing between levels
+    bodies_per_image: int = 6  # training crops per image: every fractured body, then normal ones
+    jitter: float = 0.08       # training crop centre / scale noise, as a share of the spacing
+    heat_threshold: float = 0.3
+
+
+@dataclass
 class Config:
     preset: str = "seed"
     seed: int = 42
@@ -165,6 +183,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    vertebra: VertebraConfig = field(default_factory=VertebraConfig)
     # phantom defaults used by `vfa synth --preset NAME` (the demo generates what it trains on)
     synth: dict = field(default_factory=dict)
 
@@ -194,6 +213,20 @@ PRESETS: dict[str, dict] = {
         # 40 epochs: on the settled phantom 20 are not enough (docs/phantom.md)
         "optim": {"lr": 2e-3, "epochs": 40, "sgdr_steps": 40, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
+    },
+    # per-vertebra reading on 2 CPU cores, on the very phantom cpu-demo trains on (same synth: same test split)
+    "vertebra-demo": {
+        "data": {"size": (640, 384), "batch_size": 8},
+        "model": {"family": "vertebra"},
+        "optim": {"lr": 1e-3, "epochs": 12, "weight_decay": 1e-4},
+        "synth": {"n": 1200, "size": [640, 384]},
+    },
+    "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
+        "data": {"size": (1024, 614), "batch_size": 16},
+        "model": {"family": "vertebra"},
+        "vertebra": {"detector_size": (384, 224), "crop_size": 96, "landmark_backbone": "resnet34"},
+        "optim": {"lr": 1e-3, "epochs": 40, "weight_decay": 1e-4},
+        "synth": {"n": 5000},
     },
 }
 
@@ -293,6 +326,15 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"data.fold must be an integer from 0 to data.folds - 1 = {d.folds - 1}, got {d.fold!r}")
     if not isinstance(cfg.data.min_side, int) or cfg.data.min_side < 1:
         raise ConfigError(f"data.min_side must be a positive integer, got {cfg.data.min_side!r}")
+    if cfg.model.family not in FAMILIES:
+        raise ConfigError(f"model.family must be one of {FAMILIES}, got {cfg.model.family!r}")
+    v = cfg.vertebra
+    if min(v.crop_size, v.bodies_per_image, v.width, *v.detector_size) < 1 or not 0 < v.heat_threshold < 1:
+        raise ConfigError("vertebra: crop_size, bodies_per_image, width and detector_size must be positive and "
+                          f"heat_threshold in (0, 1); got {v}")
+
+
+FAMILIES = ("image", "vertebra")
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

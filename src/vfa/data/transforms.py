@@ -56,6 +56,13 @@ class Transform:
         """Read and resized, one gray channel (1, H, W), not augmented."""
         return resize(torch.from_numpy(self.read(path))[None], self.spec.size, self.spec.resize)
 
+    def load_scaled(self, path) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load`, and the (x, y) factors from the file's pixels to the returned ones (points drawn
+        on the file are at these coordinates times the factors)."""
+        gray = self.read(path)
+        img = resize(torch.from_numpy(gray)[None], self.spec.size, self.spec.resize)
+        return img, torch.tensor([img.shape[2] / gray.shape[1], img.shape[1] / gray.shape[0]])
+
     def __call__(self, path) -> torch.Tensor:
         return self.prepare(self.read(path))
 

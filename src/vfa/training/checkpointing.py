@@ -45,10 +45,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, buf.getvalue())
 
 
-def checkpoint_callbacks(ckpt_dir: Path) -> list[ModelCheckpoint]:
-    """best.ckpt when validation AUC improves; last.ckpt after every epoch. Both are saved after
-    the epoch (not mid-loop at validation end), so a resume starts at the next epoch."""
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
+def checkpoint_callbacks(ckpt_dir: Path, monitor: tuple[str, str] = ("val_auc", "max")) -> list[ModelCheckpoint]:
+    """best.ckpt when the `monitor` metric (validation AUC) improves; last.ckpt after every epoch. Both
+    are saved after the epoch (not mid-loop at validation end), so a resume starts at the next epoch."""
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor[0], mode=monitor[1], save_top_k=1,
                            enable_version_counter=False, save_on_train_epoch_end=True)
     # (save_last=True would write last.ckpt only when best.ckpt improves: not after every epoch)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,

@@ -145,11 +145,11 @@ def _first_occurrence(idx: torch.Tensor):
     return uniq, first
 
 
-def append_history(path: Path, row: dict) -> None:
+def append_history(path: Path, row: dict, keys=HISTORY_KEYS) -> None:
     """One row per epoch, appended (and flushed to disk): rows already written are never rewritten."""
     new = not Path(path).is_file() or Path(path).stat().st_size == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
+        writer = csv.DictWriter(f, fieldnames=keys)
         if new:
             writer.writeheader()
         writer.writerow(row)

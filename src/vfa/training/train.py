@@ -78,9 +78,9 @@ def _fold(cfg):
     return fold_samples(load_samples(d.train, d.classes, split="all"), d.fold, d.folds, d.fold_seed)
 
 
-def make_trainer(cfg, run_dir: Path, extra_callbacks=()) -> L.Trainer:
+def make_trainer(cfg, run_dir: Path, extra_callbacks=(), monitor=("val_auc", "max")) -> L.Trainer:
     t = cfg.trainer
-    callbacks = [*checkpoint_callbacks(run_dir / "checkpoints"), *extra_callbacks]
+    callbacks = [*checkpoint_callbacks(run_dir / "checkpoints", monitor), *extra_callbacks]
     if t.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     loggers = make_loggers(cfg, run_dir)

@@ -1,0 +1,159 @@
+"""Per-vertebra truth: the vertebrae.csv table (docs/vertebrae.md), validated like a manifest, and
+the dataset that pairs each image with its bodies' six points.
+
+One row per vertebra: `filename` (or `file`/`path`: the image, relative to the table's folder), `level`
+(T4..L4) and either the six morphometry points (`sup_ant_x, sup_ant_y, ... inf_post_y`, image
+pixels, origin at the top-left corner) or only a `grade` (0-3), as DXA morphometry software and
+annotation tools export them; `type` (normal/wedge/biconcave/crush) is optional. Every problem is
+named with its CSV line: an unknown level, a level listed twice for one image, a point that is not a
+number or lies outside its image, a grade outside 0-3, an unknown type.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError, Samples
+from vfa.io.images import probe_image
+from vfa.io.tables import read_table
+from vfa.stats.morphometry import LEVELS, POINT_COLUMNS
+
+TYPES = ("normal", "wedge", "biconcave", "crush")
+
+
+def find_table(source: str | Path, given: str | None = None) -> Path:
+    """The per-vertebra table of a data argument: `given` (vertebra.table), else vertebrae.csv in
+    the manifest's folder, the class folder or its parent."""
+    if given:
+        return Path(given)
+    src = Path(str(source).split(":")[0] if str(source).endswith(tuple(f":{s}" for s in ("train", "val", "test")))
+               else source)
+    for folder in ((src.parent,) if src.suffix == ".csv" else (src, src.parent)):
+        if (folder / "vertebrae.csv").is_file():
+            return folder / "vertebrae.csv"
+    raise DataError(f"no per-vertebra table for {source}: expected vertebrae.csv beside it (vfa synth writes "
+                    f"one) or vertebra.table=PATH (format: docs/vertebrae.md)")
+
+
+def _problem(path: Path, line: int, what: str) -> DataError:
+    return DataError(f"{path} line {line}: {what}")
+
+
+def _numbers(frame: pd.DataFrame, cols, path: Path) -> np.ndarray:
+    out = np.full((len(frame), len(cols)), np.nan)
+    for j, col in enumerate(cols):
+        for i, (raw, line) in enumerate(zip(frame[col], frame["_line"])):
+            try:
+                out[i, j] = float(raw)
+            except ValueError:
+                raise _problem(path, line, f"{col} is not a number: {raw!r}") from None
+            if not np.isfinite(out[i, j]):
+                raise _problem(path, line, f"{col} is not a finite number: {raw!r}")
+    return out
+
+
+def read_vertebrae(path: str | Path, check_images: bool = True) -> pd.DataFrame:
+    """The table at `path`, validated; adds `path` (the image's full path), `level_index` and, when
+    the table has points, float point columns. `check_images` also checks that every point lies
+    inside its image (reads each image's header)."""
+    path = Path(path)
+    frame = read_table(path, "per-vertebra table", DataError)
+    frame["_line"] = range(2, len(frame) + 2)
+    lower = {c.lower(): c for c in frame.columns}
+    key = next((lower[c] for c in MANIFEST_PATH_COLUMNS if c in lower), None)
+    if key is None or "level" not in lower:
+        raise DataError(f"{path}: a per-vertebra table needs 'filename' and 'level' columns (got "
+                        f"{', '.join(frame.columns) or 'none'}; docs/vertebrae.md)")
+    frame = frame.rename(columns={key: "filename", lower["level"]: "level"})
+    bad = frame[~frame["level"].isin(LEVELS)]
+    if len(bad):
+        raise _problem(path, bad["_line"].iloc[0], f"unknown level {bad['level'].iloc[0]!r} (expected one of "
+                       f"{', '.join(LEVELS)})")
+    dup = frame[frame.duplicated(["filename", "level"], keep=False)]
+    if len(dup):
+        lines = dup[dup["filename"].eq(dup["filename"].iloc[0]) & dup["level"].eq(dup["level"].iloc[0])]["_line"]
+        raise _problem(path, lines.iloc[-1], f"level {dup['level'].iloc[0]} listed twice for one image (lines "
+                       f"{', '.join(map(str, lines))})")
+    has_points = [c in frame.columns for c in POINT_COLUMNS]
+    if any(has_points) and not all(has_points):
+        missing = [c for c, h in zip(POINT_COLUMNS, has_points) if not h]
+        raise DataError(f"{path}: the six points need all twelve columns; missing {', '.join(missing)}")
+    if not any(has_points) and "grade" not in frame.columns:
+        raise DataError(f"{path}: neither the six points ({POINT_COLUMNS[0]}, ...) nor a 'grade' column")
+    frame["path"] = [str(Path(f) if Path(f).is_absolute() else path.parent / f) for f in frame["filename"]]
+    frame["level_index"] = [LEVELS.index(lv) for lv in frame["level"]]
+    if "grade" in frame.columns:
+        grades = _numbers(frame, ["grade"], path)[:, 0]
+        wrong = ~np.isin(grades, [0, 1, 2, 3])
+        if wrong.any():
+            raise _problem(path, frame["_line"].iloc[np.flatnonzero(wrong)[0]], "grade must be 0, 1, 2 or 3")
+        frame["grade"] = grades.astype(int)
+    if "type" in frame.columns:
+        wrong = ~frame["type"].isin(TYPES)
+        if wrong.any():
+            raise _problem(path, frame["_line"][wrong].iloc[0], f"unknown type {frame['type'][wrong].iloc[0]!r} "
+                           f"(expected one of {', '.join(TYPES)})")
+    if all(has_points):
+        frame[list(POINT_COLUMNS)] = _numbers(frame, POINT_COLUMNS, path)
+        if check_images:
+            _inside(frame, path)
+    return frame
+
+
+def _inside(frame: pd.DataFrame, path: Path) -> None:
+    """Every point within its image (x in [0, W], y in [0, H])."""
+    for file, rows in frame.groupby("path", sort=False):
+        try:
+            h, w = probe_image(file)
+        except Exception as exc:  # the image itself is checked (and named) where it is read
+            raise _problem(path, rows["_line"].iloc[0], f"cannot read the image {file}: {exc}") from None
+        pts = rows[list(POINT_COLUMNS)].to_numpy().reshape(-1, 6, 2)
+        out = (pts[..., 0] < 0) | (pts[..., 0] > w) | (pts[..., 1] < 0) | (pts[..., 1] > h)
+        if out.any():
+            r = int(np.flatnonzero(out.any(1))[0])
+            raise _problem(path, rows["_line"].iloc[r], f"a point of {rows['level'].iloc[r]} lies outside its "
+                           f"{w}x{h} image")
+
+
+def truth_for(samples: Samples, table: pd.DataFrame, where: str) -> dict[str, pd.DataFrame]:
+    """{image path: its rows} for every sample; an image without rows is an error (naming how many
+    and the first), since a model cannot learn to find bodies nobody marked."""
+    by_path = {str(Path(p).resolve()): rows for p, rows in table.groupby("path", sort=False)}
+    out, missing = {}, []
+    for p in samples.paths:
+        rows = by_path.get(str(Path(p).resolve()))
+        if rows is None:
+            missing.append(p)
+        else:
+            out[p] = rows
+    if missing:
+        raise DataError(f"{len(missing)} {where} image(s) have no rows in the per-vertebra table, e.g. {missing[0]}")
+    return out
+
+
+class VertebraDataset(Dataset):
+    """(image (1, H, W) at the working size, points (13, 6, 2) in its pixels, present (13,),
+    grade (13,), index) per image; levels without a row are absent (present 0)."""
+
+    def __init__(self, samples: Samples, truth: dict[str, pd.DataFrame], transform):
+        self.samples, self.truth, self.transform = samples, truth, transform
+
+    def __len__(self) -> int:
+        return len(self.samples.paths)
+
+    def __getitem__(self, i: int):
+        path = self.samples.paths[i]
+        img, scale = self.transform.load_scaled(path)
+        rows = self.truth[path]
+        pts = torch.zeros(len(LEVELS), 6, 2)
+        present, grade = torch.zeros(len(LEVELS)), torch.zeros(len(LEVELS), dtype=torch.long)
+        idx = torch.as_tensor(rows["level_index"].to_numpy())
+        pts[idx] = torch.as_tensor(rows[list(POINT_COLUMNS)].to_numpy(dtype=np.float32)).view(-1, 6, 2) * scale
+        present[idx] = 1
+        if "grade" in rows:
+            grade[idx] = torch.as_tensor(rows["grade"].to_numpy(dtype=np.int64))
+        return img, pts, present, grade, i

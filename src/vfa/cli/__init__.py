@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from vfa import config as config_mod
-from vfa.cli import data_cmds, eval_cmds, model_cmds, study_cmds
+from vfa.cli import data_cmds, eval_cmds, model_cmds, review_cmds, study_cmds
 
 DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images with CNNs.
 
@@ -32,6 +32,8 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa cv --preset cpu-demo --data MANIFEST.csv --folds 5 --out runs/cv   cross-validation + fold ensemble
   vfa runs list runs/  |  vfa runs compare runs/a runs/b                 runs side by side
   vfa cohort --predictions P.csv --outcomes O.csv --out DIR [--adjust age,sex]   KM, Cox, Fine-Gray, C, kappa
+  vfa review --predictions P.csv --db review.sqlite [--heatmaps DIR]   readers' web worklist (docs/review.md)
+  vfa review export --db review.sqlite --out reads.csv [--agreement agreement.json]
 """
 
 
@@ -41,7 +43,7 @@ _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_ke
              model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
              model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs,
-             study_cmds.add_cohort, study_cmds.add_synth_cohort)
+             study_cmds.add_cohort, study_cmds.add_synth_cohort, review_cmds.add_review)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,275 @@
+"""The review web app (FastAPI + Jinja2): login (reader name, blinded or not), the worklist, the
+case view, reads posted as JSON, the agreement page. Every route takes integers or fixed names
+only: an image is the file resolved at start-up for case N, never a path from the request."""
+from __future__ import annotations
+
+import io
+import json
+import mimetypes
+import re
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from vfa.app import db as dbm
+from vfa.app import worklist as wl
+from vfa.app.cases import LEVELS, TYPES
+from vfa.app.results import agreement_report
+from vfa.app.security import Guard
+from vfa.io.identifiers import public_path
+
+HERE = Path(__file__).parent
+STATIC = {p.name: p.read_bytes() for p in (HERE / "static").iterdir() if p.is_file()}
+READER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,39}$")
+CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+@dataclass
+class Settings:
+    token: str | None = None
+    hosts: set[str] | None = field(default_factory=lambda: {"127.0.0.1", "localhost", "::1", "testserver"})
+    cookie: str = "vfa"              # cookie name prefix (the port is added: two servers, two sessions)
+    reader: str = ""                 # the login form's default name
+    blind: bool = False              # every session blinded
+    keep_identifiers: bool = False
+    image_cache: int = 64
+
+
+def _png(path: str) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    from vfa.io import read_image
+
+    arr = read_image(path)
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _script_json(data) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' (a note cannot close the script element)."""
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI:
+    """Long: the routes are small closures over one database and the settings; one place to read them all.
+
+    The ASGI app serving the review database at `db_path` (its cases stored by `serve`)."""
+    s = settings or Settings()
+    local = dbm.Local(db_path)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    session_cookie, login_cookie = f"{s.cookie}_session", f"{s.cookie}_login"
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    png = lru_cache(maxsize=s.image_cache)(_png)
+
+    def session(request: Request) -> dict | None:
+        sess = dbm.get_session(local.get(), request.cookies.get(session_cookie))
+        if sess:
+            sess["blinded"] = bool(sess["blinded"]) or s.blind
+        return sess
+
+    def case_row(idx: int):
+        return local.get().execute("SELECT * FROM cases WHERE idx=?", (idx,)).fetchone()
+
+    def page(request, name, sess, **ctx):
+        meta = dbm.get_meta(local.get())
+        return templates.TemplateResponse(request, name, {"sess": sess, "meta": meta, **ctx})
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                                 "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in STATIC:
+            return Response("not found", 404)
+        return Response(STATIC[name], media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request):
+        csrf = secrets.token_urlsafe(16)
+        resp = page(request, "login.html", None, csrf=csrf, reader=s.reader, force_blind=s.blind, error="")
+        resp.set_cookie(login_cookie, csrf, httponly=True, samesite="strict")
+        return resp
+
+    @app.post("/login")
+    async def login(request: Request):
+        form = await request.form()
+        reader = str(form.get("reader", "")).strip()
+        if not secrets.compare_digest(str(form.get("csrf", "")), request.cookies.get(login_cookie, "") or "-"):
+            return Response("CSRF check failed: reload the login page", 403)
+        if not READER.match(reader):
+            return page(request, "login.html", None, csrf=request.cookies.get(login_cookie), reader=reader,
+                        force_blind=s.blind, error="a reader name: 1-40 letters, digits, space, _ . @ -")
+        sid, csrf = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        dbm.new_session(local.get(), sid, reader, bool(form.get("blinded")) or s.blind, csrf)
+        resp = RedirectResponse("/worklist", 303)
+        resp.set_cookie(session_cookie, sid, httponly=True, samesite="strict")
+        resp.delete_cookie(login_cookie)
+        return resp
+
+    @app.post("/logout")
+    async def logout(request: Request):
+        sess = session(request)
+        form = await request.form()
+        if sess and secrets.compare_digest(str(form.get("csrf", "")), sess["csrf"]):
+            local.get().execute("DELETE FROM sessions WHERE sid=?", (sess["sid"],))
+        resp = RedirectResponse("/login", 303)
+        resp.delete_cookie(session_cookie)
+        return resp
+
+    @app.get("/")
+    def root():
+        return RedirectResponse("/worklist", 303)
+
+    @app.get("/worklist", response_class=HTMLResponse)
+    def worklist_page(request: Request):
+        sess = session(request)
+        if not sess:
+            return RedirectResponse("/login", 303)
+        q = wl.Query.parse(request.query_params, sess["blinded"])
+        rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
+        for r in rows:
+            r["shown_id"] = r["image_id"] if s.keep_identifiers else public_path(r["image_id"])
+        return page(request, "worklist.html", sess, rows=rows, total=total, q=q, pages=max(1, -(-total // q.per_page)),
+                    splits=wl.splits(local.get()), readers=wl.readers(local.get()), sorts=wl.SORTS,
+                    statuses=wl.BLIND_STATUSES if sess["blinded"] else wl.STATUSES)
+
+    @app.get("/api/worklist")
+    def worklist_api(request: Request):
+        sess = session(request)
+        if not sess:
+            return JSONResponse({"error": "log in first"}, 401)
+        q = wl.Query.parse(request.query_params, sess["blinded"])
+        rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
+        if not s.keep_identifiers:
+            for r in rows:
+                r["image_id"] = public_path(r["image_id"])
+        return {"total": total, "page": q.page, "per_page": q.per_page, "rows": rows}
+
+    def case_data(row, sess) -> dict:
+        blind = sess["blinded"]
+        verts = json.loads(row["vertebrae"] or "[]")
+        if blind:
+            verts = [{"level": v["level"], "outline": v["outline"], "box": v["box"]} for v in verts]
+        mine = dbm.history(local.get(), row["image_id"], sess["reader"])
+        data = {"idx": row["idx"], "image": f"/image/{row['idx']}", "vertebrae": verts, "levels": LEVELS,
+                "read": mine[-1] if mine else None, "history": mine, "blinded": blind}
+        if not blind:
+            meta = dbm.get_meta(local.get())
+            data.update(p=row["p"], call=row["call"], threshold=meta.get("threshold"), model_grade=row["model_grade"],
+                        heatmap=f"/heatmap/{row['idx']}" if row["heatmap"] else None)
+        return data
+
+    @app.get("/case/{idx:int}", response_class=HTMLResponse)
+    def case_page(request: Request, idx: int):
+        sess = session(request)
+        if not sess:
+            return RedirectResponse("/login", 303)
+        row = case_row(idx)
+        if row is None:
+            return Response("no such case", 404)
+        q = wl.Query.parse(request.query_params, sess["blinded"])
+        prev, nxt = wl.neighbours(local.get(), q, sess["reader"], idx)
+        data = case_data(row, sess)
+        shown = row["image_id"] if s.keep_identifiers else public_path(row["image_id"])
+        idents = json.loads(row["identifiers"] or "{}") if s.keep_identifiers else {}
+        return page(request, "case.html", sess, case=data, shown_id=shown, identifiers=idents, q=q, prev=prev, next=nxt,
+                    data_json=_script_json({**data, "csrf": sess["csrf"], "prev": prev, "next": nxt,
+                                            "query": q.params(page=None)}), types=TYPES[1:])
+
+    @app.get("/api/case/{idx:int}")
+    def case_api(request: Request, idx: int):
+        sess = session(request)
+        if not sess:
+            return JSONResponse({"error": "log in first"}, 401)
+        row = case_row(idx)
+        return JSONResponse({"error": "no such case"}, 404) if row is None else case_data(row, sess)
+
+    @app.get("/image/{idx:int}")
+    def image(request: Request, idx: int):
+        from vfa.io import BadImageError
+
+        row = case_row(idx) if session(request) else None
+        if row is None:
+            return Response("not found", 404)
+        try:
+            return Response(png(row["path"]), media_type="image/png")
+        except BadImageError as exc:
+            return Response(f"cannot read the image: {exc.reason}", 422)
+
+    @app.get("/heatmap/{idx:int}")
+    def heatmap(request: Request, idx: int):
+        sess = session(request)
+        row = case_row(idx) if sess else None
+        if row is None or not row["heatmap"]:
+            return Response("not found", 404)
+        if sess["blinded"]:
+            return Response("blinded: the model's output is hidden", 403)
+        try:
+            body = Path(row["heatmap"]).read_bytes()
+        except OSError:
+            return Response("heatmap file is gone", 404)
+        return Response(body, media_type=mimetypes.guess_type(row["heatmap"])[0] or "image/png")
+
+    @app.post("/api/reads")
+    async def post_read(request: Request):
+        sess = session(request)
+        if not sess:
+            return JSONResponse({"error": "log in first"}, 401)
+        if not secrets.compare_digest(request.headers.get("x-csrf-token", ""), sess["csrf"]):
+            return JSONResponse({"error": "CSRF check failed"}, 403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send application/json"}, 415)
+        try:
+            data = json.loads(await request.body())
+            read = dbm.clean_read(data)
+            row = case_row(int(data.get("idx")))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return JSONResponse({"error": str(exc) or "bad read"}, 422)
+        if row is None:
+            return JSONResponse({"error": "no such case"}, 404)
+        from starlette.concurrency import run_in_threadpool
+
+        saved = await run_in_threadpool(  # in a worker thread, with that thread's connection
+            lambda: dbm.add_read(local.get(), row["image_id"], sess["reader"], read, sess["blinded"]))
+        return {"ok": True, "idx": row["idx"], **saved}
+
+    @app.get("/api/me")
+    def me(request: Request):
+        sess = session(request)
+        if not sess:
+            return JSONResponse({"error": "log in first"}, 401)
+        return {"reader": sess["reader"], "blinded": sess["blinded"], "csrf": sess["csrf"]}
+
+    @app.get("/agreement", response_class=HTMLResponse)
+    def agreement_page(request: Request):
+        sess = session(request)
+        if not sess:
+            return RedirectResponse("/login", 303)
+        if sess["blinded"]:
+            return Response("blinded: other readers' reads are hidden", 403)
+        return page(request, "agreement.html", sess, result=agreement_report(local.get()))
+
+    @app.get("/agreement.json")
+    def agreement_json(request: Request):
+        sess = session(request)
+        if not sess or sess["blinded"]:
+            return JSONResponse({"error": "log in (not blinded) first"}, 401 if not sess else 403)
+        return agreement_report(local.get())
+
+    return Guard(app, s.token, s.hosts, f"{s.cookie}_token")

@@ -10,6 +10,12 @@ from vfa.cli.options import (_bad_file_arg, _force_arg, _model_arg, _model_args,
 from vfa.registry import CAM_METHODS
 
 
+def _dicom_out_arg(p) -> None:
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write, per DICOM input, a Structured Report (TID 1500) and Secondary Capture overlays "
+                        "into the image's study, for the PACS (docs/dicom-outputs.md); inputs must be DICOM")
+
+
 def cmd_evaluate(args) -> None:
     from vfa.evaluation.evaluate import evaluate
 
@@ -18,7 +24,7 @@ def cmd_evaluate(args) -> None:
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
              backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers,
-             num_workers=args.workers)
+             num_workers=args.workers, dicom_out=args.dicom_out)
     print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
@@ -41,7 +47,8 @@ def add_evaluate(sub) -> None:
                    help="keep DICOM UIDs that name files in image_id, file and heatmap names (default: hashed)")
     p.add_argument("--gallery", type=int, default=4, metavar="K",
                    help="heatmap gallery in the report (the model's CAM method): up to K true positives, false positives, false negatives")
-    _force_arg(p, "replace an existing --out folder")
+    _dicom_out_arg(p)
+    _force_arg(p, "replace an existing --out folder (and --dicom-out's objects)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -112,7 +119,7 @@ def cmd_predict(args) -> None:
         tta_preset=args.tta_preset, seed=args.seed, id_regex=args.id_regex, score=args.score,
         batch_size=args.batch_size, workers=args.workers, on_bad_file=args.on_bad_file, progress=True,
         log=lambda m: print(m, file=sys.stderr), id_column=args.id_column, keep_identifiers=args.keep_identifiers,
-        backend=args.backend, device=args.device, threshold=args.threshold)
+        backend=args.backend, device=args.device, threshold=args.threshold, dicom_out=args.dicom_out)
     if summary is not None:  # None on secondary ranks
         print(f"wrote {summary.line()}")
 
@@ -137,7 +144,8 @@ def add_predict(sub) -> None:
                         "trainer.strategy=ddp, trainer.accelerator=cpu|gpu (torchrun / SLURM are detected)")
     _predict_args(p)
     _bad_file_arg(p, "skip")
-    _force_arg(p, "replace --out")
+    _dicom_out_arg(p)
+    _force_arg(p, "replace --out (and --dicom-out's objects)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -155,7 +163,7 @@ def cmd_heatmap(args) -> None:
                          start_index=args.start_index, manifest=args.boxes, batch_size=args.batch_size,
                          output_stride=args.output_stride, log=log, force=args.force,
                          inputs=[args.data, *args.model, args.predictions, args.boxes],
-                         keep_identifiers=args.keep_identifiers)
+                         keep_identifiers=args.keep_identifiers, dicom_out=args.dicom_out)
     print(f"wrote {res['written']} heatmaps to {args.out} ({res['skipped_existing']} already there)")
     loc = res.get("localization")
     if loc:
@@ -199,5 +207,6 @@ def add_heatmap(sub) -> None:
     _bad_file_arg(p, "skip")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep DICOM UIDs that name files in the overlay names and heatmaps.csv (default: hashed)")
+    _dicom_out_arg(p)
     _force_arg(p, "redraw overlays that already exist (default: keep and skip them, so a run resumes)")
     p.set_defaults(func=cmd_heatmap)

@@ -17,6 +17,7 @@ from vfa.evaluation import report as report_mod
 from vfa.explain import cam
 from vfa.explain.localization import find_manifest, read_manifest, summarize
 from vfa.explain.render import gallery_png, select_gallery
+from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.engine import Scorer, score_paths
 from vfa.inference.ensemble import load_ensemble
 from vfa.inference.tta import tta_name
@@ -76,7 +77,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
              gallery: int = 4, cam_method: str | None = None, backend: str = "auto",
-             device: str = "auto", keep_identifiers: bool = False) -> dict:
+             device: str = "auto", keep_identifiers: bool = False, dicom_out=None) -> dict:
     """Metrics of `model_path` on the class folders in `data`, written to `out`; returns metrics.json's dict.
 
     The flat keys (auc, sn, ..., n) are those of `score`; every score's metrics are under "scores".
@@ -105,6 +106,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
                        frame=cfg.data.frame, min_side=cfg.data.min_side)
     if not samples.paths:
         raise DataError(f"{data}: no usable images under {'/'.join(cfg.data.classes)}")
+    dicom = for_evaluate(dicom_out, samples, force, [*models, data])  # DICOM SR + SC: checked before scoring
     out = Path(out)
     standalone = metrics_name == "metrics.json"
     report = standalone if report is None else report
@@ -138,6 +140,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         safe = json_safe(result)
         write_json(out / metrics_name, safe)
         atomic_write(out / metrics_name.replace("metrics.json", "predictions.csv"), frame.to_csv(index=False))
+        if dicom:
+            dicom(frame, model, thresholds[score], score, tta, keep_identifiers, out / "predictions.csv")
         if report:
             _write_report(out, model, frame, result, thresholds, samples, gallery, boxes, cam_method, cam_layer)
         for s in scores:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vfa.inference.dicom_results import HeatmapDicom
 from vfa.inference.ensemble import load_ensemble
 from vfa.config import ConfigError
 from vfa.data.samples import Samples, expand_inputs, validate
@@ -42,7 +43,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
                    with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
                    batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
                    log=print, device: str = "auto", force: bool = False, inputs=(),
-                   keep_identifiers: bool = False) -> dict:
+                   keep_identifiers: bool = False, dicom_out=None) -> dict:
     """Overlay (and optionally panel) files for `paths` under `out`, mirroring their folders below `root`.
 
     Streaming and resumable: an image whose overlay already exists is skipped (and, with a
@@ -51,6 +52,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     first images outright, as the notebook's did; `force` redraws the existing ones. Returns {"written", "skipped_existing",
     "localization" (with boxes)}. `inputs` (data, model, predictions, boxes) are never overwritten.
     A DICOM UID in a file or folder name becomes a hash in the outputs unless `keep_identifiers`.
+    `dicom_out`: also an SR and the overlay as an SC per image drawn (vfa.inference.dicom_results).
     """
     if not isinstance(model, torch.nn.Module) and not hasattr(model, "members"):
         model = load_ensemble(model, device)
@@ -61,6 +63,7 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     if out.is_dir() and any(out.iterdir()) and marked(out) != "heatmap":
         raise FileExistsError(f"{out} is not empty and holds no vfa heatmaps; give the heatmaps their own folder")
     table = _Table(out / "heatmaps.csv", root, keep_identifiers)
+    dicom = HeatmapDicom(dicom_out, model, paths, force, inputs) if dicom_out else None  # checked before any CAM
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
     _, used_stride, _ = cam_network(members_of(model)[0], output_stride, layer)  # a bad --output-stride fails before any file
@@ -81,6 +84,10 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
                 fb = boxes.get(os.path.realpath(path))
                 row.update(n_boxes=len(fb or []), **(localize(heat, fb) if fb else {}))
             table.add(row, out)
+            if dicom:
+                dicom(path, row["file"], p, overlay(gray, heat, alpha))
+    if dicom:
+        dicom.close()
     result = {"written": len(todo), "skipped_existing": len(paths[start_index:]) - len(todo)}
     if boxes is not None:
         wanted = {table.rel(p).as_posix() for p in paths[start_index:]}

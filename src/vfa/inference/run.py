@@ -5,10 +5,23 @@ from vfa.config import ConfigError, parse_set
 from vfa.inference.archive import Summary, predict_to_file, wants_shards
 
 
-def predict_archive(model, inputs, out, sets=(), **kwargs) -> Summary | None:
+def predict_archive(model, inputs, out, sets=(), dicom_out=None, **kwargs) -> Summary | None:
     """`predict_to_file` in this process, or `vfa.inference.sharded.predict_sharded` over several
     when `sets` (--set trainer.KEY=VALUE items) or a launcher's WORLD_SIZE asks for more than one.
-    Returns None on secondary ranks."""
+    `dicom_out`: a folder for DICOM SR + SC per input (vfa.inference.dicom_results), checked before
+    any scoring and written after the predictions. Returns None on secondary ranks."""
+    finish = None
+    if dicom_out:
+        from vfa.inference.dicom_results import for_predict
+
+        finish = for_predict(model, inputs, dicom_out, kwargs)
+    summary = _predict(model, inputs, out, sets, **kwargs)
+    if finish is not None and summary is not None:
+        finish(summary.out)
+    return summary
+
+
+def _predict(model, inputs, out, sets=(), **kwargs) -> Summary | None:
     parsed = parse_set(list(sets))
     unknown = [k for k in parsed if k != "trainer"]
     if unknown:

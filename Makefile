@@ -12,7 +12,7 @@ DEMO_DATA ?= runs/demo-data
 DEMO_RUN ?= runs/demo
 CKPT := $(DEMO_RUN)/checkpoints/best.ckpt
 
-.PHONY: demo test venv clean bench bench-archive
+.PHONY: demo test venv clean bench bench-archive dicom3tools
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 # A failed install is not fatal: the Keras tests then skip, saying why.
 $(KERAS_STAMP): tests/keras/make_env.sh
 	-bash tests/keras/make_env.sh
+
+# dciodvfy validates the --dicom-out objects in the tests; a failed install is not fatal (those tests skip)
+dicom3tools:
+	-@command -v dciodvfy >/dev/null 2>&1 || bash tests/io/install_dicom3tools.sh
 
 venv: $(STAMP)
 
@@ -43,7 +47,7 @@ demo: $(STAMP)
 		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label --force
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/, $(DEMO_RUN)/cohort/cohort_report.html"
 
-test: $(STAMP) $(KERAS_STAMP)
+test: $(STAMP) $(KERAS_STAMP) dicom3tools
 	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -n 2 --dist loadgroup
 

@@ -125,6 +125,15 @@ def run_import_keras(env, tmp):
     return None  # needs a Keras .h5: run through the CLI in tests/models/test_keras_import.py
 
 
+def run_review(env, tmp):
+    frame = pd.DataFrame({"file": [p.relative_to(env["data"]).as_posix() for p in sorted(env["data"].rglob("*.png"))]})
+    frame["raw"] = [i / len(frame) for i in range(len(frame))]
+    frame.to_csv(tmp / "pred.csv", index=False)
+    assert main(["review", "--predictions", str(tmp / "pred.csv"), "--images", str(env["data"]),
+                 "--db", str(tmp / "r.sqlite"), "--dry-run"]) == 0  # checks and loads; serving is tests/app's
+    return ["review", "export", "--db", str(tmp / "r.sqlite"), "--out", str(tmp / "reads.csv")]
+
+
 RUNS = {name.removeprefix("run_").replace("_", "-"): fn for name, fn in globals().items() if name.startswith("run_")}
 
 

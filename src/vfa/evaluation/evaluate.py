@@ -25,22 +25,10 @@ from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predic
 from vfa.io.identifiers import public_path
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
-from vfa.stats.metrics import SCALAR_KEYS, format_line, fractions, med_metrics, scalars
-
-
-def score_metrics(y, p, threshold: float, n_bins: int = 10) -> dict:
-    """`med_metrics` at `threshold` plus Wilson / log-method / DeLong 95 % CIs, Brier and ECE."""
-    md = med_metrics(y, p, threshold, with_curve=False)
-    m = {**scalars(md), "threshold": float(threshold)}
-    for key, (k, total) in fractions(m).items():
-        m[f"{key}_ci"] = stats.wilson(k, total)
-    lr = stats.likelihood_ratios(m["tp"], m["fp"], m["fn"], m["tn"])
-    m["plr_ci"], m["nlr_ci"] = lr["plr_ci"], lr["nlr_ci"]
-    dl = stats.delong_ci(y, p)
-    m["auc_ci"], m["auc_se"] = dl["auc_ci"], dl["auc_se"]
-    m.update(stats.calibration(y, p, n_bins))
-    m["notes"] = list(dict.fromkeys(md["notes"] + lr["notes"] + dl["notes"]))
-    return m
+from vfa.evaluation.scores import score_metrics
+from vfa.evaluation.vertebra_eval import evaluate_vertebrae
+from vfa.models.loading import model_family
+from vfa.stats.metrics import SCALAR_KEYS, format_line
 
 
 def resolve_thresholds(spec, scores: list[str], model, frame: pd.DataFrame,
@@ -90,6 +78,12 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     are replaced by a hash in every output unless `keep_identifiers`.
     """
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers or 0)
+    if isinstance(model_path, str | Path) and model_family(model_path) == "vertebra":
+        if isinstance(threshold, str) or threshold_from or tta:
+            raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
+        return evaluate_vertebrae(model_path, data, out, metrics_name, threshold, split=split, on_bad_file=on_bad_file,
+                                  batch_size=batch_size, force=force, progress=progress, log=log,
+                                  keep_identifiers=keep_identifiers, device=device)
     models = [model_path] if isinstance(model_path, str | Path) else list(model_path)
     public = (lambda text: text) if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):

@@ -40,10 +40,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
     ckpt = checkpoint.load(path)
     cfg = checkpoint.config_of(ckpt, path)
     cfg.model.pretrained = False  # weights come from the checkpoint, never from a hub
-    model = build_from_config(cfg.model)
+    if cfg.model.family == "vertebra":
+        from vfa.models.vertebra import build_vertebra_model
+        model = build_vertebra_model(cfg.vertebra)
+    else:
+        model = build_from_config(cfg.model)
     model.load_state_dict(checkpoint.weights_of(ckpt))
     model.config = cfg
     model.threshold = float(ckpt.get("vfa_threshold", 0.5))
     model.temperature = float(ckpt.get("vfa_temperature", 1.0))
     model.threshold_source = str(ckpt.get("vfa_threshold_source", checkpoint.DEFAULT_THRESHOLD_SOURCE))
     return model.eval().to(device)
+
+
+def model_family(path: str | Path) -> str:
+    """"image" or "vertebra" (config model.family) of a checkpoint; an ensemble file is "image"."""
+    if Path(path).suffix in (".yaml", ".yml"):
+        return "image"
+    return checkpoint.config_of(checkpoint.load(path), path).model.family

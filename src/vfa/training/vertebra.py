@@ -23,7 +23,7 @@ from vfa.stats.accuracy import delong_ci
 from vfa.training.checkpointing import EpochSeededLoader, completed_epochs_in, resume_point
 from vfa.training.module import append_history, keep_history_before
 from vfa.training.train import make_trainer, resolve_precision
-from vfa.training.vertebra_targets import centres_of, detector_loss, training_crops
+from vfa.training.vertebra_targets import detector_loss, training_crops
 
 HISTORY_KEYS = ("epoch", "train_loss", "lr", "val_loss", "val_point_error", "val_auc")
 POINT_WEIGHT = 20.0   # crop units (errors ~0.01) against the detector's losses (~0.1-1)

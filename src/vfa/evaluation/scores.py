@@ -1,0 +1,21 @@
+"""Image-level metrics at one threshold with their confidence intervals: one definition for the
+image-level and the per-vertebra evaluations."""
+from __future__ import annotations
+
+from vfa.stats import accuracy as stats
+from vfa.stats.metrics import fractions, med_metrics, scalars
+
+
+def score_metrics(y, p, threshold: float, n_bins: int = 10) -> dict:
+    """`med_metrics` at `threshold` plus Wilson / log-method / DeLong 95 % CIs, Brier and ECE."""
+    md = med_metrics(y, p, threshold, with_curve=False)
+    m = {**scalars(md), "threshold": float(threshold)}
+    for key, (k, total) in fractions(m).items():
+        m[f"{key}_ci"] = stats.wilson(k, total)
+    lr = stats.likelihood_ratios(m["tp"], m["fp"], m["fn"], m["tn"])
+    m["plr_ci"], m["nlr_ci"] = lr["plr_ci"], lr["nlr_ci"]
+    dl = stats.delong_ci(y, p)
+    m["auc_ci"], m["auc_se"] = dl["auc_ci"], dl["auc_se"]
+    m.update(stats.calibration(y, p, n_bins))
+    m["notes"] = list(dict.fromkeys(md["notes"] + lr["notes"] + dl["notes"]))
+    return m

@@ -1,0 +1,154 @@
+"""Reading a spine with the per-vertebra model: detect bodies, name their levels, place each
+body's six points, and apply the morphometry rules.
+
+    detector heatmap peaks (3x3 local maxima above vertebra.heat_threshold)
+    -> levels: the order along the spine plus the level classifier (`assign_levels`, dynamic
+       programming: levels rise down the spine, a weak peak may be left out, a level may be missing)
+    -> crops in frames from the detected centres (vfa.models.crops.frames), six points by the
+       landmark network, then again in frames re-centred on those points (REFINE passes)
+    -> heights, ratios, Genant grade and type (vfa.stats.morphometry.read); P(fracture) per body
+       from the landmark network's fracture head.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from vfa.models.crops import crop, frames, from_crop, refine_frame
+from vfa.stats.morphometry import LEVELS, POINT_COLUMNS, POINTS, read
+
+REFINE = 2          # landmark passes: the second crops around the first pass's points
+MAX_PEAKS = 30
+
+
+def assign_levels(score: np.ndarray, level_logp: np.ndarray) -> np.ndarray:
+    """Level index (or -1: left out) of each peak, peaks in order down the spine. Maximises the sum
+    of log(score) + log P(level) over kept peaks plus log(1 - score) over left-out ones, with
+    levels strictly rising down the spine."""
+    k, n = level_logp.shape
+    keep = np.log(np.clip(score, 1e-6, 1)) [:, None] + level_logp          # (k, n)
+    drop = np.log(np.clip(1 - score, 1e-6, 1))
+    best = np.full((k + 1, n + 1), -np.inf)   # best[i, j]: first i peaks used, levels < j available
+    best[0, :] = 0.0
+    choice = np.zeros((k + 1, n + 1), dtype=int)   # 0: dropped, 1: kept at level j - 1, 2: level j unused
+    for i in range(1, k + 1):
+        for j in range(n + 1):
+            options = [best[i - 1, j] + drop[i - 1]]
+            options.append(best[i - 1, j - 1] + keep[i - 1, j - 1] if j > 0 else -np.inf)
+            options.append(best[i, j - 1] if j > 0 else -np.inf)
+            choice[i, j] = int(np.argmax(options))
+            best[i, j] = options[choice[i, j]]
+    out, i, j = np.full(k, -1), k, n
+    while i > 0:
+        c = choice[i, j]
+        if c == 0:
+            i -= 1
+        elif c == 1:
+            out[i - 1] = j - 1
+            i, j = i - 1, j - 1
+        else:
+            j -= 1
+    return out
+
+
+@torch.no_grad()
+def detect(model, img: torch.Tensor, vcfg) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image of the batch (B, 1, H, W): (centres (N, 2) in its px, level indices (N,))."""
+    H, W = img.shape[-2:]
+    det_in = F.interpolate(img, size=tuple(vcfg.detector_size), mode="bilinear", antialias=True, align_corners=False)
+    out = model.detector(det_in)
+    heat = out["heat"].float().sigmoid()
+    peaks = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > vcfg.heat_threshold)
+    stride, sx, sy = model.detector.stride, W / vcfg.detector_size[1], H / vcfg.detector_size[0]
+    result = []
+    for b in range(img.shape[0]):
+        ys, xs = peaks[b, 0].nonzero(as_tuple=True)
+        score = heat[b, 0, ys, xs]
+        top = score.argsort(descending=True)[:MAX_PEAKS]
+        ys, xs, score = ys[top], xs[top], score[top]
+        off = out["offset"].float()[b, :, ys, xs]
+        cx, cy = (xs.float() + off[0]) * stride * sx, (ys.float() + off[1]) * stride * sy
+        order = cy.argsort()
+        logp = out["level"].float()[b, :, ys, xs].T.log_softmax(-1)[order].cpu().numpy()
+        lv = assign_levels(score[order].cpu().numpy(), logp)
+        kept = lv >= 0
+        centres = torch.stack([cx[order], cy[order]], 1).cpu().numpy()[kept]
+        result.append((centres, lv[kept]))
+    return result
+
+
+@torch.no_grad()
+def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image: (six points (N, 6, 2) in its px, P(fracture) (N,)) of the detected bodies."""
+    index, centre, axis, side = [], [], [], []
+    for b, (c, lv) in enumerate(found):
+        if len(c):
+            a, s = frames(c, lv, vcfg.crop_scale, fallback=img.shape[-2] / 16)
+            index += [b] * len(c)
+            centre.append(c), axis.append(a), side.append(s)
+    if not index:
+        return [(np.zeros((0, 6, 2)), np.zeros(0)) for _ in found]
+    dev = img.device
+    index = torch.tensor(index, device=dev)
+    centre, axis, side = (torch.tensor(np.concatenate(v), dtype=torch.float32, device=dev) for v in (centre, axis, side))
+    for _ in range(REFINE):
+        q, logit = model.landmarks(crop(img, index, centre, axis, side, vcfg.crop_size))
+        pts = from_crop(q.float(), centre, axis, side)
+        centre, axis = refine_frame(pts)
+    prob = logit.float().sigmoid()
+    out, start = [], 0
+    for c, _ in found:
+        out.append((pts[start:start + len(c)].cpu().numpy(), prob[start:start + len(c)].cpu().numpy()))
+        start += len(c)
+    return out
+
+
+def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarray) -> pd.DataFrame:
+    """The vertebrae.csv rows of one image (points in its own px)."""
+    cols = ["file", "level", "x0", "y0", "x1", "y1", *POINT_COLUMNS, "ha", "hm", "hp", "wedge_ratio",
+            "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "p_fracture"]
+    if len(points) == 0:
+        return pd.DataFrame(columns=cols)
+    r = read(points, [LEVELS[i] for i in levels])
+    frame = pd.DataFrame({"file": file, "level": [LEVELS[i] for i in levels],
+                          "x0": points[..., 0].min(1), "y0": points[..., 1].min(1),
+                          "x1": points[..., 0].max(1), "y1": points[..., 1].max(1)})
+    for j, name in enumerate(POINTS):
+        frame[f"{name}_x"], frame[f"{name}_y"] = points[:, j, 0], points[:, j, 1]
+    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type"):
+        frame[key] = r[key]
+    frame["p_fracture"] = prob
+    return frame[cols]
+
+
+
+
+def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[pd.DataFrame]:
+    """vertebrae.csv rows (`file` = the path as given) of each image, points in the file's pixels."""
+    from vfa.data.transforms import create_transform
+
+    transform = create_transform(model.config, channels=1)
+    dev, vcfg = next(model.parameters()).device, model.config.vertebra
+    out = []
+    starts = range(0, len(paths), batch_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="vertebrae", unit="batch")
+    for s in starts:
+        loaded = [transform.load_scaled(p) for p in paths[s:s + batch_size]]
+        img = torch.stack([x for x, _ in loaded]).to(dev)
+        found = detect(model, img, vcfg)
+        for path, (_, scale), (c, lv), (pts, prob) in zip(paths[s:s + batch_size], loaded, found,
+                                                          place_points(model, img, found, vcfg)):
+            out.append(spine_rows(path, pts / scale.numpy(), lv, prob))
+    return out
+
+
+def image_rows(spines: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per image from its bodies: P(fracture) = its most likely fractured body's (0 when no
+    body was found), the worst grade, and how many bodies were read."""
+    return pd.DataFrame({"p_fracture": [float(v["p_fracture"].max()) if len(v) else 0.0 for v in spines],
+                         "max_grade": [int(v["grade"].max()) if len(v) else 0 for v in spines],
+                         "n_vertebrae": [len(v) for v in spines]})

@@ -46,6 +46,8 @@ def server(tmp_path):
 
 def _login(browser, url, reader, blinded=False):
     page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # a script error fails the test
     page.goto(f"{url}/login")
     page.fill("#reader-name", reader)
     if blinded:
@@ -88,6 +90,9 @@ def test_two_readers_with_the_keyboard(server, tmp_path):
         alice.keyboard.press("h")
         assert alice.locator("#heatmap").is_visible() and alice.inner_text("#heat-on") == "on"
         assert alice.locator("#outlines polygon").count() == 4
+        fitted = alice.evaluate("document.getElementById('stage').style.transform")
+        alice.keyboard.press("z")  # full resolution: scale 1
+        assert "scale(1)" in alice.evaluate("document.getElementById('stage').style.transform") != fitted
         alice.screenshot(path=str(shots / "review_case.png"))
         alice.keyboard.press("h")
         assert alice.locator("#heatmap").is_hidden()
@@ -117,6 +122,7 @@ def test_two_readers_with_the_keyboard(server, tmp_path):
         alice.goto(f"{url}/agreement")
         shown = alice.locator("#pairs tr[data-a='alice'][data-b='bob'] td.kappa").inner_text()
         agreement = json.loads(alice.request.get(f"{url}/agreement.json").text())
+        assert alice.errors == [] and bob.errors == []
         browser.close()
 
     a = [CALLS[k] for k in ALICE]

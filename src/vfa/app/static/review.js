@@ -36,6 +36,7 @@
   const viewport = document.getElementById("viewport");
   const COLORS = ["#2ecc40", "#ffdc00", "#ff851b", "#ff4136"];
   let level = -1;  // the level that grade keys apply to (-1: overall)
+  let scale = 1, tx = 0, ty = 0, drag = null;  // the view: zoom and pan
 
   // ---- the form <-> a read
   const setFracture = (v) => { const r = document.getElementById(v ? "frac-yes" : "frac-no"); r.checked = true; };
@@ -105,11 +106,16 @@
       svg.appendChild(t);
     }
   }
-  if (img.complete) drawOutlines(); else img.addEventListener("load", drawOutlines);
+  function fit() {  // the whole image in the viewer; z shows it at full resolution (1 image pixel = 1 screen pixel)
+    const r = viewport.getBoundingClientRect();
+    scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight) || 1;
+    tx = (r.width - img.naturalWidth * scale) / 2; ty = (r.height - img.naturalHeight * scale) / 2; apply();
+  }
+  const loaded = () => { drawOutlines(); fit(); };
+  if (img.complete && img.naturalWidth) loaded(); else img.addEventListener("load", loaded);
 
   // ---- zoom and pan
-  let scale = 1, tx = 0, ty = 0, drag = null;
-  const apply = () => { stage.style.transform = `translate(${tx}px, ${ty}px) scale(${scale})`; };
+  function apply() { stage.style.transform = `translate(${tx}px, ${ty}px) scale(${scale})`; }
   function zoom(f, cx, cy) {
     const r = viewport.getBoundingClientRect();
     cx = cx === undefined ? r.width / 2 : cx; cy = cy === undefined ? r.height / 2 : cy;
@@ -164,10 +170,11 @@
     else if (k === "Escape") go(`/worklist${qs(data.query)}`);
     else if (k === "+") zoom(1.25);
     else if (k === "_" || k === "/") zoom(0.8);
-    else if (k === "r") { scale = 1; tx = 0; ty = 0; apply(); }
+    else if (k === "r") fit();
+    else if (k === "z") { const r = viewport.getBoundingClientRect(); zoom(1 / scale, r.width / 2, r.height / 2); }
     else if (k === "?") alert("y / n: fracture yes / no;  0-3: Genant grade (overall, or the chosen level);  l / L: next / previous level;\n" +
       "w b c: shape;  - =: confidence;  Enter: save and next;  s: save;  a: accept the model's call;\n" +
-      "j / k: next / previous case;  Esc: worklist;  h: heatmap;  o: outlines;  + / (slash): zoom;  r: reset view");
+      "j / k: next / previous case;  Esc: worklist;  h: heatmap;  o: outlines;  + / (slash): zoom;  z: full resolution;  r: fit");
     else return;
     e.preventDefault();
   });

@@ -165,3 +165,15 @@ def test_per_vertebra_findings(phantom, tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         write_outputs(rows, [source], tmp_path / "pacs", MODEL, vertebrae=table)
     assert len(write_outputs(rows, [source], tmp_path / "pacs", MODEL, vertebrae=table, force=True)) == 1
+
+
+def test_a_dicom_without_study_uid_is_refused(tmp_path):
+    from vfa.io import write_dicom
+
+    path = write_dicom(tmp_path / "x.dcm", np.zeros((64, 64), np.uint8))
+    check_sources([path])
+    ds = pydicom.dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+    with pytest.raises(Exception, match="no StudyInstanceUID"):
+        check_sources([path])

@@ -49,6 +49,15 @@ def check_sources(paths, flag: str = "--dicom-out") -> None:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ConfigError(f"{flag}: {public_path(Path(bad[0]).as_posix())}{more} is not DICOM, so there is no "
                           f"study to attach a result to; give DICOM inputs or leave out {flag}")
+    for p in paths:
+        try:
+            src = read_source(p)
+        except Exception:  # unreadable: the run itself reports (or skips) it, as any bad file
+            continue
+        missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID") if not src.get(k)]
+        if missing:
+            raise ConfigError(f"{flag}: {public_path(Path(p).as_posix())} has no {' or '.join(missing)}, so no "
+                              f"result can be attached to its study; leave it out or leave out {flag}")
 
 
 def read_source(path) -> object:

@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml
 $(KERAS_STAMP): tests/keras/make_env.sh
 	-bash tests/keras/make_env.sh
 
+# vfa review's browser tests: Debian's chromium (apt) driven by Playwright (pip, no browser download).
+# A failed install is not fatal: the browser tests then skip, saying why.
+BROWSER_STAMP := $(VENV)/.vfa-browser-installed
+$(BROWSER_STAMP): tests/app/make_browser.sh $(STAMP)
+	-bash tests/app/make_browser.sh $(VENV) && touch $(BROWSER_STAMP)
+
 # dciodvfy validates the --dicom-out objects in the tests; a failed install is not fatal (those tests skip)
 dicom3tools:
 	-@command -v dciodvfy >/dev/null 2>&1 || bash tests/io/install_dicom3tools.sh
@@ -46,8 +52,9 @@ demo: $(STAMP)
 	$(VFA) cohort --predictions $(DEMO_RUN)/test/predictions.csv --outcomes $(DEMO_RUN)/outcomes.csv \
 		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label --force
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/, $(DEMO_RUN)/cohort/cohort_report.html"
+	@echo "read the test predictions in a browser: $(VFA) review --predictions $(DEMO_RUN)/test/predictions.csv --images $(DEMO_DATA)/test --heatmaps $(DEMO_RUN)/heatmaps --vertebrae $(DEMO_DATA)/vertebrae.csv --db $(DEMO_RUN)/review.sqlite"
 
-test: $(STAMP) $(KERAS_STAMP) dicom3tools
+test: $(STAMP) $(KERAS_STAMP) $(BROWSER_STAMP) dicom3tools
 	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -n 2 --dist loadgroup
 

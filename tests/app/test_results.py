@@ -41,7 +41,7 @@ def test_export_one_row_per_image_and_reader(reads, tmp_path):
     assert done["rows"] == 36 == len(frame) and not frame.duplicated(["image_id", "reader"]).any()
     alice = frame[frame.reader == "alice"].set_index("image_id")
     assert alice.loc["img_000", "version"] == 2 and alice.loc["img_000", "grade"] == reads["calls"]["alice"][1][1]
-    assert set(frame.columns) >= {"image_id", "file", "path", "reader", "label", "grade", "model_p", "model_call"}
+    assert set(frame.columns) >= {"image_id", "file", "path", "reader", "label", "grade", "raw", "predicted"}
     assert (frame["label"] == (frame["grade"] > 0)).all()
     with pytest.raises(FileExistsError, match="--force"):
         export_reads(reads["db"], tmp_path / "reads.csv")

@@ -13,7 +13,7 @@ from vfa.cohort.agreement import agreement, weighted_kappa
 from vfa.io.identifiers import public_path
 
 FIELDS = ("image_id", "file", "path", "reader", "label", "grade", "shape", "confidence", "note", "version",
-          "read_at", "blinded", "model_p", "model_call", "split", *(f"grade_{lv}" for lv in LEVELS))
+          "read_at", "blinded", "raw", "predicted", "split", *(f"grade_{lv}" for lv in LEVELS))
 GRADES = (0, 1, 2, 3)
 
 
@@ -26,7 +26,7 @@ def _rows(reads: list[dict], keep_identifiers: bool) -> list[dict]:
                "grade": "" if overall_grade(r) is None else overall_grade(r), "shape": r["shape"] or "",
                "confidence": "" if r["confidence"] is None else r["confidence"], "note": r["note"] or "",
                "version": r["version"], "read_at": r["created_at"], "blinded": r["blinded"],
-               "model_p": "" if r["p"] is None else r["p"], "model_call": "" if r["call"] is None else r["call"],
+               "raw": "" if r["p"] is None else r["p"], "predicted": "" if r["call"] is None else r["call"],
                "split": r["split"] or ""}
         row.update({f"grade_{lv}": g for lv, g in r["grades"].items()})
         out.append(row)
@@ -36,8 +36,10 @@ def _rows(reads: list[dict], keep_identifiers: bool) -> list[dict]:
 def export_reads(db: str | Path, out: str | Path, reader: str | None = None, agreement_out: str | Path | None = None,
                  force: bool = False, keep_identifiers: bool = False) -> dict:
     """reads.csv: each image and reader's current read (label = fracture 0/1, the Genant grade, per-level
-    grades, shape, confidence, note, version, time); `reader` keeps one reader's rows (a labels file for
-    `vfa evaluate --data`: path,label). Refuses to overwrite without `force`; written atomically."""
+    grades, shape, confidence, note, version, time) beside the model's P (raw) and call (predicted);
+    `reader` keeps one reader's rows: a manifest for `vfa evaluate --data` (path, label) and a predictions
+    file for `vfa cohort --reader label` (image_id, raw, predicted). Refuses to overwrite without `force`;
+    written atomically."""
     from vfa.runs import write_csv, write_json
 
     out = Path(out)

@@ -177,3 +177,15 @@ def test_a_dicom_without_study_uid_is_refused(tmp_path):
     ds.save_as(path)
     with pytest.raises(Exception, match="no StudyInstanceUID"):
         check_sources([path])
+
+
+def test_a_bad_vertebrae_table_is_refused_before_writing(phantom, tmp_path):
+    v = phantom["vertebrae"].rename(columns={"filename": "file"})
+    file = v["file"].iloc[0]
+    rows = pd.DataFrame({"file": [file], "p_fracture": [0.2], "predicted": [0]})  # a per-vertebra model's columns
+    bad = v.assign(level=v["level"].replace("T4", "C7"))
+    with pytest.raises(Exception, match="level 'C7'"):
+        write_outputs(rows, [phantom["root"] / "ph" / file], tmp_path / "pacs", MODEL, vertebrae=bad)
+    assert not (tmp_path / "pacs").exists()
+    written = write_outputs(rows, [phantom["root"] / "ph" / file], tmp_path / "pacs", MODEL, vertebrae=v)
+    assert probability(tmp_path / "pacs" / written[0]["sr"]) == pytest.approx(0.2)

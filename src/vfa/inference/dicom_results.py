@@ -14,16 +14,16 @@ from vfa.io.identifiers import public_path
 VERTEBRAE = "vertebrae.csv"
 
 
-def model_info(ens, threshold: float, score: str = "raw", tta: int = 0) -> ModelInfo:
+def model_info(ens, threshold: float, score: str = "raw", tta: int = 0, paths=None) -> ModelInfo:
     """The algorithm identification of a loaded model or ensemble: its backbone, vfa's version and
-    each checkpoint's sha256."""
+    the sha256 of each checkpoint (`paths`, default: the ensemble's)."""
     from vfa import __version__
 
     name = f"vfa vertebral fracture classifier ({ens.config.model.backbone})"
     members = getattr(ens, "members", [ens])  # an Ensemble, or one loaded model
     if len(members) > 1:
         name += f", ensemble of {len(members)} ({ens.combine})"
-    return ModelInfo(name=name, version=__version__, checksums=[sha256(p) for p in getattr(ens, "paths", [])],
+    return ModelInfo(name=name, version=__version__, checksums=[sha256(p) for p in (paths or getattr(ens, "paths", []))],
                      threshold=float(threshold), score=score, parameters=[f"tta={tta}"] if tta else [])
 
 

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from vfa.errors import ConfigError
 from vfa.io.dicom_sc import banner_lines, build_sc, draw_vertebrae, with_banner
@@ -73,6 +74,29 @@ def copy_patient_study(src, ds) -> None:
     for key in PATIENT_STUDY:
         if key in src and key not in ds:
             ds[key] = src[key]
+
+
+VERTEBRA_COLUMNS = ("level", "grade", "type", *(f"{k}_{a}" for k in ("sup_ant", "sup_mid", "sup_post", "inf_ant",
+                                                                       "inf_mid", "inf_post") for a in "xy"))
+
+
+def check_vertebrae(table) -> None:
+    """A per-vertebra table that cannot be reported (a missing column, an unknown level, grade or type)
+    is refused in one line before anything is written."""
+    from vfa.io.dicom_sr import LEVELS, SHAPES
+
+    if table is None or len(table) == 0:
+        return
+    missing = [c for c in VERTEBRA_COLUMNS if c not in table] + ([] if {"file", "filename"} & set(table) else ["file"])
+    if missing:
+        raise ConfigError(f"vertebrae table: no column {', '.join(missing)}")
+    bad = {"level": ~table["level"].astype(str).isin(LEVELS),
+           "grade": ~pd.to_numeric(table["grade"], errors="coerce").isin([0, 1, 2, 3]),
+           "type": ~table["type"].astype(str).str.lower().isin(SHAPES)}
+    for col, mask in bad.items():
+        if mask.any():
+            raise ConfigError(f"vertebrae table: {col} '{table.loc[mask, col].iloc[0]}' (row {int(mask.to_numpy().argmax()) + 2}) "
+                              f"is not one of {', '.join(map(str, LEVELS if col == 'level' else (0, 1, 2, 3) if col == 'grade' else SHAPES))}")
 
 
 def vertebra_rows(vertebrae, file: str, path: str) -> list[dict]:
@@ -202,11 +226,14 @@ def write_outputs(rows, sources, out_dir, model: ModelInfo, vertebrae=None, over
     if len(sources) != len(rows):
         raise ValueError(f"{len(rows)} rows but {len(sources)} source files")
     check_sources(sources)
+    check_vertebrae(vertebrae)
     out = check_out(out_dir, inputs, "folder")
     out.mkdir(parents=True, exist_ok=True)
     writer = DicomWriter(out, model, force, frame)
     writer.check()
-    score = model.score if model.score in rows else "raw"
+    score = next((c for c in (model.score, "raw", "p_fracture") if c in rows), None)  # a per-vertebra model's: p_fracture
+    if score is None:
+        raise ConfigError(f"the predictions have no {model.score}, raw or p_fracture column")
     for (_, r), path in zip(rows.iterrows(), sources):
         p = float(r[score])
         positive = bool(int(r["predicted"])) if "predicted" in r else p >= model.threshold

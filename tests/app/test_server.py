@@ -174,7 +174,8 @@ def test_no_identifier_in_the_ui_unless_kept(tmp_path):
     uid = "1.2.840.113619.2.55.3.604688119"
     data = write_review_set(tmp_path / "set", extra_columns={"PatientID": "MRN-4711", "PatientName": "DOE^JANE"})
     frame = pd.read_csv(data["predictions"])
-    frame.loc[0, "image_id"] = uid
+    frame.loc[0, "image_id"], frame.loc[0, "file"] = uid, f"norm/{uid}.png"  # a file named by its SOPInstanceUID
+    (data["images"] / "norm" / "img_000.png").rename(data["images"] / "norm" / f"{uid}.png")
     frame.to_csv(data["predictions"], index=False)
     hidden = TestClient(prepared_app(data, tmp_path / "a.sqlite"))
     login(hidden, "alice")

@@ -21,7 +21,8 @@ def _rows(reads: list[dict], keep_identifiers: bool) -> list[dict]:
     out = []
     for r in reads:
         path = r["path"] or ""
-        row = {"image_id": r["image_id"] if keep_identifiers else public_path(r["image_id"]), "file": r["file"] or "",
+        row = {"image_id": r["image_id"] if keep_identifiers else public_path(r["image_id"]),
+               "file": (r["file"] or "") if keep_identifiers else public_path(r["file"] or ""),
                "path": path if keep_identifiers else public_path(path), "reader": r["reader"], "label": r["fracture"],
                "grade": "" if overall_grade(r) is None else overall_grade(r), "shape": r["shape"] or "",
                "confidence": "" if r["confidence"] is None else r["confidence"], "note": r["note"] or "",

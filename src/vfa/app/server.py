@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from vfa.app import db as dbm
 from vfa.app import worklist as wl
@@ -116,7 +117,8 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
             return page(request, "login.html", None, csrf=request.cookies.get(login_cookie), reader=reader,
                         force_blind=s.blind, error="a reader name: 1-40 letters, digits, space, _ . @ -")
         sid, csrf = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        dbm.new_session(local.get(), sid, reader, bool(form.get("blinded")) or s.blind, csrf)
+        blinded = bool(form.get("blinded")) or s.blind
+        await run_in_threadpool(lambda: dbm.new_session(local.get(), sid, reader, blinded, csrf))  # off the loop
         resp = RedirectResponse("/worklist", 303)
         resp.set_cookie(session_cookie, sid, httponly=True, samesite="strict")
         resp.delete_cookie(login_cookie)
@@ -158,7 +160,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
         if not s.keep_identifiers:
             for r in rows:
-                r["image_id"] = public_path(r["image_id"])
+                r["image_id"], r["file"] = public_path(r["image_id"]), public_path(r["file"])
         return {"total": total, "page": q.page, "per_page": q.per_page, "rows": rows}
 
     def case_data(row, sess) -> dict:
@@ -243,8 +245,6 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
             return JSONResponse({"error": str(exc) or "bad read"}, 422)
         if row is None:
             return JSONResponse({"error": "no such case"}, 404)
-        from starlette.concurrency import run_in_threadpool
-
         saved = await run_in_threadpool(  # in a worker thread, with that thread's connection
             lambda: dbm.add_read(local.get(), row["image_id"], sess["reader"], read, sess["blinded"]))
         return {"ok": True, "idx": row["idx"], **saved}

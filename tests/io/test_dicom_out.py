@@ -69,6 +69,7 @@ def check_pair(sr_path, sc_path, source, p: float) -> None:
     assert evidence.ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert sc.SeriesInstanceUID != sr.SeriesInstanceUID and sc.BurnedInAnnotation == "YES"
+    assert hd.imread(sc_path).get_frame(1).shape == (sc.Rows, sc.Columns, 3)  # highdicom reads the SC back
     assert probability(sr_path) == pytest.approx(p, abs=1e-9)
     assert any("not for diagnosis" in t for t in texts(sr))
     assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == [PRIVATE_SCHEME]

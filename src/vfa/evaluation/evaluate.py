@@ -78,12 +78,6 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     are replaced by a hash in every output unless `keep_identifiers`.
     """
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers or 0)
-    if isinstance(model_path, str | Path) and model_family(model_path) == "vertebra":
-        if isinstance(threshold, str) or threshold_from or tta:
-            raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
-        return evaluate_vertebrae(model_path, data, out, metrics_name, threshold, split=split, on_bad_file=on_bad_file,
-                                  batch_size=batch_size, force=force, progress=progress, log=log,
-                                  keep_identifiers=keep_identifiers, device=device)
     models = [model_path] if isinstance(model_path, str | Path) else list(model_path)
     public = (lambda text: text) if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):
@@ -92,6 +86,15 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
         stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    single = model_path if isinstance(model_path, str | Path) else list(model_path)[0] if len(model_path) == 1 else None
+    if single is not None and model_family(single) == "vertebra":
+        kind, value = stats.parse_threshold(threshold)
+        if kind != "fixed" or threshold_from or tta:
+            raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
+        threshold = value
+        return evaluate_vertebrae(single, data, out, metrics_name, threshold, split=split, on_bad_file=on_bad_file,
+                                  batch_size=batch_size, force=force, progress=progress, log=log,
+                                  keep_identifiers=keep_identifiers, device=device)
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config

@@ -115,11 +115,8 @@ def bootstrap(bodies: pd.DataFrame, n: int = 300, seed: int = 0, alpha: float = 
 
 def image_auc(labels, p) -> dict:
     """The image-level AUC of the per-vertebra reading (P = its most likely fractured body), DeLong CI."""
-    labels, p = np.asarray(labels, dtype=int), np.asarray(p, dtype=float)
-    if not 0 < labels.sum() < len(labels):
-        return {"auc": float("nan"), "ci": [float("nan")] * 2}
-    d = delong_ci(labels, p)
-    return {"auc": d["auc"], "ci": [d["lo"], d["hi"]]}
+    d = delong_ci(np.asarray(labels, dtype=int), np.asarray(p, dtype=float))
+    return {"auc": d["auc"], "ci": list(d["auc_ci"])}
 
 
 TABLE = (("Detection recall (IoU >= 0.5)", "detection_recall", ">= 0.98"),

@@ -115,6 +115,14 @@ def _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_b
     return ens, paths, id_map
 
 
+def unusable_files(skipped: list[tuple[str, str]]) -> DataError:
+    """The error that names every unusable input (the first 20) under --on-bad-file error."""
+    listing = "\n".join(f"  {p}: {r}" for p, r in skipped[:20])
+    more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+    return DataError(f"{len(skipped)} unusable file(s) among the inputs (use --on-bad-file skip to leave "
+                     f"them out):\n{listing}{more}")
+
+
 def _check(ens, paths: list[str], positions: list[int], on_bad_file: str, workers: int, progress: bool, log):
     """The up-front decode of every file still to do; (good paths, their positions, skipped [(path, reason)])."""
     from vfa.data.stream import check_files
@@ -123,10 +131,7 @@ def _check(ens, paths: list[str], positions: list[int], on_bad_file: str, worker
     bad = check_files(paths, cfg.frame, cfg.min_side, workers, progress)
     skipped = [(paths[i], reason) for i, reason in bad]
     if skipped and on_bad_file == "error":
-        listing = "\n".join(f"  {p}: {r}" for p, r in skipped[:20])
-        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        raise DataError(f"{len(skipped)} unusable file(s) among the inputs (use --on-bad-file skip to leave "
-                        f"them out):\n{listing}{more}")
+        raise unusable_files(skipped)
     bad_idx = {i for i, _ in bad}
     keep = [i for i in range(len(paths)) if i not in bad_idx]
     return [paths[i] for i in keep], [positions[i] for i in keep], skipped

@@ -10,6 +10,12 @@ def predict_archive(model, inputs, out, sets=(), dicom_out=None, **kwargs) -> Su
     when `sets` (--set trainer.KEY=VALUE items) or a launcher's WORLD_SIZE asks for more than one.
     `dicom_out`: a folder for DICOM SR + SC per input (vfa.inference.dicom_results), checked before
     any scoring and written after the predictions. Returns None on secondary ranks."""
+    single = model if isinstance(model, str) else model[0] if len(model) == 1 else None
+    if single is not None and not str(single).endswith((".yaml", ".yml")):
+        from vfa.models.loading import model_family
+
+        if model_family(single) == "vertebra":
+            return _per_vertebra(single, inputs, out, sets, dicom_out, **kwargs)
     finish = None
     if dicom_out:
         from vfa.inference.dicom_results import for_predict
@@ -19,6 +25,21 @@ def predict_archive(model, inputs, out, sets=(), dicom_out=None, **kwargs) -> Su
     if finish is not None and summary is not None:
         finish(summary.out)
     return summary
+
+
+def _per_vertebra(model, inputs, out, sets, dicom_out, **kwargs) -> Summary:
+    """A per-vertebra model's prediction (vfa.inference.vertebra), reported as a Summary."""
+    import time
+
+    from vfa.inference.vertebra import predict_vertebra_files
+
+    if sets or dicom_out:
+        raise ConfigError("a per-vertebra model runs in one process, without --set or --dicom-out (docs/vertebrae.md)")
+    keep = {k: kwargs.pop(k) for k in ("threshold", "batch_size", "on_bad_file", "keep_identifiers", "force",
+                                       "device", "progress", "log", "workers") if k in kwargs}
+    t0 = time.perf_counter()
+    path = predict_vertebra_files(model, inputs, out, **keep, **kwargs)
+    return Summary(out=path, now=sum(1 for _ in open(path)) - 1, backend="torch", seconds=time.perf_counter() - t0)
 
 
 def _predict(model, inputs, out, sets=(), **kwargs) -> Summary | None:

@@ -97,3 +97,20 @@ def test_bad_vertebrae_lines(data, tmp_path):
     frame.to_csv(tmp_path / "v.csv", index=False)
     with pytest.raises(ReviewError, match="line 3: 'grade' = 5.0 is outside"):
         read_vertebrae(tmp_path / "v.csv")
+
+
+def test_a_db_that_is_not_sqlite_or_a_busy_port_is_one_line(data, tmp_path, capsys):
+    import socket
+
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("these are my notes, not a database\n" * 100)
+    base = ["review", "--predictions", str(data["predictions"]), "--images", str(data["images"])]
+    assert main([*base, "--db", str(bad), "--dry-run"]) == 2
+    assert "not a usable vfa review database" in capsys.readouterr().err
+    assert main([*base, "--db", str(tmp_path / "no" / "r.sqlite"), "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main([*base, "--db", str(tmp_path / "r.sqlite"), "--port", str(s.getsockname()[1])]) == 2
+    assert "cannot serve on 127.0.0.1:" in capsys.readouterr().err

@@ -26,6 +26,19 @@ def prepare(predictions, db, images=None, heatmaps=None, vertebrae=None, thresho
     return {**meta, "reads": n_reads}
 
 
+def _check_port(host: str, port: int) -> None:
+    """A port in use (or an address not on this machine) is one line before anything starts."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as exc:
+        raise ReviewError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def serve(predictions, db, images=None, heatmaps=None, vertebrae=None, host: str = "127.0.0.1", port: int = 8000,
           reader: str = "", token: str | None = None, blind: bool = False, keep_identifiers: bool = False,
           threshold=None, score=None, dry_run: bool = False, log=print) -> dict:
@@ -44,6 +57,7 @@ def serve(predictions, db, images=None, heatmaps=None, vertebrae=None, host: str
     hosts = {"127.0.0.1", "localhost", "::1"} if loopback else None
     settings = Settings(token=token, hosts=hosts, cookie=f"vfa{port}", reader=reader or "", blind=blind,
                         keep_identifiers=keep_identifiers)
+    _check_port(host, port)
     app = create_app(db, settings)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")

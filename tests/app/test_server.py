@@ -222,3 +222,12 @@ def test_ten_thousand_cases_page_and_filter(tmp_path):
     assert c.get("/api/worklist?status=read&sort=p").json()["total"] == 2
     assert "10000 cases" in c.get("/worklist").text
     assert c.get("/case/9000?sort=p").status_code == 200
+
+
+def test_the_app_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, vfa.app.server, vfa.app.serve, vfa.app.results, vfa.cli.review_cmds; "
+            "print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -25,6 +25,7 @@ def test_pages_need_a_session_and_login_needs_its_csrf(client):
     assert client.get("/image/1").status_code == 404
     client.get("/login")
     assert client.post("/login", data={"reader": "alice", "csrf": "forged"}).status_code == 403
+    assert client.post("/login", data={"reader": "alice", "csrf": "\u00e9t\u00e9"}).status_code == 403
     csrf = login(client, "alice")
     assert client.get("/worklist").status_code == 200 and len(csrf) > 20
 
@@ -87,6 +88,8 @@ def test_posts_need_the_sessions_csrf_token_and_json(client):
     login(client, "alice")
     assert client.post("/api/reads", json={"idx": 1, "fracture": 1}).status_code == 403
     assert client.post("/api/reads", json={"idx": 1, "fracture": 1}, headers={"X-CSRF-Token": "x"}).status_code == 403
+    assert client.post("/api/reads", json={"idx": 1, "fracture": 1},
+                       headers={"X-CSRF-Token": "\u00e9t\u00e9".encode()}).status_code == 403
     csrf = client.get("/api/me").json()["csrf"]
     form = client.post("/api/reads", data={"idx": "1", "fracture": "1"}, headers={"X-CSRF-Token": csrf})
     assert form.status_code == 415

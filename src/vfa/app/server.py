@@ -21,7 +21,7 @@ from vfa.app import db as dbm
 from vfa.app import worklist as wl
 from vfa.app.cases import LEVELS, TYPES
 from vfa.app.results import agreement_report
-from vfa.app.security import Guard
+from vfa.app.security import Guard, same
 from vfa.io.identifiers import public_path
 
 HERE = Path(__file__).parent
@@ -111,7 +111,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
     async def login(request: Request):
         form = await request.form()
         reader = str(form.get("reader", "")).strip()
-        if not secrets.compare_digest(str(form.get("csrf", "")), request.cookies.get(login_cookie, "") or "-"):
+        if not same(str(form.get("csrf", "")), request.cookies.get(login_cookie)):
             return Response("CSRF check failed: reload the login page", 403)
         if not READER.match(reader):
             return page(request, "login.html", None, csrf=request.cookies.get(login_cookie), reader=reader,
@@ -128,7 +128,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
     async def logout(request: Request):
         sess = session(request)
         form = await request.form()
-        if sess and secrets.compare_digest(str(form.get("csrf", "")), sess["csrf"]):
+        if sess and same(str(form.get("csrf", "")), sess["csrf"]):
             local.get().execute("DELETE FROM sessions WHERE sid=?", (sess["sid"],))
         resp = RedirectResponse("/login", 303)
         resp.delete_cookie(session_cookie)
@@ -233,7 +233,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         sess = session(request)
         if not sess:
             return JSONResponse({"error": "log in first"}, 401)
-        if not secrets.compare_digest(request.headers.get("x-csrf-token", ""), sess["csrf"]):
+        if not same(request.headers.get("x-csrf-token"), sess["csrf"]):
             return JSONResponse({"error": "CSRF check failed"}, 403)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"error": "send application/json"}, 415)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 
+from vfa import presets
 from vfa.errors import ConfigError  # noqa: F401  (vfa.config.ConfigError: the name every caller uses)
 from vfa.registry import CAM_METHODS
 
@@ -161,14 +162,14 @@ class TrainerConfig:
 @dataclass
 class VertebraConfig:
     table: str | None = None   # per-vertebra truth CSV; None: vertebrae.csv beside the training data
-    detector_backbone: str = "resnet18"   # timm names
+    detector_backbone: str = "resnet10t"   # timm names
     landmark_backbone: str = "resnet18"
     width: int = 64
     pretrained: bool = False
-    detector_size: tuple[int, int] = (256, 160)   # (H, W) the detector sees; data.size is the working size
+    detector_size: tuple[int, int] = (192, 112)   # (H, W) the detector sees; data.size is the working size
     crop_size: int = 64        # px of each body's crop
     crop_scale: float = 1.8    # crop side / the spine's spacing between levels
-    bodies_per_image: int = 6  # training crops per image: every fractured body, then normal ones
+    bodies_per_image: int = 8  # training crops per image: every fractured body, then normal ones
     jitter: float = 0.08       # training crop centre / scale noise, as a share of the spacing
     heat_threshold: float = 0.3
 
@@ -188,47 +189,9 @@ class Config:
     synth: dict = field(default_factory=dict)
 
 
-# Presets are overrides on top of the defaults (which are the notebook's documented intent).
-PRESETS: dict[str, dict] = {
-    "seed": {},
-    "seed2019": {  # the notebook's best model: IRv2 at 600x360, class weights, SGDR(10,1,2), 10 epochs
-        "optim": {"epochs": 10, "class_weights": True, "sgdr": True, "sgdr_steps": 10,
-                  "sgdr_cycles": 1, "sgdr_exp": 2},
-    },
-    "keras215": {  # what Keras 2.1.5 actually executed (docs/notebook-differences.md), in fp32 as it ran
-        "augment": "keras215",
-        "model": {"init": "keras"},
-        "trainer": {"precision": "32-true"},
-    },
-    "cpu-demo": {  # a small plain CNN (vfa.backbones) at reduced size: the whole pipeline on 2 CPU cores
-        "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
-        "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
-                  # LayerCAM on the stride-8 stage: with 159 px receptive fields, last-layer Grad-CAM
-                  # often peaks a level off the fracture (docs/heatmaps.md)
-                  "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
-        # milder geometry than the seed's, plus brightness: a from-scratch net on ~800 images
-        # must not settle on absolute density first, or it sits at chance for many epochs
-        "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
-                              "zoom": 0.05, "brightness": 0.2},
-        # 40 epochs: on the settled phantom 20 are not enough (docs/phantom.md)
-        "optim": {"lr": 2e-3, "epochs": 40, "sgdr_steps": 40, "weight_decay": 1e-4},
-        "synth": {"n": 1200, "size": [640, 384]},
-    },
-    # per-vertebra reading on 2 CPU cores, on the very phantom cpu-demo trains on (same synth: same test split)
-    "vertebra-demo": {
-        "data": {"size": (640, 384), "batch_size": 8},
-        "model": {"family": "vertebra"},
-        "optim": {"lr": 1e-3, "epochs": 12, "weight_decay": 1e-4},
-        "synth": {"n": 1200, "size": [640, 384]},
-    },
-    "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
-        "data": {"size": (1024, 614), "batch_size": 16},
-        "model": {"family": "vertebra"},
-        "vertebra": {"detector_size": (384, 224), "crop_size": 96, "landmark_backbone": "resnet34"},
-        "optim": {"lr": 1e-3, "epochs": 40, "weight_decay": 1e-4},
-        "synth": {"n": 5000},
-    },
-}
+# Presets (vfa.presets) are overrides on top of these defaults (the notebook's documented intent).
+PRESETS = presets.PRESETS
+
 
 
 def _merge(target: Any, updates: dict, where: str = "") -> Any:

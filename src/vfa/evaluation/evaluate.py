@@ -27,7 +27,7 @@ from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
 from vfa.evaluation.scores import score_metrics
 from vfa.evaluation.vertebra_eval import evaluate_vertebrae
-from vfa.models.loading import model_family
+from vfa.models.loading import vertebra_model
 from vfa.stats.metrics import SCALAR_KEYS, format_line
 
 
@@ -78,23 +78,17 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     are replaced by a hash in every output unless `keep_identifiers`.
     """
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers or 0)
-    models = [model_path] if isinstance(model_path, str | Path) else list(model_path)
-    public = (lambda text: text) if keep_identifiers else public_path
+    models, public = [model_path] if isinstance(model_path, str | Path) else list(model_path), str if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
     try:  # fail on a bad option before any image is read
         stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    single = model_path if isinstance(model_path, str | Path) else list(model_path)[0] if len(model_path) == 1 else None
-    if single is not None and model_family(single) == "vertebra":
-        kind, value = stats.parse_threshold(threshold)
-        if kind != "fixed" or threshold_from or tta:
-            raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
-        threshold = value
-        return evaluate_vertebrae(single, data, out, metrics_name, threshold, split=split, on_bad_file=on_bad_file,
-                                  batch_size=batch_size, force=force, progress=progress, log=log,
-                                  keep_identifiers=keep_identifiers, device=device)
+    if (single := vertebra_model(model_path)) is not None:  # the per-vertebra family's own evaluation
+        return evaluate_vertebrae(single, data, out, metrics_name, threshold, threshold_from, tta, split=split,
+                                  on_bad_file=on_bad_file, batch_size=batch_size, force=force, progress=progress,
+                                  log=log, keep_identifiers=keep_identifiers, device=device)
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config
@@ -104,16 +98,14 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     if not samples.paths:
         raise DataError(f"{data}: no usable images under {'/'.join(cfg.data.classes)}")
     dicom = for_evaluate(dicom_out, samples, force, [*models, data])  # DICOM SR + SC: checked before scoring
-    out = Path(out)
-    standalone = metrics_name == "metrics.json"
+    out, standalone = Path(out), metrics_name == "metrics.json"
     report = standalone if report is None else report
     with lock(out) if standalone else contextlib.nullcontext():  # one writer per output folder
         if standalone:
             prepare_run_dir(out, force, [*models, data, manifest, threshold_from], "evaluate")
         write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")),
                       keep_identifiers)
-        if num_workers is None:
-            num_workers = default_workers(len(samples.paths), batch_size)
+        num_workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
         frame, backend = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress,
                                            backend, id_regex, id_column, keep_identifiers)  # Grad-CAM stays fp32
         if frame["image_id"].duplicated().any():

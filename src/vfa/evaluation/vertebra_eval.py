@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vfa.config import ConfigError
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.data.transforms import create_transform
 from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
@@ -23,6 +24,7 @@ from vfa.explain.outlines import draw_spine
 from vfa.inference.vertebra import image_rows, read_spines
 from vfa.io.identifiers import public_path
 from vfa.models.loading import load_model
+from vfa.stats.accuracy import parse_threshold
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 
 READING = {"grade_and_type": "morphometry rules (vfa.stats.morphometry) on the predicted six points",
@@ -30,14 +32,17 @@ READING = {"grade_and_type": "morphometry rules (vfa.stats.morphometry) on the p
            "image_p_fracture": "the largest P(fracture) of the image's bodies (0 when none was found)"}
 
 
-def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold: float = 0.5,
-                       split: str | None = None, on_bad_file: str = "error", batch_size: int = 8, force: bool = False,
+def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5",
+                       threshold_from=None, tta: int = 0, split: str | None = None, on_bad_file: str = "error", batch_size: int = 8, force: bool = False,
                        progress: bool = True, log=print, table: str | Path | None = None, overlays: int = 8,
                        keep_identifiers: bool = False, device: str = "auto", **_ignored) -> dict:
     """Long: one pass that reads, scores, matches and writes; its steps are the functions it calls.
     Returns metrics.json's dict. `table`: the per-vertebra truth (default: vertebrae.csv beside
     `data`; without one, only image-level metrics). Options of image-level evaluation that do not
     apply (TTA, CAM) are ignored."""
+    kind, threshold = parse_threshold(threshold)
+    if kind != "fixed" or threshold_from or tta:
+        raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
     model = load_model(model_path, device)
     cfg = model.config
     samples = validate(load_samples(data, cfg.data.classes, split=split), on_bad_file, frame=cfg.data.frame,

@@ -10,12 +10,10 @@ def predict_archive(model, inputs, out, sets=(), dicom_out=None, **kwargs) -> Su
     when `sets` (--set trainer.KEY=VALUE items) or a launcher's WORLD_SIZE asks for more than one.
     `dicom_out`: a folder for DICOM SR + SC per input (vfa.inference.dicom_results), checked before
     any scoring and written after the predictions. Returns None on secondary ranks."""
-    single = model if isinstance(model, str) else model[0] if len(model) == 1 else None
-    if single is not None and not str(single).endswith((".yaml", ".yml")):
-        from vfa.models.loading import model_family
+    from vfa.models.loading import vertebra_model
 
-        if model_family(single) == "vertebra":
-            return _per_vertebra(single, inputs, out, sets, dicom_out, **kwargs)
+    if (single := vertebra_model(model)) is not None:
+        return _per_vertebra(single, inputs, out, sets, dicom_out, **kwargs)
     finish = None
     if dicom_out:
         from vfa.inference.dicom_results import for_predict

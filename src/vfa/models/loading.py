@@ -58,3 +58,9 @@ def model_family(path: str | Path) -> str:
     if Path(path).suffix in (".yaml", ".yml"):
         return "image"
     return checkpoint.config_of(checkpoint.load(path), path).model.family
+
+
+def vertebra_model(model) -> str | Path | None:
+    """`model` (a --model value: a path or a list of them) when it is one per-vertebra checkpoint."""
+    single = model if isinstance(model, str | Path) else list(model)[0] if len(model) == 1 else None
+    return single if single is not None and model_family(single) == "vertebra" else None

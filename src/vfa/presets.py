@@ -1,0 +1,45 @@
+"""Named training recipes: overrides on top of vfa.config's defaults (which are the notebook's
+documented intent). `vfa train --preset NAME`; each preset's `synth` entry is the phantom that
+`vfa synth --preset NAME` makes for it. Plain data, so the CLI lists them without importing torch."""
+from __future__ import annotations
+
+PRESETS: dict[str, dict] = {
+    "seed": {},
+    "seed2019": {  # the notebook's best model: IRv2 at 600x360, class weights, SGDR(10,1,2), 10 epochs
+        "optim": {"epochs": 10, "class_weights": True, "sgdr": True, "sgdr_steps": 10,
+                  "sgdr_cycles": 1, "sgdr_exp": 2},
+    },
+    "keras215": {  # what Keras 2.1.5 actually executed (docs/notebook-differences.md), in fp32 as it ran
+        "augment": "keras215",
+        "model": {"init": "keras"},
+        "trainer": {"precision": "32-true"},
+    },
+    "cpu-demo": {  # a small plain CNN (vfa.backbones) at reduced size: the whole pipeline on 2 CPU cores
+        "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
+        "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
+                  # LayerCAM on the stride-8 stage: with 159 px receptive fields, last-layer Grad-CAM
+                  # often peaks a level off the fracture (docs/heatmaps.md)
+                  "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
+        # milder geometry than the seed's, plus brightness: a from-scratch net on ~800 images
+        # must not settle on absolute density first, or it sits at chance for many epochs
+        "augment_overrides": {"rotation": 5.0, "shift_rows": 0.05, "shift_cols": 0.05, "shear": 0.0,
+                              "zoom": 0.05, "brightness": 0.2},
+        # 40 epochs: on the settled phantom 20 are not enough (docs/phantom.md)
+        "optim": {"lr": 2e-3, "epochs": 40, "sgdr_steps": 40, "weight_decay": 1e-4},
+        "synth": {"n": 1200, "size": [640, 384]},
+    },
+    # per-vertebra reading on 2 CPU cores, on the very phantom cpu-demo trains on (same synth: same test split)
+    "vertebra-demo": {
+        "data": {"size": (640, 384), "batch_size": 8},
+        "model": {"family": "vertebra"},
+        "optim": {"lr": 1e-3, "epochs": 12, "weight_decay": 1e-4},
+        "synth": {"n": 1200, "size": [640, 384]},
+    },
+    "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
+        "data": {"size": (1024, 614), "batch_size": 16},
+        "model": {"family": "vertebra"},
+        "vertebra": {"detector_size": (384, 224), "crop_size": 96, "landmark_backbone": "resnet34"},
+        "optim": {"lr": 1e-3, "epochs": 40, "weight_decay": 1e-4},
+        "synth": {"n": 5000},
+    },
+}

@@ -78,3 +78,14 @@ def test_predict_writes_images_and_vertebrae(run, tmp_path):
     assert main(["predict", "--model", str(ckpt), str(run / "data" / "test"), "--out", str(out)]) == 2
     assert main(["predict", "--model", str(ckpt), str(run / "data" / "test"), "--out", str(tmp_path / "q.csv"),
                  "--tta", "2"]) == 2
+
+
+@pytest.mark.slow
+def test_heatmap_draws_outlines(run):
+    ckpt = run / "run" / "checkpoints" / "last.ckpt"
+    out = run / "outlines"
+    assert main(["heatmap", "--model", str(ckpt), "--data", str(run / "data" / "test"), "--out", str(out)]) == 0
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == len(list((run / "data" / "test").rglob("*.png")))
+    assert (out / "vertebrae.csv").is_file()
+    assert main(["heatmap", "--model", str(ckpt), "--data", str(run / "data" / "test"), "--out", str(out)]) == 2

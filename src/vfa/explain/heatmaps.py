@@ -17,6 +17,7 @@ from vfa.inference.predict import read_predictions
 from vfa.io import IMAGE_EXTENSIONS
 from vfa.io.identifiers import public_path
 from vfa.stats.metrics import outcomes
+from vfa.explain.outlines import write_outlines
 from vfa.explain.cam import cam_settings, iter_cams, members_of
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
@@ -56,6 +57,10 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     """
     if not isinstance(model, torch.nn.Module) and not hasattr(model, "members"):
         model = load_ensemble(model, device)
+    if model.config.model.family == "vertebra":   # outlines and grades, not a CAM
+        if dicom_out:
+            raise ConfigError("--dicom-out with a per-vertebra model: use vfa predict's tables (docs/vertebrae.md)")
+        return write_outlines(members_of(model)[0], paths, out, root, batch_size, force, keep_identifiers, progress, log)
     method, layer = cam_settings(model, method, layer)
     for m in members_of(model):
         resolve_layer(m, cam_settings(m, method, layer)[1])

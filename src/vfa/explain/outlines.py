@@ -37,3 +37,38 @@ def draw_spine(gray: np.ndarray, rows: pd.DataFrame, scale: int = 2) -> Image.Im
     return img
 
 
+
+
+def write_outlines(model, paths: list[str], out, root=None, batch_size: int = 8, force: bool = False,
+                   keep_identifiers: bool = False, progress: bool = True, log=print) -> dict:
+    """`vfa heatmap` for a per-vertebra model: an outline overlay per image under `out` (mirroring
+    its folders below `root`, named as the image with .png) and vertebrae.csv of every body read.
+    Returns {"written", "skipped_existing" (0: every overlay is drawn again), "vertebrae"}."""
+    from pathlib import Path
+
+    from vfa.data.transforms import create_transform
+    from vfa.inference.engine import public_files
+    from vfa.inference.vertebra import read_spines
+    from vfa.runs import atomic_write, mark
+
+    out = Path(out)
+    table = out / "vertebrae.csv"
+    if table.exists() and not force:
+        raise FileExistsError(f"{table} exists; pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "heatmap")
+    spines = read_spines(model, paths, batch_size, progress)
+    transform = create_transform(model.config, channels=1)
+    rels = [Path(p).relative_to(root) if root and Path(p).is_relative_to(root) else Path(Path(p).name) for p in paths]
+    names = public_files([r.with_suffix(".png") for r in rels], keep_identifiers)
+    for p, name, rows in zip(paths, names, spines):
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        draw_spine(transform.read(p), rows).save(tmp, format="PNG")
+        tmp.replace(target)
+    files = public_files(paths, keep_identifiers)
+    vert = pd.concat([s.assign(file=f) for s, f in zip(spines, files)], ignore_index=True)
+    atomic_write(table, vert.to_csv(index=False, float_format="%.3f"))
+    log(f"{len(paths)} per-vertebra overlays and {len(vert)} vertebrae -> {out}")
+    return {"written": len(paths), "skipped_existing": 0, "vertebrae": len(vert)}

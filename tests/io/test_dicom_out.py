@@ -190,3 +190,29 @@ def test_a_bad_vertebrae_table_is_refused_before_writing(phantom, tmp_path):
     assert not (tmp_path / "pacs").exists()
     written = write_outputs(rows, [phantom["root"] / "ph" / file], tmp_path / "pacs", MODEL, vertebrae=v)
     assert probability(tmp_path / "pacs" / written[0]["sr"]) == pytest.approx(0.2)
+
+
+def test_a_per_vertebra_models_predictions(phantom, tmp_path):
+    """The post-step on a per-vertebra model's `vfa predict` tables (p_fracture, vertebrae.csv beside
+    them): its own loader, its name in the algorithm identification (random weights: no body found)."""
+    import torch
+
+    from vfa import checkpoint, config
+    from vfa.inference.dicom_results import for_predict
+    from vfa.inference.vertebra import predict_vertebra_files
+    from vfa.models.vertebra import build_vertebra_model
+
+    cfg = config.resolve("vertebra-demo", overrides=config.parse_set(
+        ["data.size=[192,112]", "vertebra.detector_size=[96,56]", "vertebra.crop_size=32", "vertebra.width=16",
+         "vertebra.detector_backbone=resnet10t", "vertebra.landmark_backbone=resnet10t"]))
+    torch.manual_seed(0)
+    ckpt = str(checkpoint.save(tmp_path / "v.ckpt", build_vertebra_model(cfg.vertebra), cfg, force=True))
+    finish = for_predict(ckpt, [phantom["data"]], tmp_path / "pacs", {"device": "cpu"})
+    out = predict_vertebra_files(ckpt, [phantom["data"]], tmp_path / "p.csv", device="cpu", progress=False,
+                                 log=lambda m: None)
+    written, rows = finish(out), pd.read_csv(out)
+    assert len(written) == len(rows) == 4
+    for w in written:
+        sr = pydicom.dcmread(tmp_path / "pacs" / w["sr"])
+        assert probability(tmp_path / "pacs" / w["sr"]) == pytest.approx(rows.set_index("file").loc[w["file"], "p_fracture"])
+        assert any(t.startswith("vfa per-vertebra reader") for t in texts(sr))

@@ -19,7 +19,12 @@ def model_info(ens, threshold: float, score: str = "raw", tta: int = 0, paths=No
     the sha256 of each checkpoint (`paths`, default: the ensemble's)."""
     from vfa import __version__
 
-    name = f"vfa vertebral fracture classifier ({ens.config.model.backbone})"
+    cfg = ens.config
+    if getattr(cfg.model, "family", "image") == "vertebra":  # a per-vertebra model: detector + landmarks
+        v = cfg.vertebra
+        name = f"vfa per-vertebra reader ({v.detector_backbone} detector, {v.landmark_backbone} landmarks)"
+    else:
+        name = f"vfa vertebral fracture classifier ({cfg.model.backbone})"
     members = getattr(ens, "members", [ens])  # an Ensemble, or one loaded model
     if len(members) > 1:
         name += f", ensemble of {len(members)} ({ens.combine})"
@@ -97,10 +102,12 @@ def for_predict(model, inputs, dicom_out, options: dict):
     def finish(predictions) -> list[dict]:
         from vfa.inference.ensemble import load_ensemble
         from vfa.inference.predict import model_threshold
+        from vfa.models.loading import load_model, vertebra_model
 
-        ens = load_ensemble(model, options.get("device", "auto"))
+        single = vertebra_model(model)  # a per-vertebra checkpoint: its own loader; its table is vertebrae.csv
+        ens = load_model(single, options.get("device", "auto")) if single else load_ensemble(model, options.get("device", "auto"))
         info = model_info(ens, model_threshold(ens, options.get("threshold", "model")), options.get("score", "raw"),
-                          options.get("tta", 0))
+                          options.get("tta", 0), paths=[single] if single else None)
         return write_results(read_table(predictions), paths, dicom_out, info, options.get("force", False),
                              options.get("keep_identifiers", False), vertebrae=vertebrae_beside(predictions, since),
                              frame=ens.config.data.frame, log=options.get("log"))
@@ -117,8 +124,9 @@ def for_evaluate(dicom_out, samples, force: bool, inputs):
     prepare(dicom_out, samples.paths, force, inputs)
     since = time.time()
 
-    def finish(frame, ens, threshold: float, score: str, tta: int, keep_identifiers: bool, predictions) -> list[dict]:
-        return write_results(frame, samples.paths, dicom_out, model_info(ens, threshold, score, tta), force,
+    def finish(frame, ens, threshold: float, score: str, tta: int, keep_identifiers: bool, predictions,
+               paths=None) -> list[dict]:
+        return write_results(frame, samples.paths, dicom_out, model_info(ens, threshold, score, tta, paths), force,
                              keep_identifiers, root=samples.root, vertebrae=vertebrae_beside(predictions, since),
                              frame=ens.config.data.frame)
     return finish

@@ -57,10 +57,13 @@
       grades, shape: form.shape.value, confidence: form.confidence.value === "" ? null : Number(form.confidence.value),
       note: form.note.value, request_id: (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()) };
   }
+  let saving = false;  // one save at a time (Enter on a focused button must not post twice)
   async function save(thenNext) {
+    if (saving) return;
     const read = collect();
     if (read.fracture === null) { status.textContent = "choose fracture yes (y) or no (n) first"; status.className = "error"; return; }
     status.textContent = "saving..."; status.className = "";
+    saving = true;
     try {
       const r = await fetch("/api/reads", { method: "POST", credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": data.csrf }, body: JSON.stringify(read) });
@@ -70,7 +73,8 @@
       document.body.dataset.saved = String(body.version);
       if (thenNext && data.next) go(`/case/${data.next}${qs(data.query)}`);
       else if (thenNext) go(`/worklist${qs(data.query)}`);
-    } catch (err) { status.textContent = "not saved: " + err.message; status.className = "error"; }
+      saving = thenNext;  // stays set while the next page loads
+    } catch (err) { status.textContent = "not saved: " + err.message; status.className = "error"; saving = false; }
   }
   fill(data.read);
   form.addEventListener("submit", (e) => { e.preventDefault(); save(true); });

@@ -1,4 +1,5 @@
 """vfa review's inputs: a predictions CSV checked line by line, heatmaps and vertebrae matched to it."""
+import json
 import os
 
 import pandas as pd
@@ -37,6 +38,15 @@ def test_metrics_json_gives_the_score_and_threshold(data):
     cases, meta = load_cases(data["predictions"], data["images"])
     assert meta["threshold"] == 0.3
     assert load_cases(data["predictions"], data["images"], threshold=0.7)[1]["threshold"] == 0.7
+
+
+def test_without_images_the_folder_vfa_evaluate_read_is_used(data):
+    (data["predictions"].parent / "metrics.json").write_text(json.dumps({"data": str(data["images"])}))
+    cases, _ = load_cases(data["predictions"])
+    assert cases[0].path == str((data["images"] / "norm/img_000.png").resolve())
+    (data["predictions"].parent / "metrics.json").write_text(json.dumps({"data": "/nonexistent"}))
+    with pytest.raises(ReviewError, match="line 2: image file not found: norm/img_000.png"):
+        load_cases(data["predictions"])
 
 
 def _edit(data, fn):

@@ -157,6 +157,15 @@ def _match_vertebrae(vertebrae: dict, by_name: dict, file: str) -> list:
     return []
 
 
+def _default_root(predictions: Path, metrics: dict, first: str) -> Path:
+    """Without --images: the folder `vfa evaluate` read (metrics.json's "data") when the first file is
+    there, else the CSV's own folder."""
+    data = Path(str(metrics.get("data") or ""))
+    if metrics.get("data") and data.is_dir() and (data / first).is_file():
+        return data
+    return predictions.parent
+
+
 def _columns(frame, path, score: str | None) -> tuple[str, str]:
     cols = list(frame.columns)
     file_col = "file" if "file" in cols else "path" if "path" in cols else None
@@ -177,7 +186,8 @@ def load_cases(predictions: str | Path, images: str | Path | None = None, heatma
     every problem is one message naming its line.
 
     The cases of a predictions CSV and the settings found ({"score", "threshold", ...}). Relative
-    `file`s are looked up under `images` (default: the CSV's folder). The score and threshold are
+    `file`s are looked up under `images` (default: the data folder in metrics.json beside the CSV,
+    i.e. what vfa evaluate read, else the CSV's folder). The score and threshold are
     the given ones, else metrics.json's beside the CSV, else the first score column and 0.5."""
     predictions = Path(predictions)
     frame = _read(predictions, "predictions file")
@@ -186,7 +196,7 @@ def load_cases(predictions: str | Path, images: str | Path | None = None, heatma
                                                              else None))
     if threshold is None:
         threshold = float(metrics.get("threshold", 0.5)) if metrics.get("score") == score else 0.5
-    root = Path(images) if images else predictions.parent
+    root = Path(images) if images else _default_root(predictions, metrics, frame[file_col].iloc[0].strip())
     if not root.is_dir():
         raise ReviewError(f"images folder not found: {root}")
     overlays = heatmap_index(Path(heatmaps)) if heatmaps else {}

@@ -31,8 +31,8 @@ def add_review(sub) -> None:
     p.add_argument("--db", required=True, help="SQLite file holding the reads (created if missing); nothing "
                                                "else is written")
     p.add_argument("--predictions", help="vfa predict / evaluate output (serve)")
-    p.add_argument("--images", help="folder the predictions' relative 'file' paths are under (default: the CSV's "
-                                     "folder; for vfa evaluate output, the --data folder)")
+    p.add_argument("--images", help="folder the predictions' relative 'file' paths are under (default: the "
+                                     "folder vfa evaluate read, from metrics.json beside the CSV, else the CSV's)")
     p.add_argument("--heatmaps", help="vfa heatmap output folder: overlays shown with the h key")
     p.add_argument("--vertebrae", help="vertebrae.csv: per-vertebra outlines and grades")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback; any other "

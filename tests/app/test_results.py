@@ -106,3 +106,17 @@ def test_cli_export(reads, tmp_path, capsys):
     assert main(["review", "export", "--db", str(reads["db"]), "--out", str(reads["db"]), "--force"]) == 2
     assert main(["review", "--db", str(reads["db"])]) == 2
     assert "needs --predictions" in capsys.readouterr().err
+
+
+def test_one_readers_file_is_a_manifest_and_a_cohort_predictions_file(reads, tmp_path):
+    from vfa.cohort.data import load_cohort
+    from vfa.cohort.synth import synth_cohort
+    from vfa.data.samples import load_samples
+
+    out = tmp_path / "bob.csv"
+    export_reads(reads["db"], out, reader="bob")
+    samples = load_samples(out, split="test")  # as vfa evaluate --data bob.csv reads it: every row
+    assert len(samples.paths) == 16 and samples.labels == [reads["calls"]["bob"][i][0] for i in range(1, 17)]
+    synth_cohort(out, tmp_path / "outcomes.csv")
+    cohort = load_cohort(out, tmp_path / "outcomes.csv", reader="label")
+    assert len(cohort.frame) == 16 and cohort.frame["reader"].tolist() == [str(c) for c in samples.labels]

@@ -13,7 +13,7 @@ from vfa.cohort.agreement import agreement, weighted_kappa
 from vfa.io.identifiers import public_path
 
 FIELDS = ("image_id", "file", "path", "reader", "label", "grade", "shape", "confidence", "note", "version",
-          "read_at", "blinded", "raw", "predicted", "split", *(f"grade_{lv}" for lv in LEVELS))
+          "read_at", "blinded", "raw", "predicted", "data_split", *(f"grade_{lv}" for lv in LEVELS))
 GRADES = (0, 1, 2, 3)
 
 
@@ -28,7 +28,7 @@ def _rows(reads: list[dict], keep_identifiers: bool) -> list[dict]:
                "confidence": "" if r["confidence"] is None else r["confidence"], "note": r["note"] or "",
                "version": r["version"], "read_at": r["created_at"], "blinded": r["blinded"],
                "raw": "" if r["p"] is None else r["p"], "predicted": "" if r["call"] is None else r["call"],
-               "split": r["split"] or ""}
+               "data_split": r["split"] or ""}
         row.update({f"grade_{lv}": g for lv, g in r["grades"].items()})
         out.append(row)
     return out

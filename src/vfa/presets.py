@@ -32,7 +32,7 @@ PRESETS: dict[str, dict] = {
     "vertebra-demo": {
         "data": {"size": (640, 384), "batch_size": 8},
         "model": {"family": "vertebra"},
-        "optim": {"lr": 1e-3, "epochs": 12, "weight_decay": 1e-4},
+        "optim": {"lr": 1e-3, "epochs": 10, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
     },
     "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input

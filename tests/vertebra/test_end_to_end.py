@@ -78,6 +78,10 @@ def test_predict_writes_images_and_vertebrae(run, tmp_path):
     assert main(["predict", "--model", str(ckpt), str(run / "data" / "test"), "--out", str(out)]) == 2
     assert main(["predict", "--model", str(ckpt), str(run / "data" / "test"), "--out", str(tmp_path / "q.csv"),
                  "--tta", "2"]) == 2
+    # --dicom-out is wired to the per-vertebra path too: PNG inputs have no study to attach to
+    assert main(["predict", "--model", str(ckpt), str(run / "data" / "test"), "--out", str(tmp_path / "r.csv"),
+                 "--dicom-out", str(tmp_path / "pacs")]) == 2
+    assert not (tmp_path / "r.csv").exists()
 
 
 @pytest.mark.slow

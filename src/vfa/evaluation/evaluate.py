@@ -88,7 +88,7 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     if (single := vertebra_model(model_path)) is not None:  # the per-vertebra family's own evaluation
         return evaluate_vertebrae(single, data, out, metrics_name, threshold, threshold_from, tta, split=split,
                                   on_bad_file=on_bad_file, batch_size=batch_size, force=force, progress=progress,
-                                  log=log, keep_identifiers=keep_identifiers, device=device)
+                                  log=log, keep_identifiers=keep_identifiers, device=device, dicom_out=dicom_out)
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config

@@ -21,6 +21,7 @@ from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
 from vfa.evaluation.scores import score_metrics
 from vfa.evaluation.vertebra_metrics import bootstrap, image_auc, match_image, table_lines
 from vfa.explain.outlines import draw_spine
+from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.vertebra import image_rows, read_spines
 from vfa.io.identifiers import public_path
 from vfa.models.loading import load_model
@@ -35,7 +36,7 @@ READING = {"grade_and_type": "morphometry rules (vfa.stats.morphometry) on the p
 def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5",
                        threshold_from=None, tta: int = 0, split: str | None = None, on_bad_file: str = "error", batch_size: int = 8, force: bool = False,
                        progress: bool = True, log=print, table: str | Path | None = None, overlays: int = 8,
-                       keep_identifiers: bool = False, device: str = "auto", **_ignored) -> dict:
+                       keep_identifiers: bool = False, device: str = "auto", dicom_out=None, **_ignored) -> dict:
     """Long: one pass that reads, scores, matches and writes; its steps are the functions it calls.
     Returns metrics.json's dict. `table`: the per-vertebra truth (default: vertebrae.csv beside
     `data`; without one, only image-level metrics). Options of image-level evaluation that do not
@@ -56,6 +57,7 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
             raise
         truth = None
         log(f"no per-vertebra metrics: {exc}")
+    dicom = for_evaluate(dicom_out, samples, force, [model_path, data])  # SR + SC: checked before any reading
     out, standalone = Path(out), metrics_name == "metrics.json"
     prefix = metrics_name.replace("metrics.json", "")
     with lock(out) if standalone else contextlib.nullcontext():
@@ -84,6 +86,9 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
             for line in lines:
                 log(line)
         write_json(out / metrics_name, json_safe(result))
+        if dicom:
+            dicom(frame, model, threshold, "p_fracture", 0, keep_identifiers, out / f"{prefix}predictions.csv",
+                  paths=[model_path])
         if standalone and overlays:
             _overlays(model, samples, spines, frame, out / "overlays", overlays, ids)
     log(f"{data}: image-level AUC {result['auc']:.4f} (per-vertebra reading, n={len(frame)})")

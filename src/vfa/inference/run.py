@@ -18,7 +18,7 @@ def predict_archive(model, inputs, out, sets=(), dicom_out=None, **kwargs) -> Su
     if dicom_out:
         from vfa.inference.dicom_results import for_predict
 
-        finish = for_predict(model, inputs, dicom_out, kwargs)
+        finish = for_predict(model, inputs, dicom_out, dict(kwargs))
     summary = _predict(model, inputs, out, sets, **kwargs)
     if finish is not None and summary is not None:
         finish(summary.out)
@@ -31,12 +31,19 @@ def _per_vertebra(model, inputs, out, sets, dicom_out, **kwargs) -> Summary:
 
     from vfa.inference.vertebra import predict_vertebra_files
 
-    if sets or dicom_out:
-        raise ConfigError("a per-vertebra model runs in one process, without --set or --dicom-out (docs/vertebrae.md)")
+    if sets:
+        raise ConfigError("a per-vertebra model runs in one process, without --set trainer.* (docs/vertebrae.md)")
+    finish = None
+    if dicom_out:
+        from vfa.inference.dicom_results import for_predict
+
+        finish = for_predict(model, inputs, dicom_out, dict(kwargs))
     keep = {k: kwargs.pop(k) for k in ("threshold", "batch_size", "on_bad_file", "keep_identifiers", "force",
                                        "device", "progress", "log", "workers") if k in kwargs}
     t0 = time.perf_counter()
     path = predict_vertebra_files(model, inputs, out, **keep, **kwargs)
+    if finish is not None:
+        finish(path)
     return Summary(out=path, now=sum(1 for _ in open(path)) - 1, backend="torch", seconds=time.perf_counter() - t0)
 
 

@@ -172,6 +172,7 @@ class VertebraConfig:
     bodies_per_image: int = 8  # training crops per image: every fractured body, then normal ones
     jitter: float = 0.08       # training crop centre / scale noise, as a share of the spacing
     heat_threshold: float = 0.3
+    fracture_threshold: float = 0.5   # the fracture head's P at which a body is called fractured
 
 
 @dataclass
@@ -292,9 +293,10 @@ def check(cfg: Config) -> None:
     if cfg.model.family not in FAMILIES:
         raise ConfigError(f"model.family must be one of {FAMILIES}, got {cfg.model.family!r}")
     v = cfg.vertebra
-    if min(v.crop_size, v.bodies_per_image, v.width, *v.detector_size) < 1 or not 0 < v.heat_threshold < 1:
+    if min(v.crop_size, v.bodies_per_image, v.width, *v.detector_size) < 1 or not 0 < v.heat_threshold < 1 \
+            or not 0 < v.fracture_threshold <= 1:
         raise ConfigError("vertebra: crop_size, bodies_per_image, width and detector_size must be positive and "
-                          f"heat_threshold in (0, 1); got {v}")
+                          f"heat_threshold and fracture_threshold in (0, 1); got {v}")
 
 
 FAMILIES = ("image", "vertebra")

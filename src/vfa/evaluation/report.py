@@ -211,7 +211,7 @@ def write_npy(out: Path, frame: pd.DataFrame) -> list[Path]:
 
 # --- HTML --------------------------------------------------------------------------------------
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#a40}"""
@@ -243,7 +243,7 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
                gallery: bytes | None = None) -> None:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfa evaluation</title>"
-             f"<style>{_CSS}</style></head><body>",
+             f"<style>{CSS}</style></head><body>",
              "<h1>Vertebral fracture detection: evaluation report</h1>",
              f"<p>Generated {e(datetime.datetime.now().isoformat(timespec='seconds'))} by vfa.</p>",
              "<h2>Setup</h2>", pd.DataFrame(list(info.items()), columns=["item", "value"]).to_html(index=False),

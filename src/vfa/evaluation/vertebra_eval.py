@@ -4,11 +4,15 @@ detection, level, landmark, height-ratio, fracture, grade and shape metrics with
 
 Outputs: metrics.json (image-level keys as an image-level evaluation's, plus "vertebrae"),
 predictions.csv (one row per image), vertebrae.csv (one row per body found), vertebra_matches.csv
-(one row per true body: found, level, error, reading), overlays/ and vertebra_report.md.
+(one row per true body: found, level, error, reading), overlays/, vertebra_report.md and
+vertebra_report.html.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from vfa.config import ConfigError
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.data.transforms import create_transform
 from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
+from vfa.evaluation import report as report_mod
 from vfa.evaluation.scores import score_metrics
 from vfa.evaluation.vertebra_metrics import bootstrap, image_auc, match_image, table_lines
 from vfa.explain.outlines import draw_spine
@@ -28,7 +33,10 @@ from vfa.models.loading import load_model
 from vfa.stats.accuracy import parse_threshold
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 
-READING = {"grade_and_type": "morphometry rules (vfa.stats.morphometry) on the predicted six points",
+READING = {"fracture": "the morphometry rules' grade >= 1, or the fracture head's P >= vertebra.fracture_threshold "
+                       "(grade_source: rules or head)",
+           "grade_and_type": "the morphometry rules (vfa.stats.morphometry) on the predicted six points; grade 1 "
+                             "for a body only the head calls; the shape is the lowest ratio's",
            "p_fracture": "the landmark network's fracture head, per body",
            "image_p_fracture": "the largest P(fracture) of the image's bodies (0 when none was found)"}
 
@@ -83,14 +91,17 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
                              index=False, float_format="%.4f"))
             lines = table_lines(result["vertebrae"], result["vertebrae"]["image_auc"])
             atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data))
+            drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, ids) \
+                if standalone and overlays else []
+            atomic_write(out / f"{prefix}vertebra_report.html", _html(result, lines, data, drawn))
             for line in lines:
                 log(line)
         write_json(out / metrics_name, json_safe(result))
+        if truth is None and standalone and overlays:
+            _overlays(model, samples, spines, frame, out / "overlays", overlays, ids)
         if dicom:
             dicom(frame, model, threshold, "p_fracture", 0, keep_identifiers, out / f"{prefix}predictions.csv",
                   paths=[model_path])
-        if standalone and overlays:
-            _overlays(model, samples, spines, frame, out / "overlays", overlays, ids)
     log(f"{data}: image-level AUC {result['auc']:.4f} (per-vertebra reading, n={len(frame)})")
     return result
 
@@ -104,15 +115,36 @@ def _report(result: dict, lines: list[str], data) -> str:
     return "\n".join(head + lines + how) + "\n"
 
 
-def _overlays(model, samples, spines, frame, folder: Path, k: int, ids) -> None:
-    """Up to k overlays: the most likely fractured images first, then the least likely."""
+def _html(result: dict, lines: list[str], data, drawn: list[tuple[str, bytes]]) -> str:
+    """vertebra_report.html: the table, how each call is made, and the overlays, in one file."""
+    e = html.escape
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    table = pd.DataFrame(rows, columns=["metric", "value", "95 % CI", "goal"]).to_html(index=False)
+    n = result["vertebrae"]["n"]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfa per-vertebra evaluation</title>"
+             f"<style>{report_mod.CSS}</style></head><body><h1>Per-vertebra evaluation</h1>",
+             f"<p>{e(public_path(str(data)))}: {n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} "
+             f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}). 95 % CIs: bootstrap over images; "
+             f"image AUC: DeLong.</p>", table, "<h2>Who makes each call</h2><ul>",
+             *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in READING.items()), "</ul>"]
+    for name, png in drawn:
+        parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode('ascii')}'>")
+    return "\n".join(parts + ["</body></html>"])
+
+
+def _overlays(model, samples, spines, frame, folder: Path, k: int, ids) -> list[tuple[str, bytes]]:
+    """Up to k overlays: the most likely fractured images first, then the least likely; returns
+    (name, PNG) of each."""
     folder.mkdir(parents=True, exist_ok=True)
     order = np.argsort(-frame["p_fracture"].to_numpy(), kind="stable")
     pick = list(order[: k - k // 4]) + list(order[::-1][: k // 4])
     transform = create_transform(model.config, channels=1)
+    drawn = []
     for i in dict.fromkeys(pick):
         name = Path(ids[i]).with_suffix("").as_posix().replace("/", "__") + ".png"
-        img = draw_spine(transform.read(samples.paths[i]), spines[i])
-        tmp = folder / f".{name}.tmp"
-        img.save(tmp, format="PNG")
-        tmp.replace(folder / name)
+        buf = io.BytesIO()
+        draw_spine(transform.read(samples.paths[i]), spines[i]).save(buf, format="PNG")
+        atomic_write(folder / name, buf.getvalue())
+        drawn.append((name, buf.getvalue()))
+    return drawn

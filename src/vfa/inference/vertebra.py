@@ -23,35 +23,42 @@ from vfa.stats.morphometry import LEVELS, POINT_COLUMNS, POINTS, read
 
 REFINE = 2          # landmark passes: the second crops around the first pass's points
 MAX_PEAKS = 30
+GAP = 3.0           # log-score cost of each level missing inside the column (assign_levels)
 
 
-def assign_levels(score: np.ndarray, level_logp: np.ndarray) -> np.ndarray:
+def assign_levels(score: np.ndarray, level_logp: np.ndarray, gap: float = GAP) -> np.ndarray:
     """Level index (or -1: left out) of each peak, peaks in order down the spine. Maximises the sum
-    of log(score) + log P(level) over kept peaks plus log(1 - score) over left-out ones, with
-    levels strictly rising down the spine."""
+    of log(score) + log P(level) over kept peaks, log(1 - score) over left-out ones, and -`gap` per
+    level missing between two kept ones: levels rise strictly down the spine, and a level may be
+    missing at either end (the field of view) but hardly inside the column."""
     k, n = level_logp.shape
-    keep = np.log(np.clip(score, 1e-6, 1)) [:, None] + level_logp          # (k, n)
+    if k == 0:
+        return np.zeros(0, dtype=int)
+    keep = np.log(np.clip(score, 1e-6, 1))[:, None] + level_logp           # (k, n)
     drop = np.log(np.clip(1 - score, 1e-6, 1))
-    best = np.full((k + 1, n + 1), -np.inf)   # best[i, j]: first i peaks used, levels < j available
-    best[0, :] = 0.0
-    choice = np.zeros((k + 1, n + 1), dtype=int)   # 0: dropped, 1: kept at level j - 1, 2: level j unused
-    for i in range(1, k + 1):
-        for j in range(n + 1):
-            options = [best[i - 1, j] + drop[i - 1]]
-            options.append(best[i - 1, j - 1] + keep[i - 1, j - 1] if j > 0 else -np.inf)
-            options.append(best[i, j - 1] if j > 0 else -np.inf)
-            choice[i, j] = int(np.argmax(options))
-            best[i, j] = options[choice[i, j]]
-    out, i, j = np.full(k, -1), k, n
-    while i > 0:
-        c = choice[i, j]
-        if c == 0:
-            i -= 1
-        elif c == 1:
-            out[i - 1] = j - 1
-            i, j = i - 1, j - 1
-        else:
-            j -= 1
+    before = np.concatenate([[0.0], np.cumsum(drop)])                       # drops of peaks < i
+    best = before[:-1, None] + keep                                          # peak i first kept, at level l
+    back = np.full((k, n, 2), -1)
+    lv = np.arange(n)
+    for i in range(1, k):
+        for j in range(i):
+            # j kept at level m, the peaks between j and i dropped, i kept at level l > m
+            between = before[i] - before[j + 1]
+            cand = best[j][:, None] + between - gap * (lv[None, :] - lv[:, None] - 1) + keep[i][None, :]
+            cand[lv[:, None] >= lv[None, :]] = -np.inf
+            m = cand.argmax(0)
+            val = cand[m, lv]
+            better = val > best[i]
+            best[i, better] = val[better]
+            back[i, better] = np.stack([np.full(better.sum(), j), m[better]], 1)
+    total = best + (before[-1] - before[1:])[:, None]                        # the peaks after i dropped
+    i, lvl = np.unravel_index(int(np.argmax(total)), total.shape)
+    if total[i, lvl] < before[-1]:                                           # keeping none is better
+        return np.full(k, -1)
+    out = np.full(k, -1)
+    while i >= 0:
+        out[i] = lvl
+        i, lvl = back[i, lvl]
     return out
 
 
@@ -107,24 +114,30 @@ def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray
     return out
 
 
-def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarray) -> pd.DataFrame:
-    """The vertebrae.csv rows of one image (points in its own px)."""
+def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarray,
+               fracture_threshold: float = 0.5) -> pd.DataFrame:
+    """The vertebrae.csv rows of one image (points in its own px). A body is fractured when the rules
+    grade it >= 1 or the fracture head's P reaches `fracture_threshold`; the grade is the rules' (at
+    least 1 for a body only the head calls) and the shape is the rules' lowest ratio; `grade_source`
+    says which made the call."""
     cols = ["file", "level", "x0", "y0", "x1", "y1", *POINT_COLUMNS, "ha", "hm", "hp", "wedge_ratio",
-            "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "p_fracture"]
+            "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "grade_source", "p_fracture"]
     if len(points) == 0:
         return pd.DataFrame(columns=cols)
     r = read(points, [LEVELS[i] for i in levels])
+    head_only = (r["grade"] == 0) & (prob >= fracture_threshold)
     frame = pd.DataFrame({"file": file, "level": [LEVELS[i] for i in levels],
                           "x0": points[..., 0].min(1), "y0": points[..., 1].min(1),
                           "x1": points[..., 0].max(1), "y1": points[..., 1].max(1)})
     for j, name in enumerate(POINTS):
         frame[f"{name}_x"], frame[f"{name}_y"] = points[:, j, 0], points[:, j, 1]
-    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type"):
+    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss"):
         frame[key] = r[key]
+    frame["grade"] = np.where(head_only, 1, r["grade"])
+    frame["type"] = np.where(frame["grade"] > 0, r["shape"], "normal")
+    frame["grade_source"] = np.where(head_only, "head", "rules")
     frame["p_fracture"] = prob
     return frame[cols]
-
-
 
 
 def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[pd.DataFrame]:
@@ -144,7 +157,7 @@ def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = F
         found = detect(model, img, vcfg)
         for path, (_, scale), (c, lv), (pts, prob) in zip(paths[s:s + batch_size], loaded, found,
                                                           place_points(model, img, found, vcfg)):
-            out.append(spine_rows(path, pts / scale.numpy(), lv, prob))
+            out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold))
     return out
 
 

@@ -66,12 +66,14 @@ def grade_of(loss) -> np.ndarray:
 
 def read(points, levels) -> dict[str, np.ndarray]:
     """Apply the rules to one spine's bodies: `points` (N, 6, 2) and their `levels`. Returns
-    heights, reference, ratios, height_loss, grade and type ('normal' for grade 0) per body."""
+    heights, reference, ratios, height_loss, grade, type ('normal' for grade 0) and shape (the
+    lowest ratio's type, whatever the grade) per body."""
     h = heights(points)
     ref = reference_heights(h[:, 2], levels)
     r = ratios(h[:, 0], h[:, 1], h[:, 2], ref)
     loss = np.clip(1 - r.min(axis=1), 0, 1)
     grade = grade_of(loss)
-    kind = np.where(grade > 0, np.asarray(TYPES)[r.argmin(axis=1)], "normal")
+    shape = np.asarray(TYPES)[r.argmin(axis=1)]
     return dict(ha=h[:, 0], hm=h[:, 1], hp=h[:, 2], ref=ref, wedge_ratio=r[:, 0], biconcave_ratio=r[:, 1],
-                crush_ratio=r[:, 2], height_loss=loss, grade=grade, type=kind)
+                crush_ratio=r[:, 2], height_loss=loss, grade=grade, type=np.where(grade > 0, shape, "normal"),
+                shape=shape)

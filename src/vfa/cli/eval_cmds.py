@@ -19,13 +19,16 @@ def _dicom_out_arg(p) -> None:
 def cmd_evaluate(args) -> None:
     from vfa.evaluation.evaluate import evaluate
 
-    evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
+    result = evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
              backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers,
              num_workers=args.workers, dicom_out=args.dicom_out)
-    print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
+    if result.get("family") == "vertebra":
+        print(f"wrote metrics.json, predictions.csv, vertebrae.csv, vertebra_report.html and overlays to {args.out}")
+    else:
+        print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
 
 
 def add_evaluate(sub) -> None:

@@ -9,19 +9,15 @@ of random 512x192 PNGs (P(fracture) spread over [0, 1]); the load driver is vfa.
 """
 import argparse
 import json
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vfa.app.loadtest import check_db, run_load
+from vfa.app.loadtest import check_db, run_load, start_review
 
 
 def make_set(root: Path, n: int) -> Path:
@@ -44,19 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pred = make_set(tmp, args.cases)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         db = tmp / "review.sqlite"
-        proc = subprocess.Popen([sys.executable, "-m", "vfa.cli", "review", "--predictions", str(pred), "--db",
-                                 str(db), "--port", str(port)], stdout=subprocess.DEVNULL)
+        proc, port = start_review(["--predictions", pred, "--db", db], output=False)
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
             result = run_load("127.0.0.1", port, args.cases, args.clients, args.seconds)
         finally:
             proc.terminate()

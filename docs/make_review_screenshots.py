@@ -9,12 +9,9 @@ evaluate` / `vfa heatmap`. Two readers' reads are posted through the API first.
 """
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from vfa.app.loadtest import Client
+from vfa.app.loadtest import Client, start_review
 
 
 def make_set(tmp: Path) -> Path:
@@ -56,19 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pred = make_set(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "vfa.cli", "review", "--predictions", str(pred), "--images",
-                                 str(tmp / "ph"), "--heatmaps", str(tmp / "hm"), "--vertebrae",
-                                 str(tmp / "ph" / "vertebrae.csv"), "--db", str(tmp / "r.sqlite"), "--port", str(port)])
+        proc, port = start_review(["--predictions", pred, "--images", tmp / "ph", "--heatmaps", tmp / "hm",
+                                   "--vertebrae", tmp / "ph" / "vertebrae.csv", "--db", tmp / "r.sqlite"], output=False)
         try:
-            for _ in range(150):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
             frame = pd.read_csv(pred)
             for reader, flip in (("alice", 7), ("bob", 5)):
                 c = Client("127.0.0.1", port)

@@ -1,20 +1,15 @@
 """Helpers for the vfa review tests: a small predictions set on disk, a logged-in client, a live server."""
 from __future__ import annotations
 
-import json
-import os
 import re
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from vfa.app.loadtest import free_port, start_review  # noqa: F401  (free_port: the tests' import)
 from vfa.app.cases import LEVELS, POINTS
 
 
@@ -85,29 +80,9 @@ def post_read(client, csrf: str, idx: int, **read):
     return client.post("/api/reads", json={"idx": idx, **read}, headers={"X-CSRF-Token": csrf})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data: dict, db: Path, port: int, *extra: str) -> subprocess.Popen:
     """`vfa review` in a child process on loopback; returns once it answers /healthz."""
-    cmd = [sys.executable, "-m", "vfa.cli", "review", "--predictions", str(data["predictions"]), "--images",
-           str(data["images"]), "--db", str(db), "--port", str(port), *extra]
+    args = ["--predictions", data["predictions"], "--images", data["images"], "--db", db, *extra]
     if data.get("heatmaps"):
-        cmd += ["--heatmaps", str(data["heatmaps"])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vfa review exited: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                if json.loads(r.read())["ok"]:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("vfa review did not start within 60 s")
+        args += ["--heatmaps", data["heatmaps"]]
+    return start_review(args, port)[0]

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import re
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.cookies import SimpleCookie
 from urllib.parse import urlencode
 
@@ -123,3 +128,34 @@ def check_db(db, acked) -> dict:
     stored = set(ids)
     return {"stored": len(ids), "missing": sorted(set(acked) - stored)[:10], "n_missing": len(set(acked) - stored),
             "duplicates": len(ids) - len(stored), "gaps": len(versions)}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_review(args: list[str], port: int | None = None, timeout: float = 60.0,
+                 output: bool = True) -> tuple[subprocess.Popen, int]:
+    """`vfa review ARGS --port PORT` in a child process on loopback (a free port unless given);
+    returns (the process, its port) once it answers /healthz. `output`: keep its stdout/stderr in
+    a pipe (read it when it fails) instead of discarding them."""
+    port = port or free_port()
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) if output else \
+        dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "vfa.cli", "review", *map(str, args), "--port", str(port)],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **pipe)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vfa review exited: {proc.stdout.read() if output else proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if json.loads(r.read())["ok"]:
+                    return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"vfa review did not start within {timeout:.0f} s")

@@ -1,7 +1,8 @@
 """GPU check, for when a GPU is lent (benchmarks/gpu_check.sh runs it; installs nothing).
 
 Trains the seed preset (Inception-ResNet-v2, 600x360) for 2 epochs in bf16 with batch augmentation
-on the GPU (data.augment_on=device) on a phantom, timing every step of the second epoch: training
+on the GPU (data.augment_on=device) on a phantom, then the per-vertebra `vertebra` preset (1024x614)
+for 2 epochs, timing every step of each second epoch: training
 images/s, peak GPU memory, and the share of step time spent waiting for the data loader (the
 target: >= 1,000 images/s on an H100/H200, the loader never the bottleneck). Then it
 predicts N files with each backend on the GPU: images/s of the whole streamed job and of the
@@ -70,19 +71,33 @@ class StepTimer(L.Callback):
             self.images += len(batch[0])
 
 
-def train_check(out: Path, phantom: Path, smoke: bool) -> Path:
-    """2 epochs of the seed preset (smoke: a tiny CPU stand-in that exercises the same code)."""
+# per preset: its data overrides on the GPU, and the tiny CPU stand-in of the smoke run
+PRESET_CHECKS = {
+    "seed": ({"augment_on": "device", "batch_size": 64},
+             {"data": {"size": [96, 56], "batch_size": 8, "num_workers": 0},
+              "model": {"backbone": "resnet18", "head": [16]}}),
+    "vertebra": ({"batch_size": 16},
+                 {"data": {"size": [192, 112], "batch_size": 4, "num_workers": 0},
+                  "vertebra": {"detector_size": [96, 56], "crop_size": 32, "width": 16,
+                               "detector_backbone": "resnet10t", "landmark_backbone": "resnet10t"}}),
+}
+
+
+def train_check(out: Path, phantom: Path, smoke: bool, preset: str = "seed") -> Path:
+    """2 epochs of a preset: the image-level seed preset or the per-vertebra one (smoke: a tiny CPU
+    stand-in that exercises the same code)."""
     import vfa.training.train as train_mod
 
-    overrides = {"data": {"train": str(phantom / "train"), "val": str(phantom / "val"), "augment_on": "device",
-                          "num_workers": min(8, os.cpu_count() or 1), "batch_size": 64},
-                 "trainer": {"precision": "bf16-mixed", "accelerator": "gpu", "devices": 1, "progress": False},
+    data, tiny = PRESET_CHECKS[preset]
+    manifest = phantom / "manifest.csv"
+    overrides = {"data": {"train": f"{manifest}:train", "val": f"{manifest}:val",
+                          "num_workers": min(8, os.cpu_count() or 1), **data},
+                 "trainer": {"precision": "bf16-mixed", "accelerator": "gpu", "devices": 1, "progress": False,
+                             "logger": "none"},
                  "optim": {"epochs": 2}}
     if smoke:
-        overrides = config_mod._merge_dict(overrides, {
-            "data": {"size": [96, 56], "batch_size": 8, "num_workers": 0},
-            "model": {"backbone": "resnet18", "head": [16]}, "trainer": {"accelerator": "cpu"}})
-    cfg = config_mod.resolve("seed", overrides=overrides)
+        overrides = config_mod._merge_dict(overrides, {**tiny, "trainer": {"accelerator": "cpu"}})
+    cfg = config_mod.resolve(preset, overrides=overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0, timer = time.perf_counter(), StepTimer()
@@ -93,11 +108,11 @@ def train_check(out: Path, phantom: Path, smoke: bool) -> Path:
 
     train_mod.make_trainer = with_timer
     try:
-        run = Path(vfa.train(cfg, out / "run", force=True))
+        run = Path(vfa.train(cfg, out / f"run-{preset}", force=True))
     finally:
         train_mod.make_trainer = make
     busy = sum(timer.step) + sum(timer.wait)
-    emit(row=f"train seed preset {cfg.data.size[0]}x{cfg.data.size[1]}, bf16, augment_on=device, batch "
+    emit(row=f"train {preset} preset {cfg.data.size[0]}x{cfg.data.size[1]}, bf16, augment_on={cfg.data.augment_on}, batch "
              f"{cfg.data.batch_size}, 2nd epoch", seconds_total=round(time.perf_counter() - t0, 1),
          train_img_per_s=round(timer.images / busy, 1), loader_wait_share=round(sum(timer.wait) / busy, 3),
          steps=len(timer.step), peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -111,7 +126,8 @@ def main(out: Path, n_files: int) -> int:
 
         vfa.synthesize(out / "smoke", PhantomConfig(n=40, size=(160, 96), prevalence=0.5, seed=0, workers=1),
                        progress=False, force=True)
-        train_check(out, out / "smoke", smoke=True)
+        for preset in PRESET_CHECKS:
+            train_check(out, out / "smoke", smoke=True, preset=preset)
         return 0
     if not torch.cuda.is_available():
         print("no CUDA GPU visible: nothing to check", file=sys.stderr)
@@ -123,6 +139,7 @@ def main(out: Path, n_files: int) -> int:
 
         vfa.synthesize(phantom, PhantomConfig(n=3000, prevalence=0.5, seed=0), progress=False, force=True)
     run = train_check(out, phantom, smoke=False)
+    train_check(out, phantom, smoke=False, preset="vertebra")   # the per-vertebra family (1024 x 614)
     ckpt = run / "checkpoints" / "last.ckpt"
     files = out / "files"  # N files: the phantom's images linked over and over
     if not files.exists():

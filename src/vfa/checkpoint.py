@@ -29,13 +29,14 @@ class CheckpointError(config_mod.ConfigError):
     """A file that is not a loadable vfa checkpoint."""
 
 
-def load(path: str | Path, role: str = "model") -> dict:
-    """The checkpoint dict at `path`, validated. `role` names the option in error messages."""
+def load(path: str | Path, role: str = "model", mmap: bool = False) -> dict:
+    """The checkpoint dict at `path`, validated. `role` names the option in error messages; `mmap`
+    maps the tensors instead of reading them (a caller that wants only the config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{role} file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch's own message advises weights_only=False: never do that with a model file
         unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
         why = ("it holds Python objects that only unpickling code could build, and vfa never runs code from a "

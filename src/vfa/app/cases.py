@@ -15,11 +15,9 @@ from pathlib import Path
 
 from vfa.errors import ConfigError
 from vfa.io.identifiers import IDENTIFIER_KEYWORDS, public_path
+from vfa.spine import LEVELS, OUTLINE as POINTS, SHAPES as TYPES  # noqa: F401  (POINTS: in the outline's order)
 
-LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
-POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_post", "inf_mid", "inf_ant")  # the outline's order
 SCORES = ("p_fracture", "raw", "tta_mean", "tta_max")
-TYPES = ("normal", "wedge", "biconcave", "crush")
 _HEATMAP = re.compile(r"^heatmap_\d{3}_(.+)$")
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

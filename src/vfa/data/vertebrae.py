@@ -20,9 +20,7 @@ from torch.utils.data import Dataset
 from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError, Samples
 from vfa.io.images import probe_image
 from vfa.io.tables import read_table
-from vfa.stats.morphometry import LEVELS, POINT_COLUMNS
-
-TYPES = ("normal", "wedge", "biconcave", "crush")
+from vfa.spine import LEVELS, POINT_COLUMNS, SHAPES as TYPES
 
 
 def find_table(source: str | Path, given: str | None = None) -> Path:

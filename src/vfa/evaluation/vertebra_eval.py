@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import io
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
 from vfa.evaluation import report as report_mod
 from vfa.evaluation.scores import score_metrics
 from vfa.evaluation.vertebra_metrics import bootstrap, image_auc, match_image, table_lines
-from vfa.explain.outlines import draw_spine
+from vfa.explain.outlines import draw_spine, png
 from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.vertebra import image_rows, read_spines
 from vfa.io.identifiers import public_path
@@ -127,9 +126,9 @@ def _html(result: dict, lines: list[str], data, drawn: list[tuple[str, bytes]]) 
              f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}). 95 % CIs: bootstrap over images; "
              f"image AUC: DeLong.</p>", table, "<h2>Who makes each call</h2><ul>",
              *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in READING.items()), "</ul>"]
-    for name, png in drawn:
+    for name, picture in drawn:
         parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(png).decode('ascii')}'>")
+                     f"{base64.b64encode(picture).decode('ascii')}'>")
     return "\n".join(parts + ["</body></html>"])
 
 
@@ -143,8 +142,7 @@ def _overlays(model, samples, spines, frame, folder: Path, k: int, ids) -> list[
     drawn = []
     for i in dict.fromkeys(pick):
         name = Path(ids[i]).with_suffix("").as_posix().replace("/", "__") + ".png"
-        buf = io.BytesIO()
-        draw_spine(transform.read(samples.paths[i]), spines[i]).save(buf, format="PNG")
-        atomic_write(folder / name, buf.getvalue())
-        drawn.append((name, buf.getvalue()))
+        picture = png(draw_spine(transform.read(samples.paths[i]), spines[i]))
+        atomic_write(folder / name, picture)
+        drawn.append((name, picture))
     return drawn

@@ -19,7 +19,8 @@ import torch
 from torch.nn import functional as F
 
 from vfa.models.crops import crop, frames, from_crop, refine_frame
-from vfa.stats.morphometry import LEVELS, POINT_COLUMNS, POINTS, read
+from vfa.spine import LEVELS, POINT_COLUMNS, POINTS
+from vfa.stats.morphometry import read
 
 REFINE = 2          # landmark passes: the second crops around the first pass's points
 MAX_PEAKS = 30

@@ -20,7 +20,7 @@ import pandas as pd
 
 from vfa.errors import ConfigError
 from vfa.io.dicom_sc import banner_lines, build_sc, draw_vertebrae, with_banner
-from vfa.io.dicom_sr import ModelInfo, build_sr, outline  # noqa: F401  (ModelInfo: this module's API)
+from vfa.io.dicom_sr import ModelInfo, build_sr  # noqa: F401  (ModelInfo: this module's API)
 from vfa.io.identifiers import public_path
 from vfa.io.images import is_dicom, read_image_info
 
@@ -182,7 +182,7 @@ class DicomWriter:
                 picture = overlay
             else:
                 gray = read_image_info(path, self.frame)[0]
-                picture = draw_vertebrae(gray, vertebrae, outline) if kind == "sc-vertebrae" else gray
+                picture = draw_vertebrae(gray, vertebrae) if kind == "sc-vertebrae" else gray
             rgb, _ = with_banner(picture, banner_lines(p, positive, self.model.threshold, what[kind]))
             sc = build_sc(src, rgb, sc_series, SC_SERIES, self._next(SC_SERIES), SERIES_DESCRIPTION,
                           f"vfa {self.model.version} {what[kind]}; P(fracture) {p:.4f}")

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from vfa.io.dicom_sr import RESEARCH_TEXT
+from vfa.spine import draw_outlines
 
-# outline colours by Genant grade 0..3
-GRADE_COLOURS = ((0, 200, 0), (255, 220, 0), (255, 140, 0), (255, 0, 0))
 MIN_WIDTH = 480
 _REFERENCE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID")
 
@@ -56,24 +55,14 @@ def with_banner(image: np.ndarray, lines: list[str]) -> tuple[np.ndarray, int]:
     return np.asarray(canvas), band
 
 
-def draw_vertebrae(image: np.ndarray, vertebrae, outline) -> np.ndarray:
-    """RGB (enlarged as `enlarge`) with each vertebra's outline (colour by Genant grade) and its level beside it."""
-    from PIL import Image, ImageDraw
+def draw_vertebrae(image: np.ndarray, vertebrae) -> np.ndarray:
+    """RGB (enlarged as `enlarge`) with each vertebra's outline (colour by Genant grade) and its level,
+    grade and shape beside it: vfa.spine.draw_outlines, the drawer of vfa's PNG overlays too."""
+    from PIL import Image
 
     rgb = to_rgb(image)
-    k = enlarge(rgb[:1, :, 0]).shape[1] / rgb.shape[1]
-    pic = Image.fromarray(enlarge(rgb))
-    draw = ImageDraw.Draw(pic)
-    size = max(6, pic.size[1] // 60)
-    for v in vertebrae:
-        pts = [tuple(float((c + 0.5) * k - 0.5) for c in q) for q in outline(v)]
-        colour = GRADE_COLOURS[min(max(int(v["grade"]), 0), 3)]
-        draw.line(pts, fill=colour, width=max(1, pic.size[1] // 400))
-        label = str(v["level"]) + (f" G{int(v['grade'])}" if int(v["grade"]) else "")
-        x = max(0.0, min(q[0] for q in pts) - draw.textlength(label, font=_font(size)) - 4)
-        y = float(np.mean([q[1] for q in pts])) - size / 2
-        draw.text((x, y), label, fill=colour, font=_font(size))
-    return np.asarray(pic)
+    pic = enlarge(rgb)
+    return np.asarray(draw_outlines(Image.fromarray(pic), vertebrae, pic.shape[1] / rgb.shape[1]))
 
 
 def orientation(src) -> tuple[tuple[str, str], bool]:

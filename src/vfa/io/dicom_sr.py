@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vfa.spine import LEVELS, SHAPES, outline  # noqa: F401  (LEVELS, SHAPES: dicom_out checks tables with them)
+
 RESEARCH_TEXT = "vfa research use only - not for diagnosis"
 PRIVATE_SCHEME = "99VFA"
-LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
 # SNOMED CT vertebrae, as in DICOM CID 7603 "Vertebra" (pydicom's code dictionary: codes.SCT.T4Vertebra ...)
 LEVEL_CODES = {"T4": "73071006", "T5": "56401006", "T6": "45296009", "T7": "62487009", "T8": "11068009",
                "T9": "82687006", "T10": "7610001", "T11": "12989004", "T12": "23215003", "L1": "66794005",
                "L2": "14293000", "L3": "36470004", "L4": "11994002"}
 GRADE_MEANINGS = ("normal", "mild", "moderate", "severe")
-SHAPES = ("normal", "wedge", "biconcave", "crush")
 # 99VFA: what no standard code says (docs/dicom-outputs.md lists them)
 PRIVATE_CODES = {
     "GENANT-GRADE": "Genant semiquantitative grade",
@@ -76,12 +76,6 @@ def level_code(level: str):
     return hd.sr.CodedConcept(value=LEVEL_CODES[level], scheme_designator="SCT", meaning=f"{level} vertebra")
 
 
-def outline(v) -> np.ndarray:
-    """The closed outline of one vertebra row: sup_ant, sup_mid, sup_post, inf_post, inf_mid, inf_ant, sup_ant."""
-    order = ("sup_ant", "sup_mid", "sup_post", "inf_post", "inf_mid", "inf_ant", "sup_ant")
-    return np.array([[float(v[f"{k}_x"]), float(v[f"{k}_y"])] for k in order], dtype=np.float32)
-
-
 def _algorithm(model: ModelInfo):
     import highdicom as hd
 
@@ -116,7 +110,7 @@ def _vertebra_group(src, v, model: ModelInfo, c: dict):
     shape = str(v["type"]).lower()
     if shape not in SHAPES:
         raise ValueError(f"vertebra type must be one of {', '.join(SHAPES)}, got {shape!r} ({v['level']})")
-    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(v),
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(v, closed=True),
                                source_image=hd.sr.SourceImageForRegion.from_source_image(src))
     p = v.get("p_fracture")
     measurements = [_probability(p, c)] if p is not None and np.isfinite(float(p)) else None

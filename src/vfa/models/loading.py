@@ -57,7 +57,7 @@ def model_family(path: str | Path) -> str:
     """"image" or "vertebra" (config model.family) of a checkpoint; an ensemble file is "image"."""
     if Path(path).suffix in (".yaml", ".yml"):
         return "image"
-    return checkpoint.config_of(checkpoint.load(path), path).model.family
+    return checkpoint.config_of(checkpoint.load(path, mmap=True), path).model.family
 
 
 def vertebra_model(model) -> str | Path | None:

@@ -11,11 +11,12 @@ import math
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
+from vfa.spine import LEVELS, SHAPES
+
 # Osteoporotic fractures cluster at the mid-thoracic (T7-T8) and thoracolumbar (T11-L1) regions.
 LEVEL_WEIGHTS = np.array([.02, .03, .06, .11, .11, .07, .06, .10, .15, .13, .07, .05, .04])
 GRADE_LOSS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.60)}  # Genant height-loss ranges
-TYPES, TYPE_P = ("wedge", "biconcave", "crush"), (0.5, 0.3, 0.2)   # wedge is the most common
+TYPES, TYPE_P = SHAPES[1:], (0.5, 0.3, 0.2)   # wedge, biconcave, crush: wedge is the most common
 N_FRACTURES_P = (0.6, 0.28, 0.12)                                  # 1, 2 or 3 fractured levels
 
 
@@ -158,9 +159,6 @@ def settle(an: dict, shapes: list[dict]) -> dict:
         sh.update({key: sh[key] * k for key in ("ha", "hm", "hp", "ref", "ha0", "hp0")})
     return an
 
-
-# the six morphometry points, superior then inferior end plate, each anterior -> middle -> posterior
-POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_ant", "inf_mid", "inf_post")
 
 
 def morphometry_points(an: dict, sh: dict, i: int) -> np.ndarray:

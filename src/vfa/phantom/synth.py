@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from vfa.phantom import anatomy
 from vfa.runs import lock, prepare_run_dir
+from vfa.spine import POINTS
 from vfa.phantom.anatomy import LEVELS, sample_fractures  # noqa: F401  (vfa.synth's API since the start)
 
 SPLITS = ("train", "val", "test")
@@ -277,7 +278,7 @@ def vertebra_rows(rel: str, ann: dict) -> list[dict]:
         pts = np.asarray(ann["points"][lv])
         f = broken.get(lv, {})
         row = dict(filename=rel, level=lv)
-        row.update({f"{name}_{ax}": float(pts[j, k]) for j, name in enumerate(anatomy.POINTS)
+        row.update({f"{name}_{ax}": float(pts[j, k]) for j, name in enumerate(POINTS)
                     for k, ax in enumerate("xy")})
         row.update(x0=float(pts[:, 0].min()), y0=float(pts[:, 1].min()),
                    x1=float(pts[:, 0].max()), y1=float(pts[:, 1].max()))

@@ -18,11 +18,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
-POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_ant", "inf_mid", "inf_post")
-POINT_COLUMNS = tuple(f"{p}_{a}" for p in POINTS for a in "xy")
+from vfa.spine import LEVELS, POINT_COLUMNS, POINTS, SHAPES  # noqa: F401  (this module's vocabulary)
+
 GRADE_CUTS = (0.20, 0.25, 0.40)           # height loss at which grades 1, 2 and 3 begin
-TYPES = ("wedge", "biconcave", "crush")   # in the order of ratios()' columns
+TYPES = SHAPES[1:]                        # wedge, biconcave, crush: the order of ratios()' columns
 NEIGHBOURS = 2                            # levels each side that predict a body's reference height
 
 

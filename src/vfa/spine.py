@@ -1,0 +1,48 @@
+"""The spine's vocabulary, one definition for every layer (phantom, per-vertebra tables, morphometry,
+DICOM SR/SC, the review app): the levels VFA reads, the six morphometry points, the outline through
+them, the shapes, and the outlines drawn as a reader knows them (colour by Genant grade).
+
+Points are image pixels with the origin at the image's top-left corner (the first pixel's centre is
+at 0.5, 0.5), as DICOM spatial coordinates are. Torch-free.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LEVELS = ("T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4")
+# superior then inferior end plate, each at the anterior wall, the middle and the posterior wall
+POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_ant", "inf_mid", "inf_post")
+POINT_COLUMNS = tuple(f"{p}_{a}" for p in POINTS for a in "xy")
+# the body's outline: the superior end plate anterior to posterior, then the inferior one back
+OUTLINE = ("sup_ant", "sup_mid", "sup_post", "inf_post", "inf_mid", "inf_ant")
+SHAPES = ("normal", "wedge", "biconcave", "crush")
+# grade 0 green, 1 yellow, 2 orange, 3 red: the traffic-light order readers use
+GRADE_COLOURS = ((60, 200, 90), (250, 220, 40), (255, 140, 20), (235, 40, 40))
+
+
+def outline(row, closed: bool = False) -> np.ndarray:
+    """(6, 2) outline points of one vertebra row (a mapping with the point columns); `closed`
+    repeats the first point at the end (a DICOM closed POLYLINE)."""
+    order = OUTLINE + (OUTLINE[:1] if closed else ())
+    return np.array([[float(row[f"{k}_x"]), float(row[f"{k}_y"])] for k in order], dtype=np.float32)
+
+
+def draw_outlines(image, rows, scale: float = 1.0, font_size: int | None = None, shapes: bool = True):
+    """`image` (a PIL RGB image, already `scale` x the size the points refer to) with each row's
+    outline in its grade's colour and its level (and, for a fracture, grade and shape) beside the
+    posterior wall. Returns the image, drawn in place."""
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(image)
+    size = font_size or max(10, image.size[1] // 60)
+    font = ImageFont.load_default(size=size)
+    rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
+    for r in rows:
+        grade = min(max(int(r.get("grade", 0) or 0), 0), 3)
+        colour = GRADE_COLOURS[grade]
+        poly = [tuple(p) for p in outline(r, closed=True) * scale]
+        draw.line(poly, fill=colour, width=max(1, round(scale)))
+        text = str(r["level"]) + (f" G{grade}" + (f" {r.get('type', '')}" if shapes else "") if grade else "")
+        draw.text((max(x for x, _ in poly) + 3 * scale, float(np.mean([y for _, y in poly[:-1]])) - size / 2),
+                  text, fill=colour, font=font)
+    return image

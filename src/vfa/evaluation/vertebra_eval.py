@@ -43,11 +43,10 @@ READING = {"fracture": "the morphometry rules' grade >= 1, or the fracture head'
 def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5",
                        threshold_from=None, tta: int = 0, split: str | None = None, on_bad_file: str = "error", batch_size: int = 8, force: bool = False,
                        progress: bool = True, log=print, table: str | Path | None = None, overlays: int = 8,
-                       keep_identifiers: bool = False, device: str = "auto", dicom_out=None, **_ignored) -> dict:
+                       keep_identifiers: bool = False, device: str = "auto", dicom_out=None) -> dict:
     """Long: one pass that reads, scores, matches and writes; its steps are the functions it calls.
     Returns metrics.json's dict. `table`: the per-vertebra truth (default: vertebrae.csv beside
-    `data`; without one, only image-level metrics). Options of image-level evaluation that do not
-    apply (TTA, CAM) are ignored."""
+    `data`; without one, only image-level metrics). TTA and a data-driven threshold are refused."""
     kind, threshold = parse_threshold(threshold)
     if kind != "fixed" or threshold_from or tta:
         raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")

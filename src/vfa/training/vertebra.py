@@ -49,15 +49,14 @@ class VertebraModule(L.LightningModule):
         index, level, centre, axis, side = training_crops(
             pts, present, grade, v.bodies_per_image, v.crop_scale, v.jitter if train else 0.0, H / 16,
             self._crop_rng if train else None, all_bodies=not train)
-        dev = img.device
-        centre, axis, side = centre.to(dev), axis.to(dev), side.to(dev)
-        crops = crop(img, index.to(dev), centre, axis, side, v.crop_size)
-        q, logit = self.model.landmarks(crops)
-        truth = to_crop(pts[index.to(dev), level.to(dev)], centre, axis, side)
-        frac = (grade[index.to(dev), level.to(dev)] > 0).float()
+        index, level, centre, axis, side = (t.to(img.device) for t in (index, level, centre, axis, side))
+        q, logit = self.model.landmarks(crop(img, index, centre, axis, side, v.crop_size))
+        body = pts[index, level]
+        truth = to_crop(body, centre, axis, side)
+        frac = (grade[index, level] > 0).float()
         parts["points"] = POINT_WEIGHT * F.l1_loss(q, truth)
         parts["fracture"] = F.binary_cross_entropy_with_logits(logit.float(), frac, pos_weight=self.pos_weight)
-        extra = dict(err=(q - truth).norm(dim=-1).mean(1) * side / _body_height(pts[index.to(dev), level.to(dev)]),
+        extra = dict(err=(q - truth).norm(dim=-1).mean(1) * side / _body_height(body),
                      logit=logit.float(), frac=frac)
         return sum(parts.values()), dict(parts, **extra)
 
@@ -123,9 +122,10 @@ def load_vertebra_data(cfg, log=print):
     for name, source in (("training", d.train), ("validation", d.val)):
         samples = validate(load_samples(source, d.classes, split="train" if name == "training" else "val"),
                            d.on_bad_file, frame=d.frame, min_side=d.min_side)
-        table = read_vertebrae(find_table(source, cfg.vertebra.table))
+        path = find_table(source, cfg.vertebra.table)
+        table = read_vertebrae(path)
         if "sup_ant_x" not in table.columns:
-            raise DataError(f"{find_table(source, cfg.vertebra.table)}: training needs the six points, not only grades")
+            raise DataError(f"{path}: training needs the six points, not only grades")
         out += [samples, truth_for(samples, table, name)]
         log(f"{name}: {len(samples.paths)} images, {sum(len(r) for r in out[-1].values())} vertebrae")
     return out

@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from vfa.stats.accuracy import delong_ci
-from vfa.stats.morphometry import POINT_COLUMNS, read
+from vfa.stats.morphometry import POINT_COLUMNS, apply_genant_rules
 
 IOU = 0.5
 RATIOS = ("wedge_ratio", "biconcave_ratio", "crush_ratio")
@@ -24,7 +24,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(hi - lo, 0, None).prod(-1)
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
+    # the floor only guards empty boxes: an epsilon added to every union would put IoU 0.5 below IOU
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
 def _points(rows: pd.DataFrame) -> np.ndarray:
@@ -34,7 +35,7 @@ def _points(rows: pd.DataFrame) -> np.ndarray:
 def match_image(image: int, truth: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
     """One row per true body of one image: whether it was found and how it was read."""
     tp = _points(truth)
-    t = read(tp, list(truth["level"]))
+    t = apply_genant_rules(tp, list(truth["level"]))
     boxes = np.concatenate([tp.min(1), tp.max(1)], 1)
     out = pd.DataFrame({"image": image, "level": truth["level"].to_numpy(),
                         "grade": truth["grade"].to_numpy() if "grade" in truth else t["grade"],

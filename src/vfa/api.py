@@ -5,20 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from vfa.evaluation.evaluate import evaluate
+from vfa.registry import FAMILIES
 from vfa.runs import is_secondary_rank, lock
 from vfa.training.tracking import log_results
-from vfa.training.train import train as train_model
 
 
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
     """Train as configured (`vfa.training.train.train`); when `cfg.data.test` is set, evaluate
     best.ckpt on that held-out set afterwards: RUN/test_metrics.json and test_predictions.csv."""
     with lock(out, ddp=True):  # a second run into the same folder is refused, not interleaved
-        if cfg.model.family == "vertebra":
-            from vfa.training.vertebra import train_vertebrae
-            run = train_vertebrae(cfg, out, force=force, resume=resume, log=log)
-        else:
-            run = train_model(cfg, out, force=force, resume=resume, log=log)
+        run = FAMILIES.of(cfg).step("train")(cfg, out, force=force, resume=resume, log=log)
         if is_secondary_rank():
             return run
         metrics = None

@@ -16,7 +16,7 @@ import yaml
 
 from vfa import presets
 from vfa.errors import ConfigError  # noqa: F401  (vfa.config.ConfigError: the name every caller uses)
-from vfa.registry import CAM_METHODS
+from vfa.registry import CAM_METHODS, FAMILIES
 
 
 # --- augmentation presets (applied by vfa.data.augment; docs/notebook-differences.md) ---------
@@ -290,16 +290,12 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"data.fold must be an integer from 0 to data.folds - 1 = {d.folds - 1}, got {d.fold!r}")
     if not isinstance(cfg.data.min_side, int) or cfg.data.min_side < 1:
         raise ConfigError(f"data.min_side must be a positive integer, got {cfg.data.min_side!r}")
-    if cfg.model.family not in FAMILIES:
-        raise ConfigError(f"model.family must be one of {FAMILIES}, got {cfg.model.family!r}")
+    FAMILIES.of(cfg)  # an unknown model.family: ConfigError naming the known ones
     v = cfg.vertebra
     if min(v.crop_size, v.bodies_per_image, v.width, *v.detector_size) < 1 or not 0 < v.heat_threshold < 1 \
             or not 0 < v.fracture_threshold <= 1:
         raise ConfigError("vertebra: crop_size, bodies_per_image, width and detector_size must be positive and "
                           f"heat_threshold and fracture_threshold in (0, 1); got {v}")
-
-
-FAMILIES = ("image", "vertebra")
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

@@ -8,7 +8,7 @@ come from `names()` / `describe()`, never from a hand-kept list.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vfa.errors import ConfigError
@@ -85,3 +85,126 @@ CAM_METHODS.declare("gradcam", "Grad-CAM", "the notebook's: channel-mean gradien
 CAM_METHODS.declare("gradcam++", "Grad-CAM++", "Chattopadhay et al. 2018: higher-order gradient weights")
 CAM_METHODS.declare("hirescam", "HiResCAM", "gradient x activation per cell, summed over channels")
 CAM_METHODS.declare("layercam", "LayerCAM", "the same with positive gradients only; for earlier, finer layers")
+
+
+# Values an option has when the user did not set it: a family refuses an option only when it is set.
+UNSET = (None, False, 0, "", "auto", "raw", "model", (), [])
+
+# The image-level table every family writes (predictions.csv of vfa predict / evaluate): what
+# compare, cohort, synth-cohort, review, calibrate and --dicom-out read. A family adds its own extras.
+IMAGE_COLUMNS = ("image_id", "file", "raw", "predicted")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family, as timm's registry entries carry what differs between models: each step is
+    a "module:function" imported on first use (so this stays torch-free), and every command
+    resolves the family once and either runs its step or refuses an option up front, naming it.
+
+    Steps and their signatures, the same for every family:
+      build(cfg) -> nn.Module                          the network of a config (weights not loaded)
+      train(cfg, out, force, resume, log) -> Path      a run directory with checkpoints/best.ckpt
+      evaluate(model, data, out, **options) -> dict    metrics.json's dict; predictions.csv etc. in out
+      predict(model, inputs, out, sets, **options)     streamed, resumable OUT (IMAGE_COLUMNS + extras)
+      heatmap(model, paths, out, **options) -> dict    what each image shows (CAMs, outlines)
+      summary(cfg) -> str                              `vfa summary`'s text
+    """
+    name: str
+    title: str
+    help: str
+    algorithm: str                   # the DICOM algorithm name, formatted with the config (model=, vertebra=)
+    extra_columns: tuple[str, ...]   # image-level columns after IMAGE_COLUMNS
+    evaluate_outputs: str            # what `vfa evaluate` writes, for its closing line
+    steps: dict[str, str]
+    refuses: dict[str, str] = field(default_factory=dict)   # option or command -> why not (docs)
+    threshold_key: str = ""          # the config key of its decision threshold; "": 0.5 unless calibrated
+
+    def step(self, name: str) -> Callable:
+        module, _, fn = self.steps[name].partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+    def describe(self, cfg) -> str:
+        return self.algorithm.format(model=cfg.model, vertebra=cfg.vertebra)
+
+    def default_threshold(self, cfg) -> float:
+        """The threshold a checkpoint of this family decides at when `vfa calibrate` stored none."""
+        value = cfg
+        for key in self.threshold_key.split(".") if self.threshold_key else ():
+            value = getattr(value, key)
+        return 0.5 if value is cfg else float(value)
+
+    def refuse(self, command: str, **options) -> None:
+        """ConfigError naming the first set option (keyword: the CLI flag, - as _) this family does
+        not support, or the command itself when `command` is in `refuses`, before any work starts."""
+        if command in self.refuses:
+            raise ConfigError(f"vfa {command} with a {self.title}: {self.refuses[command]}")
+        for option, value in options.items():
+            if option in self.refuses and not any(value is u or value == u for u in UNSET):
+                raise ConfigError(f"vfa {command} with a {self.title} does not take --{option.replace('_', '-')}: "
+                                  f"{self.refuses[option]}")
+
+
+class FamilyRegistry:
+    def __init__(self, *families: Family):
+        self._families = {f.name: f for f in families}
+
+    def __getitem__(self, name: str) -> Family:
+        if name not in self._families:
+            raise ConfigError(f"model.family must be one of {', '.join(self._families)}, got {name!r}")
+        return self._families[name]
+
+    def of(self, cfg) -> Family:
+        """The family of a config (a preset's, or a checkpoint's)."""
+        return self[cfg.model.family]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._families)
+
+    def __iter__(self):
+        return iter(self._families.values())
+
+
+_VERTEBRA_WHY = "docs/vertebrae.md"
+FAMILIES = FamilyRegistry(
+    Family("image", "image-level model", "one P(fracture) per image (the notebook's family)",
+           algorithm="vfa vertebral fracture classifier ({model.backbone})",
+           extra_columns=(), evaluate_outputs="metrics.json, predictions.csv, final_results.xlsx, figures and report.html",
+           steps={"build": "vfa.models.network:build_network", "train": "vfa.training.train:train",
+                  "evaluate": "vfa.evaluation.evaluate:evaluate_images", "predict": "vfa.inference.run:predict_images",
+                  "heatmap": "vfa.explain.heatmaps:write_cams", "summary": "vfa.models.summary:image_summary"}),
+    Family("vertebra", "per-vertebra model", "detect each body, place its six points, grade it by Genant's rules",
+           algorithm="vfa per-vertebra reader ({vertebra.detector_backbone} detector, "
+                     "{vertebra.landmark_backbone} landmarks)",
+           extra_columns=("max_grade", "n_vertebrae"), threshold_key="vertebra.fracture_threshold",
+           evaluate_outputs="metrics.json, predictions.csv, vertebrae.csv, vertebra_report.html and overlays",
+           steps={"build": "vfa.models.vertebra:build_network", "train": "vfa.training.vertebra:train_vertebrae",
+                  "evaluate": "vfa.evaluation.vertebra_eval:evaluate_vertebrae",
+                  "predict": "vfa.inference.vertebra_predict:predict_vertebra_files",
+                  "heatmap": "vfa.explain.outlines:write_outlines", "summary": "vfa.models.summary:vertebra_summary"},
+           refuses={
+               "ensemble": "combining per-vertebra readers needs bodies matched by level across members (mean P "
+                           "per level, grades from the mean points); not implemented yet, use one model "
+                           f"({_VERTEBRA_WHY})",
+               "cv": "cross-validation ends in the fold ensemble on the test rows, and per-vertebra models do "
+                     f"not ensemble yet ({_VERTEBRA_WHY})",
+               "calibrate": "its image call comes from Genant's rules and the fracture head, not from one "
+                            f"temperature-scaled logit; set vertebra.fracture_threshold instead ({_VERTEBRA_WHY})",
+               "export": "the reading (peaks, levels, rotated crops, rules) runs in Python around two networks; "
+                         f"ONNX of the networks alone would not read a spine ({_VERTEBRA_WHY})",
+               "lr-find": f"the range test follows the image-level loss only ({_VERTEBRA_WHY})",
+               "tta": "test-time augmentation would move the six points; the reading is made once",
+               "threshold_from": "its call is the rules' or the fracture head's at vertebra.fracture_threshold; "
+                                 "give --threshold N to set that",
+               "score": "it has one image score, raw (no TTA)",
+               "backend": "it runs in eager torch fp32 (the reading is not compiled or exported)",
+               "boxes": "the pointing game scores CAMs; a per-vertebra evaluation matches bodies instead "
+                        "(vertebrae.csv beside the data)",
+               "method": "it draws body outlines, not CAMs",
+               "target_layer": "it draws body outlines, not CAMs",
+               "output_stride": "it draws body outlines, not CAMs",
+               "set": "it reads in one process (no shards)",
+               "dicom_out": "vfa heatmap draws outlines only; vfa predict --dicom-out writes the SR and SC",
+               "panel": "its overlay is the outline drawing",
+               "start_index": "it draws every image given",
+           }),
+)

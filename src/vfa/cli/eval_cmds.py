@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vfa.cli.options import (_bad_file_arg, _force_arg, _model_arg, _model_args, _predict_args, _threshold,
                              deprecated)
-from vfa.registry import CAM_METHODS
+from vfa.registry import CAM_METHODS, FAMILIES
 
 
 def _dicom_out_arg(p) -> None:
@@ -25,10 +25,7 @@ def cmd_evaluate(args) -> None:
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
              backend=args.backend, device=args.device, keep_identifiers=args.keep_identifiers,
              num_workers=args.workers, dicom_out=args.dicom_out)
-    if result.get("family") == "vertebra":
-        print(f"wrote metrics.json, predictions.csv, vertebrae.csv, vertebra_report.html and overlays to {args.out}")
-    else:
-        print(f"wrote metrics.json, predictions.csv, final_results.xlsx, figures and report.html to {args.out}")
+    print(f"wrote {FAMILIES[result.get('family', 'image')].evaluate_outputs} to {args.out}")
 
 
 def add_evaluate(sub) -> None:

@@ -18,6 +18,7 @@ from vfa.data.samples import is_manifest, load_samples
 from vfa.cv.summary import fold_dir, summarize
 from vfa.data.split import folds_of
 from vfa.errors import ConfigError
+from vfa.registry import FAMILIES
 from vfa.runs import atomic_write, check_out, lock, mark, marked, remove_outputs
 from vfa.training.checkpointing import completed_epochs_in
 
@@ -93,6 +94,7 @@ def cross_validate(cfg, out: str | Path, resume: bool = False, force: bool = Fal
     """Train the folds of `cfg` (all, or `cfg.data.fold` alone) into `out`; when all are finished,
     write the summary (`vfa.cv.summary.summarize`) and return it (None after a single fold)."""
     out, d = Path(out), cfg.data
+    FAMILIES.of(cfg).refuse("cv")
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     if d.train is None or not is_manifest(d.train):

@@ -13,7 +13,7 @@ from vfa.config import ConfigError
 from vfa.data.dataset import create_dataset
 from vfa.data.samples import load_samples, validate
 from vfa.data.stream import default_workers
-from vfa.inference.ensemble import is_ensemble_file, load_ensemble, model_paths, write_ensemble
+from vfa.inference.ensemble import is_ensemble_file, load_ensemble, model_paths, resolve_family, write_ensemble
 from vfa.inference.predict import predict_loader
 from vfa.models.network import p_fracture
 from vfa.runs import refuse_existing
@@ -30,6 +30,7 @@ def calibrate(model_path, data: str | Path, out: str | Path, threshold: float | 
     combined validation scores and written into a new ensemble file; its members keep their own
     temperatures (calibrate each member first if they need one)."""
     paths = model_paths(model_path)
+    resolve_family(paths, "calibrate").refuse("calibrate")
     ensemble = len(paths) > 1 or is_ensemble_file(paths[0])
     if ensemble and not is_ensemble_file(out):
         raise ConfigError(f"--out {out}: an ensemble's calibration is an ensemble file; give a .yaml name")

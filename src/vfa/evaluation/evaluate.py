@@ -19,15 +19,13 @@ from vfa.explain.localization import find_manifest, read_manifest, summarize
 from vfa.explain.render import gallery_png, select_gallery
 from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.engine import Scorer, score_paths
-from vfa.inference.ensemble import load_ensemble
+from vfa.inference.ensemble import load_ensemble, resolve_family
 from vfa.inference.tta import tta_name
 from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predictions  # noqa: F401
 from vfa.io.identifiers import public_path
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
-from vfa.evaluation.scores import score_metrics
-from vfa.evaluation.vertebra_eval import evaluate_vertebrae
-from vfa.models.loading import vertebra_model
+from vfa.evaluation.scores import labelled_frame, score_metrics
 from vfa.stats.metrics import SCALAR_KEYS, format_line
 
 
@@ -77,18 +75,27 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
     `device`: auto (the GPU when there is one), cpu, cuda, cuda:N or mps. DICOM UIDs in file names
     are replaced by a hash in every output unless `keep_identifiers`.
     """
+    options = dict(locals())  # every option, passed on to the family's evaluate step
     check_run_args(batch_size=batch_size, tta=tta, num_workers=num_workers or 0)
-    models, public = [model_path] if isinstance(model_path, str | Path) else list(model_path), str if keep_identifiers else public_path
     if score not in SCORES or (score != "raw" and not tta):
         raise ConfigError(f"--score must be one of {', '.join(SCORES)} (tta_* need --tta N), got {score!r}")
     try:  # fail on a bad option before any image is read
         stats.parse_threshold(threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if (single := vertebra_model(model_path)) is not None:  # the per-vertebra family's own evaluation
-        return evaluate_vertebrae(single, data, out, metrics_name, threshold, threshold_from, tta, split=split,
-                                  on_bad_file=on_bad_file, batch_size=batch_size, force=force, progress=progress,
-                                  log=log, keep_identifiers=keep_identifiers, device=device, dicom_out=dicom_out)
+    family = resolve_family(model_path, "evaluate")
+    family.refuse("evaluate", tta=tta, threshold_from=threshold_from, score=score, backend=backend,
+                  boxes=manifest, method=cam_method)
+    return family.step("evaluate")(**options)
+
+
+def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshold=0.5, threshold_from=None, tta=0,
+                    tta_preset="auto", seed=0, score="raw", id_regex=None, id_column=None, split=None, report=None,
+                    on_bad_file="error", batch_size=16, num_workers=None, force=False, progress=True, log=print,
+                    manifest=None, gallery=4, cam_method=None, backend="auto", device="auto", keep_identifiers=False,
+                    dicom_out=None) -> dict:
+    """The image family's evaluate step (`evaluate`, options checked there)."""
+    models, public = [model_path] if isinstance(model_path, str | Path) else list(model_path), str if keep_identifiers else public_path
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config
@@ -149,10 +156,7 @@ def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batc
     rows, late = score_paths(scorer, samples.paths, batch_size, num_workers, progress)
     if late:
         raise DataError(f"{len(late)} file(s) changed while being evaluated, e.g. {late[0][1]}: {late[0][2]}")
-    rel = samples.rel_paths()
-    frame = pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(rel, None, id_regex, keep_identifiers),
-                          "file": rel if keep_identifiers else [public_path(r) for r in rel],
-                          "label": np.asarray(samples.labels, dtype=int)})
+    frame = labelled_frame(samples, id_regex, id_column, keep_identifiers)
     # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
     for col in [c for c in rows.columns if c.startswith(SCORES)]:
         frame[col] = rows[col].to_numpy(np.float64)

@@ -1,7 +1,12 @@
-"""Image-level metrics at one threshold with their confidence intervals: one definition for the
-image-level and the per-vertebra evaluations."""
+"""Image-level metrics at one threshold with their confidence intervals, and the first columns of
+the predictions table: one definition for the image-level and the per-vertebra evaluations."""
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
+from vfa.inference.predict import image_ids
+from vfa.io.identifiers import public_path
 from vfa.stats import accuracy as stats
 from vfa.stats.metrics import fractions, med_metrics, scalars
 
@@ -19,3 +24,13 @@ def score_metrics(y, p, threshold: float, n_bins: int = 10) -> dict:
     m.update(stats.calibration(y, p, n_bins))
     m["notes"] = list(dict.fromkeys(md["notes"] + lr["notes"] + dl["notes"]))
     return m
+
+
+def labelled_frame(samples, id_regex: str | None, id_column: str | None, keep_identifiers: bool) -> pd.DataFrame:
+    """(image_id, file, label) of labelled `samples`, the first columns of every family's
+    evaluation predictions.csv: IDs from a manifest's `id_column`, else the relative path (or its
+    `id_regex` match); DICOM UIDs in file names hashed unless `keep_identifiers`."""
+    rel = samples.rel_paths()
+    return pd.DataFrame({"image_id": samples.ids() if id_column else image_ids(rel, None, id_regex, keep_identifiers),
+                         "file": rel if keep_identifiers else [public_path(r) for r in rel],
+                         "label": np.asarray(samples.labels, dtype=int)})

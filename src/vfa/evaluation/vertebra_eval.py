@@ -22,13 +22,14 @@ from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.data.transforms import create_transform
 from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
 from vfa.evaluation import report as report_mod
-from vfa.evaluation.scores import score_metrics
+from vfa.evaluation.scores import labelled_frame, score_metrics
 from vfa.evaluation.vertebra_metrics import bootstrap, image_auc, match_image, table_lines
 from vfa.explain.outlines import draw_spine, png
 from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.vertebra import image_rows, read_spines
+from vfa.inference.vertebra_predict import reading_threshold
 from vfa.io.identifiers import public_path
-from vfa.models.loading import load_model
+from vfa.inference.ensemble import load_ensemble
 from vfa.stats.accuracy import parse_threshold
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 
@@ -37,32 +38,32 @@ READING = {"fracture": "the morphometry rules' grade >= 1, or the fracture head'
            "grade_and_type": "the morphometry rules (vfa.stats.morphometry) on the predicted six points; grade 1 "
                              "for a body only the head calls; the shape is the lowest ratio's",
            "p_fracture": "the landmark network's fracture head, per body",
-           "image_p_fracture": "the largest P(fracture) of the image's bodies (0 when none was found)"}
+           "image_score": "raw: the highest body score, P(fracture) for a body the rules leave at grade 0 and "
+                          "threshold + (1 - threshold) P for a body the rules grade (0 when no body was found)",
+           "image_call": "predicted: a body is fractured (raw >= threshold, the same as max_grade >= 1)"}
 
 
-def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5",
-                       threshold_from=None, tta: int = 0, split: str | None = None, on_bad_file: str = "error", batch_size: int = 8, force: bool = False,
-                       progress: bool = True, log=print, table: str | Path | None = None, overlays: int = 8,
-                       keep_identifiers: bool = False, device: str = "auto", dicom_out=None) -> dict:
-    """Long: one pass that reads, scores, matches and writes; its steps are the functions it calls.
-    Returns metrics.json's dict. `table`: the per-vertebra truth (default: vertebrae.csv beside
-    `data`; without one, only image-level metrics). TTA and a data-driven threshold are refused."""
+def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5", split=None,
+                       on_bad_file: str = "error", batch_size: int = 8, force: bool = False, progress: bool = True,
+                       log=print, keep_identifiers: bool = False, device: str = "auto", dicom_out=None,
+                       id_regex=None, id_column=None, table=None, overlays: int = 8, **refused) -> dict:
+    """The per-vertebra family's evaluate step: returns metrics.json's dict. `table`: the
+    per-vertebra truth (default: vertebrae.csv beside `data`; without one, only image-level
+    metrics). `refused`: the image family's options (tta, threshold_from, ...), which `evaluate`
+    refuses when set (vfa.registry.FAMILIES); here they are at their defaults."""
     kind, threshold = parse_threshold(threshold)
-    if kind != "fixed" or threshold_from or tta:
-        raise ConfigError("a per-vertebra model takes a numeric --threshold, without --threshold-from or --tta")
-    model = load_model(model_path, device)
+    if kind != "fixed":
+        raise ConfigError("a per-vertebra model takes a numeric --threshold (the fracture head's, "
+                          "vertebra.fracture_threshold), not a rule fitted to this data")
+    ens = load_ensemble(model_path, device)  # one checkpoint (given alone, in a list or an ensemble file)
+    model, model_path = ens.single, ens.paths[0]
+    threshold = reading_threshold(model, threshold)
     cfg = model.config
-    samples = validate(load_samples(data, cfg.data.classes, split=split), on_bad_file, frame=cfg.data.frame,
-                       min_side=cfg.data.min_side)
+    samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
+                       frame=cfg.data.frame, min_side=cfg.data.min_side)
     if not samples.paths:
         raise DataError(f"{data}: no usable images")
-    try:
-        truth = truth_for(samples, read_vertebrae(find_table(data, table)), "evaluation")
-    except DataError as exc:
-        if table:
-            raise
-        truth = None
-        log(f"no per-vertebra metrics: {exc}")
+    truth = _truth(samples, data, table, log)
     dicom = for_evaluate(dicom_out, samples, force, [model_path, data])  # SR + SC: checked before any reading
     out, standalone = Path(out), metrics_name == "metrics.json"
     prefix = metrics_name.replace("metrics.json", "")
@@ -71,37 +72,52 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
             prepare_run_dir(out, force, [model_path, data, table], "evaluate")
         write_skipped(samples, out / f"{prefix}skipped.csv", keep_identifiers)
         spines = read_spines(model, samples.paths, batch_size, progress)
-        ids = [i if keep_identifiers else public_path(i) for i in samples.ids()]
-        frame = pd.concat([pd.DataFrame({"file": ids, "label": samples.labels}), image_rows(spines)], axis=1)
-        frame["predicted"] = (frame["p_fracture"] >= threshold).astype(int)
+        frame = pd.concat([labelled_frame(samples, id_regex, id_column, keep_identifiers),
+                           image_rows(spines, threshold)], axis=1)
         result = {"family": "vertebra", "reading": READING, "threshold": threshold,
-                  **score_metrics(frame["label"].to_numpy(), frame["p_fracture"].to_numpy(), threshold)}
-        vert = pd.concat([s.assign(file=ids[i]) for i, s in enumerate(spines)], ignore_index=True)
+                  **score_metrics(frame["label"].to_numpy(), frame["raw"].to_numpy(), threshold)}
+        ids = frame["file"].tolist()
+        vert = pd.concat([v.assign(file=ids[i]) for i, v in enumerate(spines)], ignore_index=True)
         atomic_write(out / f"{prefix}vertebrae.csv", vert.to_csv(index=False, float_format="%.3f"))
         atomic_write(out / f"{prefix}predictions.csv", frame.to_csv(index=False))
+        drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, ids) \
+            if standalone and overlays else []
         if truth is not None:
-            bodies = pd.concat([match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)],
-                               ignore_index=True)
-            result["vertebrae"] = bootstrap(bodies)
-            result["vertebrae"]["image_auc"] = image_auc(frame["label"], frame["p_fracture"])
-            atomic_write(out / f"{prefix}vertebra_matches.csv",
-                         bodies.assign(file=[ids[i] for i in bodies["image"]]).drop(columns="image").to_csv(
-                             index=False, float_format="%.4f"))
-            lines = table_lines(result["vertebrae"], result["vertebrae"]["image_auc"])
-            atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data))
-            drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, ids) \
-                if standalone and overlays else []
-            atomic_write(out / f"{prefix}vertebra_report.html", _html(result, lines, data, drawn))
-            for line in lines:
-                log(line)
+            _vertebra_metrics(result, samples, truth, spines, frame, out, prefix, data, drawn, log)
         write_json(out / metrics_name, json_safe(result))
-        if truth is None and standalone and overlays:
-            _overlays(model, samples, spines, frame, out / "overlays", overlays, ids)
         if dicom:
-            dicom(frame, model, threshold, "p_fracture", 0, keep_identifiers, out / f"{prefix}predictions.csv",
+            dicom(frame, model, threshold, "raw", 0, keep_identifiers, out / f"{prefix}predictions.csv",
                   paths=[model_path])
     log(f"{data}: image-level AUC {result['auc']:.4f} (per-vertebra reading, n={len(frame)})")
     return result
+
+
+def _truth(samples, data, table, log) -> dict | None:
+    """The per-vertebra truth of `samples`, or None (logged) when `data` has no table and none was given."""
+    try:
+        return truth_for(samples, read_vertebrae(find_table(data, table)), "evaluation")
+    except DataError as exc:
+        if table:
+            raise
+        log(f"no per-vertebra metrics: {exc}")
+        return None
+
+
+def _vertebra_metrics(result, samples, truth, spines, frame, out: Path, prefix: str, data, drawn, log) -> None:
+    """Match the bodies found to the truth; result["vertebrae"] with bootstrap CIs, the matches,
+    and the markdown and HTML reports."""
+    ids = frame["file"].tolist()
+    bodies = pd.concat([match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)], ignore_index=True)
+    result["vertebrae"] = bootstrap(bodies)
+    result["vertebrae"]["image_auc"] = image_auc(frame["label"], frame["raw"])
+    atomic_write(out / f"{prefix}vertebra_matches.csv",
+                 bodies.assign(file=[ids[i] for i in bodies["image"]]).drop(columns="image").to_csv(
+                     index=False, float_format="%.4f"))
+    lines = table_lines(result["vertebrae"], result["vertebrae"]["image_auc"])
+    atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data))
+    atomic_write(out / f"{prefix}vertebra_report.html", _html(result, lines, data, drawn))
+    for line in lines:
+        log(line)
 
 
 def _report(result: dict, lines: list[str], data) -> str:
@@ -135,7 +151,7 @@ def _overlays(model, samples, spines, frame, folder: Path, k: int, ids) -> list[
     """Up to k overlays: the most likely fractured images first, then the least likely; returns
     (name, PNG) of each."""
     folder.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-frame["p_fracture"].to_numpy(), kind="stable")
+    order = np.argsort(-frame["raw"].to_numpy(), kind="stable")
     pick = list(order[: k - k // 4]) + list(order[::-1][: k // 4])
     transform = create_transform(model.config, channels=1)
     drawn = []

@@ -16,8 +16,8 @@ from vfa.data.samples import Samples, expand_inputs, validate
 from vfa.inference.predict import read_predictions
 from vfa.io import IMAGE_EXTENSIONS
 from vfa.io.identifiers import public_path
+from vfa.registry import FAMILIES
 from vfa.stats.metrics import outcomes
-from vfa.explain.outlines import write_outlines
 from vfa.explain.cam import cam_settings, iter_cams, members_of
 from vfa.explain.geometry import cam_network, resolve_layer
 from vfa.explain.localization import localize, read_manifest, summarize
@@ -55,12 +55,22 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     A DICOM UID in a file or folder name becomes a hash in the outputs unless `keep_identifiers`.
     `dicom_out`: also an SR and the overlay as an SC per image drawn (vfa.inference.dicom_results).
     """
+    options = dict(locals())  # every option, passed on to the family's heatmap step
     if not isinstance(model, torch.nn.Module) and not hasattr(model, "members"):
-        model = load_ensemble(model, device)
-    if model.config.model.family == "vertebra":   # outlines and grades, not a CAM
-        if dicom_out:
-            raise ConfigError("--dicom-out with a per-vertebra model: use vfa predict's tables (docs/vertebrae.md)")
-        return write_outlines(members_of(model)[0], paths, out, root, batch_size, force, keep_identifiers, progress, log)
+        options["model"] = model = load_ensemble(model, device)
+    family = FAMILIES.of(model.config)
+    family.refuse("heatmap", method=method, target_layer=layer, panel=with_panel, start_index=start_index,
+                  boxes=manifest, output_stride=output_stride, dicom_out=dicom_out)
+    return family.step("heatmap")(**options)
+
+
+def write_cams(model, paths: list[str], out: str | Path, root: str | Path | None = None,
+               method: str | None = None, layer: str | None = None, alpha: float = 0.3,
+               with_panel: bool = False, start_index: int = 0, manifest: str | Path | None = None,
+               batch_size: int = 4, progress: bool = True, output_stride: int | None = None,
+               log=print, device: str = "auto", force: bool = False, inputs=(),
+               keep_identifiers: bool = False, dicom_out=None) -> dict:
+    """The image family's heatmap step (`write_heatmaps`): CAM overlays of a loaded model."""
     method, layer = cam_settings(model, method, layer)
     for m in members_of(model):
         resolve_layer(m, cam_settings(m, method, layer)[1])

@@ -27,18 +27,21 @@ def png(img: Image.Image) -> bytes:
 
 
 def write_outlines(model, paths: list[str], out, root=None, batch_size: int = 8, force: bool = False,
-                   keep_identifiers: bool = False, progress: bool = True, log=print) -> dict:
-    """`vfa heatmap` for a per-vertebra model: an outline overlay per image under `out` (mirroring
-    its folders below `root`, named as the image with .png) and vertebrae.csv of every body read.
-    Returns {"written", "skipped_existing" (0: every overlay is drawn again), "vertebrae"}."""
+                   keep_identifiers: bool = False, progress: bool = True, log=print, **refused) -> dict:
+    """The per-vertebra family's heatmap step (`vfa heatmap`): an outline overlay per image under
+    `out` (mirroring its folders below `root`, named as the image with .png) and vertebrae.csv of
+    every body read. Returns {"written", "skipped_existing" (0: every overlay is drawn again),
+    "vertebrae"}. `refused`: the CAM options, refused when set before this is called."""
     from pathlib import Path
+
+    from vfa.explain.cam import members_of
 
     from vfa.data.transforms import create_transform
     from vfa.inference.engine import public_files
     from vfa.inference.vertebra import read_spines
     from vfa.runs import atomic_write, mark
 
-    out = Path(out)
+    model, out = members_of(model)[0], Path(out)
     table = out / "vertebrae.csv"
     if table.exists() and not force:
         raise FileExistsError(f"{table} exists; pass --force to overwrite it")

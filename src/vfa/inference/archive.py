@@ -15,7 +15,7 @@ from pathlib import Path
 from vfa import config as config_mod
 from vfa.data.samples import DataError, Samples, write_skipped
 from vfa.inference import output
-from vfa.inference.predict import _check, _job, model_threshold, output_rows
+from vfa.inference.predict import check_decodable, prepare_job, model_threshold, output_rows
 from vfa.inference.tta import tta_name
 from vfa.io.identifiers import public_path
 
@@ -54,7 +54,7 @@ def job_record(ens, tta: int, tta_preset: str, seed: int, score: str, threshold,
             "id_column": id_column, "keep_identifiers": keep_identifiers}
 
 
-def _todo(paths: list[str], done: dict, keep_identifiers: bool):
+def files_to_do(paths: list[str], done: dict, keep_identifiers: bool):
     """(positions to predict, hashed paths whose rows are stale, how many are done)."""
     from vfa.data.stream import fingerprint
     from vfa.inference.engine import public_files
@@ -90,20 +90,20 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
     log = log or (lambda m: None)
     t0 = time.perf_counter()
     out = out_path(out, model, inputs)
-    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
+    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
     summary = Summary(out)
     with lock(out):
         part, done = output.start(out, job, force, resume)
-        todo, stale, summary.before = _todo(paths, done, keep_identifiers)
+        todo, stale, summary.before = files_to_do(paths, done, keep_identifiers)
         if summary.before:
             log(f"resuming {out}: {summary.before} of {len(paths)} files already predicted")
         if stale:
             output.drop_rows(part, stale)
             summary.changed = len(stale)
         workers = default_workers(len(todo), batch_size) if workers is None else workers
-        good, positions, summary.skipped = _check(ens, [paths[i] for i in todo], todo, on_bad_file, workers,
+        good, positions, summary.skipped = check_decodable(ens, [paths[i] for i in todo], todo, on_bad_file, workers,
                                                   progress, log)
         if not good and not summary.before:
             raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"

@@ -19,12 +19,9 @@ def model_info(ens, threshold: float, score: str = "raw", tta: int = 0, paths=No
     the sha256 of each checkpoint (`paths`, default: the ensemble's)."""
     from vfa import __version__
 
-    cfg = ens.config
-    if getattr(cfg.model, "family", "image") == "vertebra":  # a per-vertebra model: detector + landmarks
-        v = cfg.vertebra
-        name = f"vfa per-vertebra reader ({v.detector_backbone} detector, {v.landmark_backbone} landmarks)"
-    else:
-        name = f"vfa vertebral fracture classifier ({cfg.model.backbone})"
+    from vfa.registry import FAMILIES
+
+    name = FAMILIES.of(ens.config).describe(ens.config)
     members = getattr(ens, "members", [ens])  # an Ensemble, or one loaded model
     if len(members) > 1:
         name += f", ensemble of {len(members)} ({ens.combine})"
@@ -102,12 +99,10 @@ def for_predict(model, inputs, dicom_out, options: dict):
     def finish(predictions) -> list[dict]:
         from vfa.inference.ensemble import load_ensemble
         from vfa.inference.predict import model_threshold
-        from vfa.models.loading import load_model, vertebra_model
 
-        single = vertebra_model(model)  # a per-vertebra checkpoint: its own loader; its table is vertebrae.csv
-        ens = load_model(single, options.get("device", "auto")) if single else load_ensemble(model, options.get("device", "auto"))
+        ens = load_ensemble(model, options.get("device", "auto"))
         info = model_info(ens, model_threshold(ens, options.get("threshold", "model")), options.get("score", "raw"),
-                          options.get("tta", 0), paths=[single] if single else None)
+                          options.get("tta", 0))
         return write_results(read_table(predictions), paths, dicom_out, info, options.get("force", False),
                              options.get("keep_identifiers", False), vertebrae=vertebrae_beside(predictions, since),
                              frame=ens.config.data.frame, log=options.get("log"))

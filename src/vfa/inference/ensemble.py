@@ -96,6 +96,27 @@ def model_paths(spec) -> list:
     return items
 
 
+def resolve_family(spec, command: str):
+    """The family (vfa.registry.FAMILIES) of --model's value(s): loaded models, checkpoints or an
+    ensemble file. Members of two families, or several members of a family that does not
+    ensemble, are refused naming the reason, before any model is loaded."""
+    from vfa.models.loading import checkpoint_family
+    from vfa.registry import FAMILIES
+
+    items = model_paths(spec)
+    if hasattr(items[0], "parameters") or hasattr(items[0], "members"):
+        return FAMILIES.of(items[0].config)
+    paths = [m["path"] for m in read_ensemble(items[0])["members"]] if is_ensemble_file(items[0]) else items
+    families = {f.name: f for f in (checkpoint_family(p) for p in dict.fromkeys(map(str, paths)))}
+    if len(families) > 1:
+        raise ConfigError(f"--model: the members are of different families ({', '.join(families)}); "
+                          f"an ensemble's members read images the same way")
+    family = next(iter(families.values()))
+    if len(paths) > 1 and "ensemble" in family.refuses:
+        raise ConfigError(f"vfa {command}: {len(paths)} {family.title}s given: {family.refuses['ensemble']}")
+    return family
+
+
 def read_ensemble(path: str | Path) -> dict:
     """An ensemble file, validated: members' paths resolved against its folder, checksums checked."""
     path = Path(path)
@@ -175,6 +196,7 @@ def write_ensemble(models, out: str | Path, combine: str = "mean", threshold: fl
     paths = model_paths(models)
     if any(is_ensemble_file(p) for p in paths):
         raise ConfigError("vfa ensemble: --model takes checkpoints, not an ensemble file")
+    resolve_family(paths, "ensemble").refuse("ensemble")
     if combine not in COMBINE:
         raise ConfigError(f"--combine must be one of {', '.join(COMBINE)}, got {combine!r}")
     out = refuse_existing(out, force, inputs=paths)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vfa import config as config_mod
+from vfa.inference.ensemble import resolve_family
 from vfa.models.loading import load_model
 from vfa.data.dataset import create_dataset
 from vfa.models.network import p_fracture
@@ -51,6 +52,7 @@ def export_onnx(model, out: str | Path, batch: int = 2, opset: int = 18, verify:
         import onnx  # noqa: F401  (the dynamo exporter writes through onnx/onnxscript)
     except ImportError:
         raise config_mod.ConfigError("ONNX export needs the onnx extra: pip install 'vfa[onnx]'") from None
+    resolve_family(model, "export").refuse("export")
     out = refuse_existing(out, force, inputs=[] if isinstance(model, torch.nn.Module) else [model])
     if not isinstance(model, torch.nn.Module):
         model = load_model(model)

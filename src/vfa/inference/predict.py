@@ -98,7 +98,7 @@ def _relative(path, root) -> str:
 SCORES = ("raw", "tta_mean", "tta_max")
 
 
-def _job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file):
+def prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file):
     """Checks before any image is read; (ensemble, paths, id_map)."""
     from vfa.inference.ensemble import Ensemble, load_ensemble
 
@@ -123,7 +123,7 @@ def unusable_files(skipped: list[tuple[str, str]]) -> DataError:
                      f"them out):\n{listing}{more}")
 
 
-def _check(ens, paths: list[str], positions: list[int], on_bad_file: str, workers: int, progress: bool, log):
+def check_decodable(ens, paths: list[str], positions: list[int], on_bad_file: str, workers: int, progress: bool, log):
     """The up-front decode of every file still to do; (good paths, their positions, skipped [(path, reason)])."""
     from vfa.data.stream import check_files
 
@@ -178,10 +178,10 @@ def predict_files(model, inputs, tta: int = 0, tta_preset: str = "auto", seed: i
     from vfa.data.stream import default_workers
     from vfa.inference.engine import Scorer, score_paths
 
-    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, num_workers, device, id_column, on_bad_file)
+    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, num_workers, device, id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
-    good, _, skipped = _check(ens, paths, list(range(len(paths))), on_bad_file, workers, progress, log)
+    good, _, skipped = check_decodable(ens, paths, list(range(len(paths))), on_bad_file, workers, progress, log)
     if not good:
         raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
                         + (f", all {len(skipped)} unusable" if skipped else ""))

@@ -19,9 +19,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from vfa.data.samples import DataError
 from vfa.data.stream import FileViews, check_files, default_workers, view_loader
 from vfa.inference import output
-from vfa.inference.archive import Summary, _todo, finish, job_record, out_path
+from vfa.inference.archive import Summary, files_to_do, finish, job_record, out_path
 from vfa.inference.engine import Scorer, batch_rows
-from vfa.inference.predict import _job, model_threshold, output_rows
+from vfa.inference.predict import prepare_job, model_threshold, output_rows
 from vfa.runs import is_secondary_rank
 
 
@@ -46,7 +46,7 @@ class _Predict(L.LightningModule):
             output.merge_shards(self.part, sorted(self.part.parent.glob(self.part.name + ".rank*")))
         strategy.barrier()
         # only rank 0 writes OUT.partial (and cuts a torn last row); the others just read it
-        todo, stale, self.before = _todo(self.paths, output.done_rows(self.part, repair=rank == 0),
+        todo, stale, self.before = files_to_do(self.paths, output.done_rows(self.part, repair=rank == 0),
                                          s["keep_identifiers"])
         if rank == 0 and stale:
             output.drop_rows(self.part, stale)
@@ -109,7 +109,7 @@ def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resu
     t0 = time.perf_counter()
     secondary = is_secondary_rank()
     out = out_path(out, model, inputs)
-    ens, paths, id_map = _job(model, inputs, tta, score, batch_size, workers, "cpu", id_column, on_bad_file)
+    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, workers, "cpu", id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     part = output.partial_path(out)
     settings = dict(thr=thr, score=score, id_map=id_map, id_regex=id_regex, keep_identifiers=keep_identifiers,

@@ -162,57 +162,20 @@ def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = F
     return out
 
 
-def image_rows(spines: list[pd.DataFrame]) -> pd.DataFrame:
-    """One row per image from its bodies: P(fracture) = its most likely fractured body's (0 when no
-    body was found), the worst grade, and how many bodies were read."""
-    return pd.DataFrame({"p_fracture": [float(v["p_fracture"].max()) if len(v) else 0.0 for v in spines],
+def body_scores(vert: pd.DataFrame, threshold: float) -> np.ndarray:
+    """Each body's call as a score in [0, 1] that reaches `threshold` exactly when the body is called
+    fractured: P(fracture) of the head for a body the rules leave at grade 0, and threshold +
+    (1 - threshold) P for a body the rules grade (so a rules call is never outranked by a lower head P)."""
+    p = vert["p_fracture"].to_numpy(np.float64)
+    rules = (vert["grade"].to_numpy() > 0) & (vert["grade_source"].to_numpy() == "rules")
+    return np.where(rules, threshold + (1 - threshold) * p, p)
+
+
+def image_rows(spines: list[pd.DataFrame], threshold: float) -> pd.DataFrame:
+    """The image-level columns (vfa.registry.IMAGE_COLUMNS' raw and predicted, then the family's
+    extras) from each image's bodies: raw = its highest body score (`body_scores`; 0 when no body
+    was found), so predicted = raw >= threshold says exactly "a body is fractured" (max_grade >= 1)."""
+    raw = np.array([float(body_scores(v, threshold).max()) if len(v) else 0.0 for v in spines])
+    return pd.DataFrame({"raw": raw, "predicted": (raw >= threshold).astype(int),
                          "max_grade": [int(v["grade"].max()) if len(v) else 0 for v in spines],
                          "n_vertebrae": [len(v) for v in spines]})
-
-
-def predict_vertebra_files(model_path, inputs, out, threshold="model", batch_size: int = 8, on_bad_file: str = "error",
-                           keep_identifiers: bool = False, force: bool = False, device: str = "auto", progress: bool = True,
-                           log=print, workers: int | None = None, **unsupported) -> Path:
-    """`vfa predict` with a per-vertebra model: OUT (one row per image: p_fracture from its bodies,
-    predicted, max_grade, n_vertebrae) and vertebrae.csv beside it (one row per body). Every file
-    is decoded and checked first; the rows are written when all are read (no resume, no shards)."""
-    from vfa.config import ConfigError
-    from vfa.data.samples import expand_inputs
-    from vfa.data.stream import check_files
-    from vfa.inference.engine import public_files
-    from vfa.inference.predict import unusable_files
-    from vfa.models.loading import load_model
-    from vfa.runs import atomic_write, refuse_existing
-
-    used = sorted(k for k, v in unsupported.items() if v not in (None, False, 0, "auto", "raw", (), []))
-    if used:
-        raise ConfigError(f"a per-vertebra model does not take {', '.join('--' + k.replace('_', '-') for k in used)} "
-                          f"(docs/vertebrae.md)")
-    out = Path(out)
-    if out.suffix != ".csv":
-        raise ConfigError(f"a per-vertebra model writes CSV tables; --out must end in .csv, got {out}")
-    beside = out.with_name("vertebrae.csv")
-    for path in (out, beside):
-        refuse_existing(path, force, inputs)
-    model = load_model(model_path, device)
-    thr = float(threshold) if str(threshold) != "model" else float(model.threshold)
-    paths = expand_inputs(inputs)
-    bad = check_files(paths, model.config.data.frame, model.config.data.min_side, workers or 0, progress)
-    if bad and on_bad_file == "error":
-        raise unusable_files([(paths[i], r) for i, r in bad])
-    skip = {i for i, _ in bad}
-    for i, reason in bad:
-        log(f"skipped {public_files([paths[i]], keep_identifiers)[0]}: {reason}")
-    paths = [p for i, p in enumerate(paths) if i not in skip]
-    spines = read_spines(model, paths, batch_size, progress)
-    files = public_files(paths, keep_identifiers)
-    frame = pd.concat([pd.DataFrame({"file": files}), image_rows(spines)], axis=1)
-    frame.insert(2, "predicted", (frame["p_fracture"] >= thr).astype(int))
-    vert = pd.concat([s.assign(file=f) for s, f in zip(spines, files)], ignore_index=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(beside, vert.to_csv(index=False, float_format="%.3f"))
-    atomic_write(out, frame.to_csv(index=False))
-    log(f"{len(frame)} images, {len(vert)} vertebrae read; {int(frame['predicted'].sum())} called fractured at "
-        f"P >= {thr:g} -> {out}, {beside}")
-    return out
-

@@ -7,7 +7,8 @@ import torch
 
 from vfa import checkpoint
 from vfa import config as config_mod
-from vfa.models.network import VFANet, build_from_config
+from vfa.models.network import VFANet
+from vfa.registry import FAMILIES, Family
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -40,27 +41,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
     ckpt = checkpoint.load(path)
     cfg = checkpoint.config_of(ckpt, path)
     cfg.model.pretrained = False  # weights come from the checkpoint, never from a hub
-    if cfg.model.family == "vertebra":
-        from vfa.models.vertebra import build_vertebra_model
-        model = build_vertebra_model(cfg.vertebra)
-    else:
-        model = build_from_config(cfg.model)
+    family = FAMILIES.of(cfg)
+    model = family.step("build")(cfg)
     model.load_state_dict(checkpoint.weights_of(ckpt))
     model.config = cfg
-    model.threshold = float(ckpt.get("vfa_threshold", 0.5))
+    model.threshold = float(ckpt.get("vfa_threshold", family.default_threshold(cfg)))
     model.temperature = float(ckpt.get("vfa_temperature", 1.0))
     model.threshold_source = str(ckpt.get("vfa_threshold_source", checkpoint.DEFAULT_THRESHOLD_SOURCE))
     return model.eval().to(device)
 
 
-def model_family(path: str | Path) -> str:
-    """"image" or "vertebra" (config model.family) of a checkpoint; an ensemble file is "image"."""
-    if Path(path).suffix in (".yaml", ".yml"):
-        return "image"
-    return checkpoint.config_of(checkpoint.load(path, mmap=True), path).model.family
-
-
-def vertebra_model(model) -> str | Path | None:
-    """`model` (a --model value: a path or a list of them) when it is one per-vertebra checkpoint."""
-    single = model if isinstance(model, str | Path) else list(model)[0] if len(model) == 1 else None
-    return single if single is not None and model_family(single) == "vertebra" else None
+def checkpoint_family(path: str | Path) -> Family:
+    """The family (vfa.registry.FAMILIES) of one checkpoint, from its config; the weights are only
+    memory-mapped, not read."""
+    return FAMILIES.of(checkpoint.config_of(checkpoint.load(path, mmap=True), path))

@@ -98,3 +98,8 @@ def build_from_config(model_cfg) -> VFANet:
     return build_model(model_cfg.backbone, model_cfg.pretrained, tuple(model_cfg.head), model_cfg.head_batchnorm,
                        model_cfg.head_dropout, model_cfg.init, global_pool=model_cfg.global_pool,
                        backbone_kwargs=model_cfg.backbone_kwargs)
+
+
+def build_network(cfg) -> VFANet:
+    """The image family's build step (vfa.registry.FAMILIES): the network of a whole config."""
+    return build_from_config(cfg.model)

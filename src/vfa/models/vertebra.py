@@ -101,3 +101,8 @@ def build_vertebra_model(vcfg) -> VertebraNet:
     """The VertebraNet that a config's `vertebra` section describes."""
     return VertebraNet(SpineDetector(vcfg.detector_backbone, vcfg.width, vcfg.pretrained),
                        LandmarkNet(vcfg.landmark_backbone, vcfg.width, vcfg.pretrained))
+
+
+def build_network(cfg) -> VertebraNet:
+    """The per-vertebra family's build step (vfa.registry.FAMILIES): the network of a whole config."""
+    return build_vertebra_model(cfg.vertebra)

@@ -15,7 +15,9 @@ POINTS = ("sup_ant", "sup_mid", "sup_post", "inf_ant", "inf_mid", "inf_post")
 POINT_COLUMNS = tuple(f"{p}_{a}" for p in POINTS for a in "xy")
 # the body's outline: the superior end plate anterior to posterior, then the inferior one back
 OUTLINE = ("sup_ant", "sup_mid", "sup_post", "inf_post", "inf_mid", "inf_ant")
+# a body's shape as the `type` column names it: "normal", then the three fracture shapes
 SHAPES = ("normal", "wedge", "biconcave", "crush")
+FRACTURE_SHAPES = SHAPES[1:]  # wedge, biconcave, crush
 # grade 0 green, 1 yellow, 2 orange, 3 red: the traffic-light order readers use
 GRADE_COLOURS = ((60, 200, 90), (250, 220, 40), (255, 140, 20), (235, 40, 40))
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from vfa.data.samples import MANIFEST_PATH_COLUMNS, DataError, Samples
 from vfa.io.images import probe_image
 from vfa.io.tables import read_table
-from vfa.spine import LEVELS, POINT_COLUMNS, SHAPES as TYPES
+from vfa.spine import LEVELS, POINT_COLUMNS, SHAPES
 
 
 def find_table(source: str | Path, given: str | None = None) -> Path:
@@ -91,10 +91,10 @@ def read_vertebrae(path: str | Path, check_images: bool = True) -> pd.DataFrame:
             raise _problem(path, frame["_line"].iloc[np.flatnonzero(wrong)[0]], "grade must be 0, 1, 2 or 3")
         frame["grade"] = grades.astype(int)
     if "type" in frame.columns:
-        wrong = ~frame["type"].isin(TYPES)
+        wrong = ~frame["type"].isin(SHAPES)
         if wrong.any():
             raise _problem(path, frame["_line"][wrong].iloc[0], f"unknown type {frame['type'][wrong].iloc[0]!r} "
-                           f"(expected one of {', '.join(TYPES)})")
+                           f"(expected one of {', '.join(SHAPES)})")
     if all(has_points):
         frame[list(POINT_COLUMNS)] = _numbers(frame, POINT_COLUMNS, path)
         if check_images:
@@ -135,7 +135,9 @@ def truth_for(samples: Samples, table: pd.DataFrame, where: str) -> dict[str, pd
 
 class VertebraDataset(Dataset):
     """(image (1, H, W) at the working size, points (13, 6, 2) in its pixels, present (13,),
-    grade (13,), index) per image; levels without a row are absent (present 0)."""
+    grade (13,), index) per image; levels without a row are absent (present 0). A transform with
+    augmentation (`create_transform(cfg, train=True)`) warps the image and moves the points with
+    it; a body it moves (partly) out of the image is absent from that draw."""
 
     def __init__(self, samples: Samples, truth: dict[str, pd.DataFrame], transform):
         self.samples, self.truth, self.transform = samples, truth, transform
@@ -154,4 +156,19 @@ class VertebraDataset(Dataset):
         present[idx] = 1
         if "grade" in rows:
             grade[idx] = torch.as_tensor(rows["grade"].to_numpy(dtype=np.int64))
+        if self.transform.augment is not None:
+            img, pts, present = _augment(self.transform.augment, img, pts, present)
         return img, pts, present, grade, i
+
+
+def _augment(aug, img: torch.Tensor, pts: torch.Tensor, present: torch.Tensor):
+    """One draw of `aug` (torch's global RNG, seeded per loader worker as the image family's) on the
+    image, the same geometry on its bodies' points."""
+    from vfa.data.augment import warp_points
+
+    size = tuple(img.shape[-2:])
+    params = aug.draw(size=size, channels=1)
+    pts = warp_points(pts, params, size)
+    inside = ((pts >= 0) & (pts <= torch.tensor([size[1], size[0]]))).all(-1).all(-1)
+    present = present * inside
+    return aug.apply(img, params), pts * present[:, None, None], present

@@ -11,12 +11,12 @@ import math
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from vfa.spine import LEVELS, SHAPES
+from vfa.spine import FRACTURE_SHAPES, LEVELS
 
 # Osteoporotic fractures cluster at the mid-thoracic (T7-T8) and thoracolumbar (T11-L1) regions.
 LEVEL_WEIGHTS = np.array([.02, .03, .06, .11, .11, .07, .06, .10, .15, .13, .07, .05, .04])
 GRADE_LOSS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.60)}  # Genant height-loss ranges
-TYPES, TYPE_P = SHAPES[1:], (0.5, 0.3, 0.2)   # wedge, biconcave, crush: wedge is the most common
+TYPE_P = (0.5, 0.3, 0.2)   # P of each of FRACTURE_SHAPES (wedge, biconcave, crush): wedge is the most common
 N_FRACTURES_P = (0.6, 0.28, 0.12)                                  # 1, 2 or 3 fractured levels
 
 
@@ -28,7 +28,7 @@ def sample_fractures(rng: np.random.Generator, grades=(0.4, 0.4, 0.2)) -> list[d
     # the image's worst grade follows `grades`; any further fractures are no worse than it
     gs = [worst] + [int(rng.integers(1, worst + 1)) for _ in range(k - 1)]
     gs = [gs[j] for j in rng.permutation(k)]
-    return [dict(level=LEVELS[lv], grade=g, type=str(rng.choice(TYPES, p=TYPE_P)),
+    return [dict(level=LEVELS[lv], grade=g, type=str(rng.choice(FRACTURE_SHAPES, p=TYPE_P)),
                  height_loss=round(float(rng.uniform(*GRADE_LOSS[g])), 4))
             for lv, g in zip(levels, gs)]
 
@@ -99,7 +99,7 @@ def body_shapes(rng: np.random.Generator, an: dict, fractures: list[dict]) -> li
         elif f["type"] == "crush":     # the whole body loses height (relative to expected size)
             v.update(ha=v["ref"] * (1 - loss), hm=v["ref"] * (1 - loss), hp=v["ref"] * (1 - loss))
         else:
-            raise ValueError(f"unknown fracture type {f['type']!r}; expected one of {TYPES}")
+            raise ValueError(f"unknown fracture type {f['type']!r}; expected one of {FRACTURE_SHAPES}")
         # compressed trabeculae keep part of their mass, so a collapsed body looks denser (the reason
         # fractured levels are excluded from DXA BMD); grade 1 stays within the normal +-8 % spread
         v.update(k_top=k_top[LEVELS.index(f["level"])], sclerosis=1 + 0.4 * loss)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from vfa.spine import LEVELS, POINT_COLUMNS, POINTS, SHAPES  # noqa: F401  (this module's vocabulary)
+# this module's vocabulary
+from vfa.spine import FRACTURE_SHAPES, LEVELS, POINT_COLUMNS, POINTS, SHAPES  # noqa: F401
 
 GRADE_CUTS = (0.20, 0.25, 0.40)           # height loss at which grades 1, 2 and 3 begin
-TYPES = SHAPES[1:]                        # wedge, biconcave, crush: the order of ratios()' columns
 NEIGHBOURS = 2                            # levels each side that predict a body's reference height
 
 
@@ -53,7 +53,7 @@ def reference_heights(hp, levels) -> np.ndarray:
 
 
 def ratios(ha, hm, hp, ref) -> np.ndarray:
-    """(N, 3) wedge, biconcave and crush ratios (TYPES order)."""
+    """(N, 3) wedge, biconcave and crush ratios (FRACTURE_SHAPES order)."""
     ha, hm, hp, ref = (np.asarray(a, dtype=float) for a in (ha, hm, hp, ref))
     return np.stack([ha / hp, hm / hp, hp / ref], axis=1)
 
@@ -63,8 +63,8 @@ def grade_of(loss) -> np.ndarray:
     return np.searchsorted(np.asarray(GRADE_CUTS), np.asarray(loss, dtype=float), side="right")
 
 
-def read(points, levels) -> dict[str, np.ndarray]:
-    """Apply the rules to one spine's bodies: `points` (N, 6, 2) and their `levels`. Returns
+def apply_genant_rules(points, levels) -> dict[str, np.ndarray]:
+    """Apply Genant's rules to one spine's bodies: `points` (N, 6, 2) and their `levels`. Returns
     heights, reference, ratios, height_loss, grade, type ('normal' for grade 0) and shape (the
     lowest ratio's type, whatever the grade) per body."""
     h = heights(points)
@@ -72,7 +72,11 @@ def read(points, levels) -> dict[str, np.ndarray]:
     r = ratios(h[:, 0], h[:, 1], h[:, 2], ref)
     loss = np.clip(1 - r.min(axis=1), 0, 1)
     grade = grade_of(loss)
-    shape = np.asarray(TYPES)[r.argmin(axis=1)]
+    shape = np.asarray(FRACTURE_SHAPES)[r.argmin(axis=1)]
     return dict(ha=h[:, 0], hm=h[:, 1], hp=h[:, 2], ref=ref, wedge_ratio=r[:, 0], biconcave_ratio=r[:, 1],
                 crush_ratio=r[:, 2], height_loss=loss, grade=grade, type=np.where(grade > 0, shape, "normal"),
                 shape=shape)
+
+
+# Deprecated: the old name, kept only while vfa.inference.vertebra and tests/vertebra still call it.
+read = apply_genant_rules

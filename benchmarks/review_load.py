@@ -5,7 +5,7 @@ acknowledged (no lost, duplicated or gapped read). Prints one JSON line of figur
     .venv/bin/python benchmarks/review_load.py [--clients 50] [--seconds 30] [--cases 300]
 
 The server runs as `vfa review` in a child process on a free loopback port, on a throwaway folder
-of random 512x192 PNGs (P(fracture) spread over [0, 1]); the load driver is vfa.app.loadtest.
+of random 512x192 PNGs (P(fracture) spread over [0, 1]); the load driver is tests/app/loadtest.py.
 """
 import argparse
 import json
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vfa.app.loadtest import check_db, run_load, start_review
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the load driver lives with the tests
+from tests.app.loadtest import check_db, run_load, start_review  # noqa: E402
 
 
 def make_set(root: Path, n: int) -> Path:

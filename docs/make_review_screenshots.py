@@ -19,7 +19,8 @@ import pandas as pd
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from vfa.app.loadtest import Client, start_review
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/app/loadtest.py: start_review, Client
+from tests.app.loadtest import Client, start_review  # noqa: E402
 
 
 def make_set(tmp: Path) -> Path:

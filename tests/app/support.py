@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vfa.app.loadtest import free_port, start_review  # noqa: F401  (free_port: the tests' import)
-from vfa.app.cases import LEVELS, POINTS
+from tests.app.loadtest import free_port, start_review  # noqa: F401  (free_port: the tests' import)
+from vfa.spine import LEVELS, POINTS
 
 
 def write_review_set(root: Path, n: int = 12, size=(80, 48), heatmaps: bool = True, vertebrae: bool = True,

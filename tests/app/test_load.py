@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tests.app.support import free_port, start_server, write_review_set
-from vfa.app.loadtest import Client, check_db, run_load
+from tests.app.loadtest import Client, check_db, run_load
 
 
 @pytest.fixture

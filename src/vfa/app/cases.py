@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vfa.errors import ConfigError
 from vfa.io.identifiers import IDENTIFIER_KEYWORDS, public_path
-from vfa.spine import LEVELS, OUTLINE as POINTS, SHAPES as TYPES  # noqa: F401  (POINTS: in the outline's order)
+from vfa.spine import LEVELS, OUTLINE
 
 SCORES = ("p_fracture", "raw", "tta_mean", "tta_max")
 _HEATMAP = re.compile(r"^heatmap_\d{3}_(.+)$")
@@ -123,7 +123,7 @@ def read_vertebrae(path: str | Path) -> dict[str, list[dict]]:
     if key is None or "level" not in frame.columns:
         raise ReviewError(f"{path}: needs columns file and level (columns: {', '.join(frame.columns)})")
     cols = set(frame.columns)
-    has_pts = all(f"{p}_{a}" in cols for p in POINTS for a in "xy")
+    has_pts = all(f"{p}_{a}" in cols for p in OUTLINE for a in "xy")
     has_box = all(c in cols for c in ("x0", "y0", "x1", "y1"))
     out: dict[str, list[dict]] = {}
     for i, rec in enumerate(frame.to_dict("records")):
@@ -132,9 +132,9 @@ def read_vertebrae(path: str | Path) -> dict[str, list[dict]]:
         if level not in LEVELS:
             raise ReviewError(f"{path}: line {line}: unknown level {level!r} (expected T4..L4)")
         v = {"level": level, "outline": None, "box": None, "grade": None, "type": "", "p": None}
-        if has_pts and all(rec[f"{p}_{a}"] != "" for p in POINTS for a in "xy"):
+        if has_pts and all(rec[f"{p}_{a}"] != "" for p in OUTLINE for a in "xy"):
             v["outline"] = [[_number(rec[f"{p}_x"], path, line, f"{p}_x"), _number(rec[f"{p}_y"], path, line, f"{p}_y")]
-                            for p in POINTS]
+                            for p in OUTLINE]
         if has_box and all(rec[c] != "" for c in ("x0", "y0", "x1", "y1")):
             v["box"] = [_number(rec[c], path, line, c) for c in ("x0", "y0", "x1", "y1")]
         if rec.get("grade", "") != "":
@@ -180,13 +180,12 @@ def _columns(frame, path, score: str | None) -> tuple[str, str]:
 def load_cases(predictions: str | Path, images: str | Path | None = None, heatmaps: str | Path | None = None,
                vertebrae: str | Path | None = None, threshold: float | None = None, score: str | None = None,
                keep_identifiers: bool = False) -> tuple[list[Case], dict]:
-    """Long: one pass over the CSV checking each line (columns, numbers, duplicates, files) so that
-    every problem is one message naming its line.
-
-    The cases of a predictions CSV and the settings found ({"score", "threshold", ...}). Relative
-    `file`s are looked up under `images` (default: the data folder in metrics.json beside the CSV,
-    i.e. what vfa evaluate read, else the CSV's folder). The score and threshold are
-    the given ones, else metrics.json's beside the CSV, else the first score column and 0.5."""
+    """The cases of a predictions CSV and the settings found ({"score", "threshold", ...}), in one
+    pass that checks each line (columns, numbers, duplicates, files) so that every problem is one
+    message naming its line. Relative `file`s are looked up under `images` (default: the data folder
+    in metrics.json beside the CSV, i.e. what vfa evaluate read, else the CSV's folder). The score
+    and threshold are the given ones, else metrics.json's beside the CSV, else the first score
+    column and 0.5."""
     predictions = Path(predictions)
     frame = _read(predictions, "predictions file")
     metrics = _metrics(predictions)
@@ -223,6 +222,7 @@ def load_cases(predictions: str | Path, images: str | Path | None = None, heatma
                           split=rec.get("split", "").strip(), heatmap=overlays.get(_overlay_key(file)),
                           vertebrae=_match_vertebrae(verts, by_name, file),
                           identifiers={c: rec[c] for c in ident_cols if rec[c]}))
-    meta = {"score": score, "threshold": threshold, "n": len(cases), "heatmaps": sum(c.heatmap is not None for c in cases),
+    meta = {"score": score, "threshold": threshold, "n": len(cases),
+            "heatmaps": sum(c.heatmap is not None for c in cases),
             "with_vertebrae": sum(bool(c.vertebrae) for c in cases)}
     return cases, meta

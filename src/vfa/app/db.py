@@ -14,7 +14,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vfa.app.cases import LEVELS, TYPES, Case, ReviewError
+from vfa.app.cases import LEVELS, Case, ReviewError
+from vfa.spine import FRACTURE_SHAPES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases(idx INTEGER PRIMARY KEY, image_id TEXT UNIQUE NOT NULL, file TEXT, path TEXT,
@@ -33,7 +34,7 @@ CREATE INDEX IF NOT EXISTS cases_p ON cases(p);
 CREATE INDEX IF NOT EXISTS cases_unc ON cases(unc);
 """
 MAX_NOTE = 2000
-SHAPES = ("", *TYPES[1:])
+READ_SHAPES = ("", *FRACTURE_SHAPES)  # a read's shape: none given, or a fracture's
 
 
 def now() -> str:
@@ -124,8 +125,8 @@ def clean_read(data: dict) -> dict:
         raise BadRead(f"grades: an object of levels ({LEVELS[0]}..{LEVELS[-1]}) to 0-3")
     grades = {k: _int(v, f"grade of {k}", 0, 3, optional=False) for k, v in grades.items()}
     shape = str(data.get("shape") or "")
-    if shape not in SHAPES:
-        raise BadRead(f"shape must be one of {', '.join(SHAPES[1:])} or empty")
+    if shape not in READ_SHAPES:
+        raise BadRead(f"shape must be one of {', '.join(FRACTURE_SHAPES)} or empty")
     note = str(data.get("note") or "")
     if len(note) > MAX_NOTE:
         raise BadRead(f"note is longer than {MAX_NOTE} characters")

@@ -8,6 +8,7 @@ import json
 import mimetypes
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 
 from vfa.app import db as dbm
 from vfa.app import worklist as wl
-from vfa.app.cases import LEVELS, TYPES
+from vfa.app.cases import LEVELS
 from vfa.app.results import agreement_report
 from vfa.app.security import Guard, same
 from vfa.io.identifiers import public_path
+from vfa.spine import FRACTURE_SHAPES
 
 HERE = Path(__file__).parent
 STATIC = {p.name: p.read_bytes() for p in (HERE / "static").iterdir() if p.is_file()}
@@ -59,30 +61,59 @@ def _script_json(data) -> str:
     return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI:
-    """Long: the routes are small closures over one database and the settings; one place to read them all.
+@dataclass
+class AppContext:
+    """What every route reads: the settings, this app's database connections, its templates, its
+    cookie names and its image cache (one per app, so two apps never share cached images)."""
+    settings: Settings
+    local: dbm.Local
+    templates: Jinja2Templates
+    session_cookie: str
+    login_cookie: str
+    png: Callable[[str], bytes]
 
-    The ASGI app serving the review database at `db_path` (its cases stored by `serve`)."""
-    s = settings or Settings()
-    local = dbm.Local(db_path)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
-    session_cookie, login_cookie = f"{s.cookie}_session", f"{s.cookie}_login"
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    png = lru_cache(maxsize=s.image_cache)(_png)
-
-    def session(request: Request) -> dict | None:
-        sess = dbm.get_session(local.get(), request.cookies.get(session_cookie))
+    def session(self, request: Request) -> dict | None:
+        sess = dbm.get_session(self.local.get(), request.cookies.get(self.session_cookie))
         if sess:
-            sess["blinded"] = bool(sess["blinded"]) or s.blind
+            sess["blinded"] = bool(sess["blinded"]) or self.settings.blind
         return sess
 
-    def case_row(idx: int):
-        return local.get().execute("SELECT * FROM cases WHERE idx=?", (idx,)).fetchone()
+    def case_row(self, idx: int):
+        return self.local.get().execute("SELECT * FROM cases WHERE idx=?", (idx,)).fetchone()
 
-    def page(request, name, sess, **ctx):
-        meta = dbm.get_meta(local.get())
-        return templates.TemplateResponse(request, name, {"sess": sess, "meta": meta, **ctx})
+    def page(self, request, name, sess, **ctx):
+        meta = dbm.get_meta(self.local.get())
+        return self.templates.TemplateResponse(request, name, {"sess": sess, "meta": meta, **ctx})
 
+    def case_data(self, row, sess) -> dict:
+        blind = sess["blinded"]
+        verts = json.loads(row["vertebrae"] or "[]")
+        if blind:
+            verts = [{"level": v["level"], "outline": v["outline"], "box": v["box"]} for v in verts]
+        mine = dbm.history(self.local.get(), row["image_id"], sess["reader"])
+        data = {"idx": row["idx"], "image": f"/image/{row['idx']}", "vertebrae": verts, "levels": LEVELS,
+                "read": mine[-1] if mine else None, "history": mine, "blinded": blind}
+        if not blind:
+            meta = dbm.get_meta(self.local.get())
+            data.update(p=row["p"], call=row["call"], threshold=meta.get("threshold"), model_grade=row["model_grade"],
+                        heatmap=f"/heatmap/{row['idx']}" if row["heatmap"] else None)
+        return data
+
+
+def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI:
+    """The ASGI app serving the review database at `db_path` (its cases stored by `serve`). The
+    routes are small closures over one AppContext, registered group by group in a fixed order."""
+    s = settings or Settings()
+    ctx = AppContext(s, dbm.Local(db_path), Jinja2Templates(directory=str(HERE / "templates")),
+                     f"{s.cookie}_session", f"{s.cookie}_login", lru_cache(maxsize=s.image_cache)(_png))
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    for add_routes in (_add_basics, _add_login, _add_worklist, _add_cases, _add_reads):
+        add_routes(app, ctx)
+    return Guard(app, s.token, s.hosts, f"{s.cookie}_token")
+
+
+def _add_basics(app: FastAPI, ctx: AppContext) -> None:
+    """The security headers on every response, the health check and the static files."""
     @app.middleware("http")
     async def headers(request: Request, call_next):
         response = await call_next(request)
@@ -100,39 +131,49 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
             return Response("not found", 404)
         return Response(STATIC[name], media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
+
+def _add_login(app: FastAPI, ctx: AppContext) -> None:
+    """Login (a CSRF cookie on the form, then a session cookie) and logout."""
+    s, local, page = ctx.settings, ctx.local, ctx.page
+
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):
         csrf = secrets.token_urlsafe(16)
         resp = page(request, "login.html", None, csrf=csrf, reader=s.reader, force_blind=s.blind, error="")
-        resp.set_cookie(login_cookie, csrf, httponly=True, samesite="strict")
+        resp.set_cookie(ctx.login_cookie, csrf, httponly=True, samesite="strict")
         return resp
 
     @app.post("/login")
     async def login(request: Request):
         form = await request.form()
         reader = str(form.get("reader", "")).strip()
-        if not same(str(form.get("csrf", "")), request.cookies.get(login_cookie)):
+        if not same(str(form.get("csrf", "")), request.cookies.get(ctx.login_cookie)):
             return Response("CSRF check failed: reload the login page", 403)
         if not READER.match(reader):
-            return page(request, "login.html", None, csrf=request.cookies.get(login_cookie), reader=reader,
+            return page(request, "login.html", None, csrf=request.cookies.get(ctx.login_cookie), reader=reader,
                         force_blind=s.blind, error="a reader name: 1-40 letters, digits, space, _ . @ -")
         sid, csrf = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         blinded = bool(form.get("blinded")) or s.blind
         await run_in_threadpool(lambda: dbm.new_session(local.get(), sid, reader, blinded, csrf))  # off the loop
         resp = RedirectResponse("/worklist", 303)
-        resp.set_cookie(session_cookie, sid, httponly=True, samesite="strict")
-        resp.delete_cookie(login_cookie)
+        resp.set_cookie(ctx.session_cookie, sid, httponly=True, samesite="strict")
+        resp.delete_cookie(ctx.login_cookie)
         return resp
 
     @app.post("/logout")
     async def logout(request: Request):
-        sess = session(request)
+        sess = ctx.session(request)
         form = await request.form()
         if sess and same(str(form.get("csrf", "")), sess["csrf"]):
             local.get().execute("DELETE FROM sessions WHERE sid=?", (sess["sid"],))
         resp = RedirectResponse("/login", 303)
-        resp.delete_cookie(session_cookie)
+        resp.delete_cookie(ctx.session_cookie)
         return resp
+
+
+def _add_worklist(app: FastAPI, ctx: AppContext) -> None:
+    """The worklist, as a page and as JSON."""
+    s, local, session = ctx.settings, ctx.local, ctx.session
 
     @app.get("/")
     def root():
@@ -147,9 +188,10 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
         for r in rows:
             r["shown_id"] = r["image_id"] if s.keep_identifiers else public_path(r["image_id"])
-        return page(request, "worklist.html", sess, rows=rows, total=total, q=q, pages=max(1, -(-total // q.per_page)),
-                    splits=wl.splits(local.get()), readers=wl.readers(local.get()), sorts=wl.SORTS,
-                    statuses=wl.BLIND_STATUSES if sess["blinded"] else wl.STATUSES)
+        return ctx.page(request, "worklist.html", sess, rows=rows, total=total, q=q,
+                        pages=max(1, -(-total // q.per_page)), splits=wl.splits(local.get()),
+                        readers=wl.readers(local.get()), sorts=wl.SORTS,
+                        statuses=wl.BLIND_STATUSES if sess["blinded"] else wl.STATUSES)
 
     @app.get("/api/worklist")
     def worklist_api(request: Request):
@@ -163,19 +205,10 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
                 r["image_id"], r["file"] = public_path(r["image_id"]), public_path(r["file"])
         return {"total": total, "page": q.page, "per_page": q.per_page, "rows": rows}
 
-    def case_data(row, sess) -> dict:
-        blind = sess["blinded"]
-        verts = json.loads(row["vertebrae"] or "[]")
-        if blind:
-            verts = [{"level": v["level"], "outline": v["outline"], "box": v["box"]} for v in verts]
-        mine = dbm.history(local.get(), row["image_id"], sess["reader"])
-        data = {"idx": row["idx"], "image": f"/image/{row['idx']}", "vertebrae": verts, "levels": LEVELS,
-                "read": mine[-1] if mine else None, "history": mine, "blinded": blind}
-        if not blind:
-            meta = dbm.get_meta(local.get())
-            data.update(p=row["p"], call=row["call"], threshold=meta.get("threshold"), model_grade=row["model_grade"],
-                        heatmap=f"/heatmap/{row['idx']}" if row["heatmap"] else None)
-        return data
+
+def _add_cases(app: FastAPI, ctx: AppContext) -> None:
+    """One case: its page, its JSON, its image and its heatmap (never to a blinded reader)."""
+    s, session, case_row = ctx.settings, ctx.session, ctx.case_row
 
     @app.get("/case/{idx:int}", response_class=HTMLResponse)
     def case_page(request: Request, idx: int):
@@ -186,13 +219,13 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         if row is None:
             return Response("no such case", 404)
         q = wl.Query.parse(request.query_params, sess["blinded"])
-        prev, nxt = wl.neighbours(local.get(), q, sess["reader"], idx)
-        data = case_data(row, sess)
+        prev, nxt = wl.neighbours(ctx.local.get(), q, sess["reader"], idx)
+        data = ctx.case_data(row, sess)
         shown = row["image_id"] if s.keep_identifiers else public_path(row["image_id"])
         idents = json.loads(row["identifiers"] or "{}") if s.keep_identifiers else {}
-        return page(request, "case.html", sess, case=data, shown_id=shown, identifiers=idents, q=q, prev=prev, next=nxt,
-                    data_json=_script_json({**data, "csrf": sess["csrf"], "prev": prev, "next": nxt,
-                                            "query": q.params(page=None)}), types=TYPES[1:])
+        return ctx.page(request, "case.html", sess, case=data, shown_id=shown, identifiers=idents, q=q, prev=prev,
+                        next=nxt, data_json=_script_json({**data, "csrf": sess["csrf"], "prev": prev, "next": nxt,
+                                                          "query": q.params(page=None)}), types=FRACTURE_SHAPES)
 
     @app.get("/api/case/{idx:int}")
     def case_api(request: Request, idx: int):
@@ -200,7 +233,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         if not sess:
             return JSONResponse({"error": "log in first"}, 401)
         row = case_row(idx)
-        return JSONResponse({"error": "no such case"}, 404) if row is None else case_data(row, sess)
+        return JSONResponse({"error": "no such case"}, 404) if row is None else ctx.case_data(row, sess)
 
     @app.get("/image/{idx:int}")
     def image(request: Request, idx: int):
@@ -210,7 +243,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         if row is None:
             return Response("not found", 404)
         try:
-            return Response(png(row["path"]), media_type="image/png")
+            return Response(ctx.png(row["path"]), media_type="image/png")
         except BadImageError as exc:
             return Response(f"cannot read the image: {exc.reason}", 422)
 
@@ -228,6 +261,11 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
             return Response("heatmap file is gone", 404)
         return Response(body, media_type=mimetypes.guess_type(row["heatmap"])[0] or "image/png")
 
+
+def _add_reads(app: FastAPI, ctx: AppContext) -> None:
+    """Posting a read, who is logged in, and the agreement between readers (never to a blinded one)."""
+    local, session = ctx.local, ctx.session
+
     @app.post("/api/reads")
     async def post_read(request: Request):
         sess = session(request)
@@ -240,7 +278,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         try:
             data = json.loads(await request.body())
             read = dbm.clean_read(data)
-            row = case_row(int(data.get("idx")))
+            row = ctx.case_row(int(data.get("idx")))
         except (ValueError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": str(exc) or "bad read"}, 422)
         if row is None:
@@ -263,7 +301,7 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
             return RedirectResponse("/login", 303)
         if sess["blinded"]:
             return Response("blinded: other readers' reads are hidden", 403)
-        return page(request, "agreement.html", sess, result=agreement_report(local.get()))
+        return ctx.page(request, "agreement.html", sess, result=agreement_report(local.get()))
 
     @app.get("/agreement.json")
     def agreement_json(request: Request):
@@ -271,5 +309,3 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
         if not sess or sess["blinded"]:
             return JSONResponse({"error": "log in (not blinded) first"}, 401 if not sess else 403)
         return agreement_report(local.get())
-
-    return Guard(app, s.token, s.hosts, f"{s.cookie}_token")

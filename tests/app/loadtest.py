@@ -3,8 +3,9 @@
 Each client logs in as its own reader, then until the deadline opens a random case (the page and
 its image) and posts a read with a unique request_id. `check_db` then compares the database with
 what the clients saw acknowledged: nothing acknowledged may be missing, nothing stored twice,
-each (image, reader)'s versions 1..k without a gap. Used by benchmarks/review_load.py (figures)
-and tests/app/test_load.py (correctness only)."""
+each (image, reader)'s versions 1..k without a gap. Used by benchmarks/review_load.py (figures),
+tests/app/test_load.py (correctness only) and docs/make_review_screenshots.py (`start_review`,
+`Client`); it is a test and benchmark tool, not part of the vfa package."""
 from __future__ import annotations
 
 import http.client

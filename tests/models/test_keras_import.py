@@ -16,6 +16,7 @@ import torch
 
 import vfa
 from vfa.models.keras import importer as ki
+from vfa.models.keras.head import head_spec, plan_head
 from vfa.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,8 @@ def export_vfa_as_keras(model):
     dense_n = 1
     for m in mods:
         if isinstance(m, torch.nn.Linear):
-            head.append((f"dense_{dense_n}", [(f"dense_{dense_n}", {"kernel": np_(m.weight.t()), "bias": np_(m.bias)})]))
+            weights = {"kernel": np_(m.weight.t()), "bias": np_(m.bias)}
+            head.append((f"dense_{dense_n}", [(f"dense_{dense_n}", weights)]))
             dense_n += 1
         elif isinstance(m, torch.nn.BatchNorm1d):
             head.append(("batch_normalization_204", [("batch_normalization_204", {
@@ -185,18 +187,18 @@ def test_head_config_parsing():
           "bn": (seq(gap, dense("linear"), bn, relu, dense("sigmoid")), False),
           "bn_after": (seq(gap, dense("relu"), bn, ("Dropout", {"rate": 0.5}), dense("sigmoid")), True)}
     for name, (cfg, after) in ok.items():
-        tokens_ok, problems = ki._head_spec(cfg), []
+        tokens_ok, problems = head_spec(cfg), []
         heads = [("d1", {"kernel": np.zeros((1536, 8), "f4"), "bias": np.zeros(8, "f4")}),
                  *([("b", {"beta": np.zeros(8, "f4"), "moving_mean": np.zeros(8, "f4"),
                            "moving_variance": np.ones(8, "f4")})] if name != "plain" else []),
                  ("d2", {"kernel": np.zeros((8, 1), "f4"), "bias": np.zeros(1, "f4")})]
-        plan = ki._plan_head(heads, tokens_ok, None, problems)
+        plan = plan_head(heads, tokens_ok, None, problems)
         assert not problems, (name, problems)
         assert plan.hidden == (8,) and plan.bn_after_relu == after and plan.batchnorm == (name == "bn")
     problems = []
-    ki._plan_head([("d1", {"kernel": np.zeros((1536, 8), "f4"), "bias": np.zeros(8, "f4")}),
-                   ("d2", {"kernel": np.zeros((8, 1), "f4"), "bias": np.zeros(1, "f4")})],
-                  ki._head_spec(seq(("GlobalMaxPooling2D", {}), dense("relu"), dense("softmax"))), None, problems)
+    plan_head([("d1", {"kernel": np.zeros((1536, 8), "f4"), "bias": np.zeros(8, "f4")}),
+               ("d2", {"kernel": np.zeros((8, 1), "f4"), "bias": np.zeros(1, "f4")})],
+              head_spec(seq(("GlobalMaxPooling2D", {}), dense("relu"), dense("softmax"))), None, problems)
     assert any("GlobalAveragePooling2D" in p for p in problems) and any("softmax" in p for p in problems)
 
 

@@ -1,7 +1,7 @@
-"""The head of the notebook's Keras model (after the Inception-ResNet-v2 backbone), for vfa.keras_import.
+"""The head of the notebook's Keras model (after the Inception-ResNet-v2 backbone), for its importer.
 
 GAP -> Dense(1024, relu) -> Dense(1, sigmoid), or with a BatchNormalization per hidden Dense, before
-or after its ReLU. `_plan_head` checks the head's weights, and a full model's JSON config when there
+or after its ReLU. `plan_head` checks the head's weights, and a full model's JSON config when there
 is one, and says which of vfa's heads the weights fit."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _head_spec(config: dict | None) -> list[tuple[str, dict]] | None:
+def head_spec(config: dict | None) -> list[tuple[str, dict]] | None:
     """The layers after the backbone in a Sequential/Functional config: [(class_name, config)];
     a pooling layer inside a nested backbone (`pooling='avg'`) counts as the first of them."""
     if not config:
@@ -45,7 +45,7 @@ class HeadPlan:
     notes: list[str]
 
 
-def _plan_head(head: list[tuple[str, dict[str, np.ndarray]]], spec, bn_after_relu: bool | None,
+def plan_head(head: list[tuple[str, dict[str, np.ndarray]]], spec, bn_after_relu: bool | None,
                problems: list[str]) -> HeadPlan:
     """Check the head's weights (Dense, optional BN, Dense(1)) against the config when there is one."""
     notes: list[str] = []

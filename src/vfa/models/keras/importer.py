@@ -19,7 +19,7 @@ Mapping (see docs/notebook-differences.md, "Model"):
 * The head: GAP -> Dense(1024, relu) -> Dense(1, sigmoid), or the "with BN" variant
   Dense -> BatchNormalization -> ReLU -> Dense. A BN placed *after* the ReLU (only a full model's
   config can say so) is folded exactly into the last Dense, which is equivalent in inference.
-  The head is checked in vfa.keras_head.
+  The head is checked in vfa.models.keras.head.
 
 The checkpoint records the notebook's preprocessing: RGB / 255 (gray scans: R = G = B), PIL-nearest
 resize to 600x360 (or the model's fixed input size), i.e. the `keras215` preset.
@@ -37,7 +37,7 @@ import torch
 from vfa import checkpoint
 from vfa.config import ConfigError
 from vfa.runs import refuse_existing
-from vfa.models.keras.head import _head_spec, _plan_head
+from vfa.models.keras.head import HeadPlan, head_spec, plan_head
 
 __all__ = ["KerasImportError", "read_keras_h5", "import_keras", "keras_to_vfa"]
 
@@ -145,18 +145,59 @@ def _input_size(config: dict | None) -> tuple[int, int] | None:
     return found[0] if found else None
 
 
+# (torch parameter, Keras array or None when missing, Keras name, kind: conv | dense | vec)
+Pair = tuple[torch.Tensor, np.ndarray | None, str, str]
+
+
+@dataclass
+class _Backbone:
+    """The Keras backbone's layers by kind: conv2d_N and batch_normalization_N as (N, name, weights)
+    sorted by N, the blockB_k_conv layers by (B, k), and conv_7b / conv_7b_bn by name."""
+    convs: list[tuple[int, str, dict]]
+    bns: list[tuple[int, str, dict]]
+    blocks: dict[tuple[str, int], tuple[str, dict]]
+    named: dict[str, dict]
+
+
 def keras_to_vfa(kf: KerasFile, bn_after_relu: bool | None = None, source: str = "the file"):
     """(VFANet with the Keras weights, model config overrides, notes). Raises KerasImportError
     listing what did not match.
 
-    Long: one pass that matches the Keras layer list onto timm's Inception-ResNet-v2 in file order
-    (stem convolutions, blocks, head), collecting every mismatch before raising; it reads top to
-    bottom against docs/notebook-differences.md, and split up the matching rules would scatter."""
-    from timm.layers import ConvNormAct
-
+    Matches the Keras layer list onto timm's Inception-ResNet-v2 as docs/notebook-differences.md
+    describes (the stem and block convolutions by number and name, then the head), collecting every
+    mismatch of a stage before raising, so that one run names them all."""
     from vfa.models.network import build_model
 
+    body, head = _split_at_backbone_end(kf, source)
     problems: list[str] = []
+    plan = plan_head(head, head_spec(kf.config), bn_after_relu, problems)
+    layers = _sort_backbone(body, problems)
+    if problems:
+        raise KerasImportError(f"{source} does not match the notebook's architecture "
+                               f"(Inception-ResNet-v2 -> GAP -> Dense -> Dense(1)):\n  - " + "\n  - ".join(problems))
+
+    model = build_model("inception_resnet_v2", head=plan.hidden or (1024,), head_batchnorm=plan.batchnorm)
+    pairs = _backbone_pairs(model.backbone, layers, problems)
+    pairs += _head_pairs(model.head, head, plan, problems)
+    _copy_weights(pairs, problems)
+    if problems:
+        raise KerasImportError(f"{source} does not match the notebook's architecture:\n  - "
+                               + "\n  - ".join(problems[:30]))
+    for m in model.modules():  # the statistics are Keras' own; the counter only matters for momentum=None
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
+            m.num_batches_tracked.zero_()
+    overrides = {"backbone": "inception_resnet_v2", "pretrained": False, "head": list(plan.hidden),
+                 "head_batchnorm": plan.batchnorm, "global_pool": "avg", "backbone_kwargs": {},
+                 "head_dropout": 0.0, "init": "keras"}
+    offset = layers.convs[0][0]
+    notes = list(plan.notes)
+    notes.append(f"mapped {len(pairs)} tensors from {len(body) + len(head)} Keras layers "
+                 f"({'tf-keras naming' if offset == -1 else f'conv2d_{offset}..conv2d_{layers.convs[-1][0]}'})")
+    return model.eval(), overrides, notes
+
+
+def _split_at_backbone_end(kf: KerasFile, source: str) -> tuple[list, list]:
+    """(backbone layers, head layers): the backbone ends at conv_7b_bn; a file without one is refused."""
     names = [n for n, _ in kf.layers]
     if "conv_7b_bn" not in names:
         unknown = [n for n in names if not (_CONV.match(n) or _BN.match(n) or _BLOCK.match(n))]
@@ -165,24 +206,27 @@ def keras_to_vfa(kf: KerasFile, bn_after_relu: bool | None = None, source: str =
             f"({len(names)} layers with weights; e.g. {', '.join(names[:6])}"
             + (f"; unexpected: {', '.join(unknown[:10])}" if unknown else "") + ")")
     cut = names.index("conv_7b_bn") + 1
-    body, head = kf.layers[:cut], kf.layers[cut:]
-    plan = _plan_head(head, _head_spec(kf.config), bn_after_relu, problems)
+    return kf.layers[:cut], kf.layers[cut:]
 
-    convs, bns, blocks, named, unmatched = [], [], {}, {}, []
+
+def _sort_backbone(body: list, problems: list[str]) -> _Backbone:
+    """The backbone's layers by kind; a layer that matches none, or a missing one, goes to `problems`."""
+    layers, unmatched = _Backbone([], [], {}, {}), []
     for name, w in body:
         if m := _CONV.match(name):
-            convs.append((_suffix(m), name, w))
+            layers.convs.append((_suffix(m), name, w))
         elif m := _BN.match(name):
-            bns.append((_suffix(m), name, w))
+            layers.bns.append((_suffix(m), name, w))
         elif m := _BLOCK.match(name):
-            blocks[(m.group(1), int(m.group(2)))] = (name, w)
+            layers.blocks[(m.group(1), int(m.group(2)))] = (name, w)
         elif name in ("conv_7b", "conv_7b_bn"):
-            named[name] = w
+            layers.named[name] = w
         else:
             unmatched.append(name)
     if unmatched:
         problems.append(f"{len(unmatched)} backbone layer(s) match no Inception-ResNet-v2 layer: "
                         f"{', '.join(unmatched[:12])}{' ...' if len(unmatched) > 12 else ''}")
+    convs, bns, blocks = layers.convs, layers.bns, layers.blocks
     if len(convs) != N_CONV_BN or len(bns) != N_CONV_BN:
         gaps = [f"{prefix}_{n}" for prefix, items in (("conv2d", convs), ("batch_normalization", bns)) if items
                 for n in sorted(set(range(max(min(i for i, _, _ in items), 1), max(i for i, _, _ in items) + 1))
@@ -192,75 +236,90 @@ def keras_to_vfa(kf: KerasFile, bn_after_relu: bool | None = None, source: str =
                         + (f"; missing from the numbering: {', '.join(gaps[:12])}" if gaps else ""))
     missing = [f"block{b}_{k}_conv" for b, n in _BLOCKS.items() for k in range(1, n + 1) if (b, k) not in blocks]
     extra = [name for (b, k), (name, _) in blocks.items() if k > _BLOCKS[b]]
-    missing += [n for n in ("conv_7b",) if n not in named]
+    missing += [n for n in ("conv_7b",) if n not in layers.named]
     if missing or extra:
         problems.append("missing: " + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
                         if missing else f"unexpected: {', '.join(extra)}")
-    if problems:
-        raise KerasImportError(f"{source} does not match the notebook's architecture "
-                               f"(Inception-ResNet-v2 -> GAP -> Dense -> Dense(1)):\n  - " + "\n  - ".join(problems))
     convs.sort(key=lambda t: t[0])
     bns.sort(key=lambda t: t[0])
+    return layers
 
-    model = build_model("inception_resnet_v2", head=plan.hidden or (1024,), head_batchnorm=plan.batchnorm)
-    bb = model.backbone
+
+def _conv_pairs(module, kname: str, w: dict, bias: bool, problems: list[str]) -> list[Pair]:
+    pairs = [(module.weight, w.get("kernel"), f"{kname}/kernel", "conv")]
+    if bias:
+        pairs.append((module.bias, w.get("bias"), f"{kname}/bias", "vec"))
+    elif "bias" in w:
+        problems.append(f"{kname} has a bias; Inception-ResNet-v2's conv2d_bn convs have none")
+    return pairs
+
+
+def _bn_pairs(module, kname: str, w: dict, problems: list[str]) -> list[Pair]:
+    gamma = w.get("gamma")
+    if gamma is None:  # scale=False: gamma = 1
+        gamma = np.ones_like(w["beta"]) if "beta" in w else None
+    pairs = [(param, arr, f"{kname}/{key}", "vec")
+             for param, key, arr in ((module.weight, "gamma", gamma), (module.bias, "beta", w.get("beta")),
+                                     (module.running_mean, "moving_mean", w.get("moving_mean")),
+                                     (module.running_var, "moving_variance", w.get("moving_variance")))]
+    if abs(module.eps - 1e-3) > 1e-12:
+        problems.append(f"timm BN eps {module.eps} != Keras 1e-3")
+    return pairs
+
+
+def _backbone_pairs(bb, layers: _Backbone, problems: list[str]) -> list[Pair]:
+    """timm's backbone parameters against the Keras layers: the unnamed conv2d_bn pairs in order,
+    then the blocks' and conv_7b's named convolutions."""
+    from timm.layers import ConvNormAct
+
     cnas = [m for n, m in bb.named_modules() if isinstance(m, ConvNormAct) and n != "conv2d_7b"]
     assert len(cnas) == N_CONV_BN, len(cnas)  # timm's architecture changed: update the mapping
-
-    pairs: list[tuple[torch.Tensor, np.ndarray, str, str]] = []  # (torch param, keras array, keras name, kind)
-
-    def conv(module, kname, w, bias: bool):
-        pairs.append((module.weight, w.get("kernel"), f"{kname}/kernel", "conv"))
-        if bias:
-            pairs.append((module.bias, w.get("bias"), f"{kname}/bias", "vec"))
-        elif "bias" in w:
-            problems.append(f"{kname} has a bias; Inception-ResNet-v2's conv2d_bn convs have none")
-
-    def bn(module, kname, w):
-        gamma = w.get("gamma")
-        if gamma is None:  # scale=False: gamma = 1
-            gamma = np.ones_like(w["beta"]) if "beta" in w else None
-        for param, key, arr in ((module.weight, "gamma", gamma), (module.bias, "beta", w.get("beta")),
-                                (module.running_mean, "moving_mean", w.get("moving_mean")),
-                                (module.running_var, "moving_variance", w.get("moving_variance"))):
-            pairs.append((param, arr, f"{kname}/{key}", "vec"))
-        if abs(module.eps - 1e-3) > 1e-12:
-            problems.append(f"timm BN eps {module.eps} != Keras 1e-3")
-
-    for cna, (_, cname, cw), (_, bname, bw) in zip(cnas, convs, bns):
-        conv(cna.conv, cname, cw, bias=False)
-        bn(cna.bn, bname, bw)
+    pairs: list[Pair] = []
+    for cna, (_, cname, cw), (_, bname, bw) in zip(cnas, layers.convs, layers.bns):
+        pairs += _conv_pairs(cna.conv, cname, cw, False, problems)
+        pairs += _bn_pairs(cna.bn, bname, bw, problems)
     for b, attr in (("35", "repeat"), ("17", "repeat_1"), ("8", "repeat_2")):
         for k in range(1, _BLOCKS[b] + 1):
             module = bb.block8 if (b == "8" and k == 10) else getattr(bb, attr)[k - 1]
-            name, w = blocks[(b, k)]
-            conv(module.conv2d, name, w, bias=True)
-    conv(bb.conv2d_7b.conv, "conv_7b", named["conv_7b"], bias=False)
-    if "conv_7b_bn" in named:
-        bn(bb.conv2d_7b.bn, "conv_7b_bn", named["conv_7b_bn"])
+            name, w = layers.blocks[(b, k)]
+            pairs += _conv_pairs(module.conv2d, name, w, True, problems)
+    pairs += _conv_pairs(bb.conv2d_7b.conv, "conv_7b", layers.named["conv_7b"], False, problems)
+    if "conv_7b_bn" in layers.named:
+        pairs += _bn_pairs(bb.conv2d_7b.bn, "conv_7b_bn", layers.named["conv_7b_bn"], problems)
+    return pairs
 
-    # head: Linear/BatchNorm1d modules of model.head in order, against the Keras head layers
-    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
-    norms = [m for m in model.head if isinstance(m, torch.nn.BatchNorm1d)]
+
+def _head_pairs(model_head, head: list, plan: HeadPlan, problems: list[str]) -> list[Pair]:
+    """The Linear and BatchNorm1d modules of vfa's head, in order, against the Keras head layers."""
+    linears = [m for m in model_head if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in model_head if isinstance(m, torch.nn.BatchNorm1d)]
     kdense = [(n, w) for n, w in head if "kernel" in w]
     kbn = [(n, w) for n, w in head if "moving_mean" in w]
-    folded = None
-    if plan.bn_after_relu:  # relu -> BN -> Dense(1): W' = W * s, b' = b + W . (beta - s * mean)
-        (_, w_bn), (_, w_out) = kbn[0], kdense[-1]
-        gamma = w_bn.get("gamma", np.ones_like(w_bn["beta"])).astype(np.float64)
-        s = gamma / np.sqrt(w_bn["moving_variance"].astype(np.float64) + 1e-3)
-        shift = w_bn["beta"].astype(np.float64) - s * w_bn["moving_mean"].astype(np.float64)
-        kernel = w_out["kernel"].astype(np.float64)
-        folded = {"kernel": (kernel * s[:, None]).astype(np.float32),
-                  "bias": (w_out["bias"].astype(np.float64) + shift @ kernel).astype(np.float32)}
-        kdense = kdense[:-1] + [(kdense[-1][0] + " (BN folded)", folded)]
+    if plan.bn_after_relu:
+        kdense = kdense[:-1] + [(kdense[-1][0] + " (BN folded)", _fold_bn(kbn[0][1], kdense[-1][1]))]
+    pairs: list[Pair] = []
     for lin, (name, w) in zip(linears, kdense):
         pairs.append((lin.weight, w["kernel"], f"{name}/kernel", "dense"))
         pairs.append((lin.bias, w["bias"], f"{name}/bias", "vec"))
     if plan.batchnorm:
         for norm, (name, w) in zip(norms, kbn):
-            bn(norm, name, w)
+            pairs += _bn_pairs(norm, name, w, problems)
+    return pairs
 
+
+def _fold_bn(w_bn: dict, w_out: dict) -> dict[str, np.ndarray]:
+    """relu -> BN -> Dense(1) as one Dense: W' = W * s, b' = b + W . (beta - s * mean), exact in inference."""
+    gamma = w_bn.get("gamma", np.ones_like(w_bn["beta"])).astype(np.float64)
+    s = gamma / np.sqrt(w_bn["moving_variance"].astype(np.float64) + 1e-3)
+    shift = w_bn["beta"].astype(np.float64) - s * w_bn["moving_mean"].astype(np.float64)
+    kernel = w_out["kernel"].astype(np.float64)
+    return {"kernel": (kernel * s[:, None]).astype(np.float32),
+            "bias": (w_out["bias"].astype(np.float64) + shift @ kernel).astype(np.float32)}
+
+
+def _copy_weights(pairs: list[Pair], problems: list[str]) -> None:
+    """Each Keras array into its parameter (conv kernels HWIO -> OIHW, Dense kernels transposed);
+    a missing array or a shape that does not fit goes to `problems` instead."""
     with torch.no_grad():
         for param, arr, kname, kind in pairs:
             if arr is None:
@@ -275,20 +334,6 @@ def keras_to_vfa(kf: KerasFile, bn_after_relu: bool | None = None, source: str =
                 problems.append(f"{kname}: Keras shape {tuple(arr.shape)} does not fit vfa's {tuple(param.shape)}")
                 continue
             param.copy_(t)
-    if problems:
-        raise KerasImportError(f"{source} does not match the notebook's architecture:\n  - "
-                               + "\n  - ".join(problems[:30]))
-    for m in model.modules():  # the statistics are Keras' own; the counter only matters for momentum=None
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
-            m.num_batches_tracked.zero_()
-    overrides = {"backbone": "inception_resnet_v2", "pretrained": False, "head": list(plan.hidden),
-                 "head_batchnorm": plan.batchnorm, "global_pool": "avg", "backbone_kwargs": {},
-                 "head_dropout": 0.0, "init": "keras"}
-    offset = convs[0][0]
-    notes = list(plan.notes)
-    notes.append(f"mapped {len(pairs)} tensors from {len(body) + len(head)} Keras layers "
-                 f"({'tf-keras naming' if offset == -1 else f'conv2d_{offset}..conv2d_{convs[-1][0]}'})")
-    return model.eval(), overrides, notes
 
 
 def import_keras(h5: str | Path, out: str | Path | None = None, size: tuple[int, int] | None = None,
@@ -322,5 +367,6 @@ def import_keras(h5: str | Path, out: str | Path | None = None, size: tuple[int,
     out = checkpoint.save(out, model, cfg, force=True, vfa_source=source)
     log(f"wrote {out}: Inception-ResNet-v2, head {tuple(model_cfg['head'])}"
         f"{' + BN' if model_cfg['head_batchnorm'] else ''}, {size[0]}x{size[1]}, nearest resize "
-        f"(preset keras215), from a Keras {kf.keras_version or '?'} {'model' if kf.layout == 'model' else 'weights'} file")
+        f"(preset keras215), from a Keras {kf.keras_version or '?'} "
+        f"{'model' if kf.layout == 'model' else 'weights'} file")
     return model, out

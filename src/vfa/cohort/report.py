@@ -86,7 +86,7 @@ def write_html(path: Path, result: dict, tables: dict[str, pd.DataFrame], figure
     for w in result.get("warnings", []):
         parts.append(f"<p class='warn'>Warning: {e(w)}</p>")
     order = ("subjects", "cox", "cumulative_incidence", "c_index", "agreement", "ph_check", "excluded")
-    titles = {"subjects": "Who entered the analysis", "cox": "Hazard ratios (Cox, Efron ties; Fine–Gray)",
+    titles = {"subjects": "Who entered the analysis", "cox": "Hazard ratios (Cox, Efron ties)",
               "cumulative_incidence": "Cumulative incidence at the horizon (Aalen–Johansen)",
               "c_index": "Discrimination (Harrell's C)", "agreement": "Agreement with the reader",
               "ph_check": "Proportional hazards (scaled Schoenfeld residuals)",

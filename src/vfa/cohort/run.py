@@ -3,10 +3,9 @@
 cohort.json has a stable shape for scripts: n, events (counts per code and outcome), exposure,
 threshold; cox: [{outcome, model: unadjusted|adjusted, term, hr, ci_low, ci_high, p, n, events}]
 (term "exposure": the model's finding; "score_sd": the continuous score per SD; covariates);
-fine_gray: [] (the subdistribution HRs: not yet computed, see docs/cohort.md); cumulative_incidence: [{outcome, group,
-horizon, estimate, ci_low, ci_high, one_minus_km}]; c_index: {outcome, score, estimate, ci_low,
-ci_high} of the first outcome (c_index_all: every outcome); ph_check; agreement (with --reader);
-excluded (count) and warnings.
+cumulative_incidence: [{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
+c_index: {outcome, score, estimate, ci_low, ci_high} of the first outcome (c_index_all: every
+outcome); ph_check; agreement (with --reader); excluded (count) and warnings.
 """
 from __future__ import annotations
 
@@ -24,13 +23,13 @@ METHODS = ("Kaplan–Meier with Greenwood variance and log(-log) CIs; cumulative
            "(lifelines; Greenwood-type variance, delta-method CIs on the log(-log) scale; tied times broken by a "
            "seeded jitter of 1e-5 years, estimates read so that events at the horizon count); Cox proportional "
            "hazards with Efron ties (lifelines, converged to 1e-10), Wald CIs; proportional hazards checked on "
-           "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = higher "
-           "risk) with a percentile bootstrap CI; Cohen's kappa with the Fleiss-Cohen-Everitt SE and PABAK with "
+           "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = "
+           "higher risk) with a percentile bootstrap CI; Cohen's kappa with the Fleiss-Cohen-Everitt SE and PABAK with "
            "a Wilson CI.")
 
 
-def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, list, dict]:
-    cox_rows, fg_rows, ph = [], [], {}
+def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, dict]:
+    cox_rows, ph = [], {}
     for adjusted in ((False, True) if c.covariates else (False,)):
         for term in ("exposure", "score_sd"):
             rows, check = survival.cox(c, outcome, adjusted, term)
@@ -41,7 +40,7 @@ def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, list, dict]:
             if failed:
                 warnings.append(f"proportional hazards may not hold ({name}): Schoenfeld test p < 0.05 for "
                                 f"{', '.join(failed)}; read the hazard ratio as an average over follow-up")
-    return cox_rows, fg_rows, ph
+    return cox_rows, ph
 
 
 def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str = "predicted",
@@ -56,10 +55,10 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
                         reader)
         log(f"cohort: {len(c.frame)} subjects analysed, {len(c.excluded)} rows left out (exclusions.csv)")
         warnings: list[str] = []
-        cox_rows, fg_rows, ph, incidence, cindex, figures = [], [], {}, [], [], {}
+        cox_rows, ph, incidence, cindex, figures = [], {}, [], [], {}
         for outcome in c.outcomes:
-            rows, fg, checks = _models(c, outcome, warnings)
-            cox_rows, fg_rows, ph = cox_rows + rows, fg_rows + fg, {**ph, **checks}
+            rows, checks = _models(c, outcome, warnings)
+            cox_rows, ph = cox_rows + rows, {**ph, **checks}
             ci_rows, aj = survival.cumulative_incidence(c, outcome, horizon)
             incidence += ci_rows
             cindex.append(survival.c_index(c, outcome))
@@ -68,8 +67,8 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
             figures[f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
             figures[f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
                                                            incidence_figure(aj, km, outcome, horizon))
-        figures["Hazard ratios"] = ("forest.png", forest_figure(cox_rows + fg_rows))
-        result = _result(c, cox_rows, fg_rows, incidence, cindex, ph, warnings)
+        figures["Hazard ratios"] = ("forest.png", forest_figure(cox_rows))
+        result = _result(c, cox_rows, incidence, cindex, ph, warnings)
         if reader:
             result["agreement"] = agreement(_binary(c.frame["reader"]), c.frame["exposure"])
         _write(out, c, result, figures)
@@ -89,12 +88,12 @@ def _binary(values: pd.Series) -> pd.Series:
     return text.map(mapping)
 
 
-def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> dict:
+def _result(c: Cohort, cox_rows, incidence, cindex, ph, warnings) -> dict:
     events = {o: {str(k): int(v) for k, v in c.frame[o].value_counts().sort_index().items()} for o in c.outcomes}
     text = ("the model's finding (the predictions' 'predicted' column)" if c.threshold is None else
             f"score >= {c.threshold:g} ('{'raw' if c.exposure == 'predicted' else c.exposure}')")
     return {"n": len(c.frame), "events": events, "exposure": c.exposure, "exposure_text": text,
-            "threshold": c.threshold, "cox": cox_rows, "fine_gray": fg_rows, "cumulative_incidence": incidence,
+            "threshold": c.threshold, "cox": cox_rows, "cumulative_incidence": incidence,
             "c_index": cindex[0], "c_index_all": cindex, "ph_check": ph, "excluded": len(c.excluded),
             "warnings": warnings, "methods": METHODS}
 
@@ -102,7 +101,7 @@ def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> di
 def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
     tables = {"subjects": pd.DataFrame([{"outcome": o, **{f"code {k}": v for k, v in e.items()}}
                                         for o, e in result["events"].items()]),
-              "cox": pd.DataFrame(result["cox"] + result["fine_gray"]),
+              "cox": pd.DataFrame(result["cox"]),
               "cumulative_incidence": pd.DataFrame(result["cumulative_incidence"]),
               "c_index": pd.DataFrame(result["c_index_all"]),
               "ph_check": pd.DataFrame([{"model": m, "term": t, "p": p} for m, d in result["ph_check"].items()
@@ -110,9 +109,10 @@ def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
               "excluded": pd.DataFrame(c.excluded[:50], columns=["file", "line", "id", "reason"])}
     if "agreement" in result:
         a = result["agreement"]
-        tables["agreement"] = pd.DataFrame([{"n": a["n"], "observed agreement": a["observed_agreement"],
-                                             "kappa": a["kappa"], "kappa CI": f"{a['kappa_ci'][0]:.3f}-{a['kappa_ci'][1]:.3f}",
-                                             "PABAK": a["pabak"], "PABAK CI": f"{a['pabak_ci'][0]:.3f}-{a['pabak_ci'][1]:.3f}"}])
+        tables["agreement"] = pd.DataFrame([{
+            "n": a["n"], "observed agreement": a["observed_agreement"],
+            "kappa": a["kappa"], "kappa CI": f"{a['kappa_ci'][0]:.3f}-{a['kappa_ci'][1]:.3f}",
+            "PABAK": a["pabak"], "PABAK CI": f"{a['pabak_ci'][0]:.3f}-{a['pabak_ci'][1]:.3f}"}])
     result["excluded_more"] = max(0, len(c.excluded) - 50)
     write_json(out / "cohort.json", result)
     atomic_write(out / "exclusions.csv", pd.DataFrame(c.excluded, columns=["file", "line", "id", "reason"])

@@ -184,16 +184,7 @@ def read_dicom(path: str | Path, frame: int | None = None, max_pixels: int | Non
     return arr, info
 
 
-def dicom_pixels(path: str | Path, frame: int | None = None) -> np.ndarray:
-    """pydicom's own decoding of the pixel data (frame `frame` of a multi-frame file), before any
-    LUT: what `read_dicom` starts from, with the same checks and errors."""
-    try:
-        return _read(Path(path), frame, MAX_PIXELS, raw=True)
-    except DicomError as exc:
-        raise BadImageError(path, str(exc)) from None
-
-
-def _read(path: Path, frame: int | None, max_pixels: int, raw: bool = False):
+def _read(path: Path, frame: int | None, max_pixels: int):
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
@@ -248,8 +239,6 @@ def _read(path: Path, frame: int | None, max_pixels: int, raw: bool = False):
                 raise DicomError(reason)
         try:
             arr = pixel_array(ds, index=index)
-            if raw:
-                return arr
             gray, voi = gray_from_pixels(arr, ds)
         except MemoryError:
             raise DicomError("image too large to decode in memory") from None

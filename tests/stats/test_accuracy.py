@@ -98,7 +98,7 @@ def _data(n=120, seed=0, ties=False):
 @pytest.mark.parametrize("ties", [False, True])
 def test_delong_matches_definition_and_sklearn(ties):
     y, a, b = _data(ties=ties)
-    auc, cov = stats._delong(y, np.vstack([a, b]))
+    auc, cov = stats.delong_covariance(y, np.vstack([a, b]))
     ref_auc, ref_cov = _delong_bruteforce(y, np.vstack([a, b]))
     assert auc == pytest.approx(ref_auc, abs=1e-12)
     assert auc[0] == pytest.approx(roc_auc_score(y, a))

@@ -41,7 +41,8 @@ def read_csv(path: str | Path, what: str) -> pd.DataFrame:
     return frame
 
 
-def _need(frame: pd.DataFrame, columns, path) -> None:
+def require_columns(frame: pd.DataFrame, columns, path) -> None:
+    """CohortError naming every one of `columns` that `frame` (read from `path`) lacks."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise CohortError(f"{path}: no column {', '.join(repr(c) for c in missing)} (columns: "
@@ -55,7 +56,8 @@ def _unique(frame: pd.DataFrame, key: str, path) -> None:
                           "per image or patient")
 
 
-def _numbers(frame: pd.DataFrame, column: str, path) -> pd.Series:
+def numeric_column(frame: pd.DataFrame, column: str, path) -> pd.Series:
+    """A text column as numbers (empty cells NaN); CohortError naming the CSV lines that are not."""
     text = frame[column].str.strip()
     values = pd.to_numeric(text, errors="coerce")
     bad = values.isna() & (text != "")
@@ -79,7 +81,7 @@ class Cohort:
 def follow_up(frame: pd.DataFrame, time: str, start: str | None, end: str | None, path) -> pd.Series:
     """Years from the scan: the `time` column, or (end - start) dates / 365.25."""
     if start or end:
-        _need(frame, [c for c in (start, end) if c], path)
+        require_columns(frame, [c for c in (start, end) if c], path)
         if not (start and end):
             raise CohortError("--start-date and --end-date go together (follow-up = end - start)")
         s, e = (pd.to_datetime(frame[c].str.strip(), errors="coerce") for c in (start, end))
@@ -87,8 +89,8 @@ def follow_up(frame: pd.DataFrame, time: str, start: str | None, end: str | None
         if bad.any():
             raise CohortError(f"{path}: unreadable dates in '{start}'/'{end}' on CSV lines {_lines(bad)}")
         return (e - s).dt.days / 365.25
-    _need(frame, [time], path)
-    return _numbers(frame, time, path)
+    require_columns(frame, [time], path)
+    return numeric_column(frame, time, path)
 
 
 def _exclude(excluded: list, path, frame: pd.DataFrame, mask, id_col: str, reason: str) -> None:
@@ -137,21 +139,22 @@ def load_cohort(predictions, outcomes, id_col: str = "image_id", exposure: str =
     if exposure not in EXPOSURES:
         raise CohortError(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     score = "raw" if exposure == "predicted" else exposure
-    _need(pred, [id_col, score, *(["predicted"] if exposure == "predicted" and threshold is None else [])], predictions)
-    _need(out, [id_col, *events, *adjust], outcomes)
+    require_columns(pred, [id_col, score, *(["predicted"] if exposure == "predicted" and threshold is None else [])],
+                    predictions)
+    require_columns(out, [id_col, *events, *adjust], outcomes)
     if reader and reader not in out.columns and reader not in pred.columns:
         raise CohortError(f"no reader column '{reader}' in {outcomes} or {predictions}")
     for frame, path in ((pred, predictions), (out, outcomes)):
         frame["_line"] = range(2, len(frame) + 2)
         frame[id_col] = frame[id_col].str.strip()
         _unique(frame, id_col, path)
-    pred["score"] = _numbers(pred, score, predictions)
+    pred["score"] = numeric_column(pred, score, predictions)
     out["time"] = follow_up(out, time, start, end, outcomes)
     if (out["time"] < 0).any():
         raise CohortError(f"{outcomes}: negative follow-up time on CSV lines {_lines(out['time'] < 0)}")
     code = dict(zip(("censored", "event", "competing"), codes))
     for col in events:
-        values = _numbers(out, col, outcomes)
+        values = numeric_column(out, col, outcomes)
         unknown = values.notna() & ~values.isin(list(code.values()))
         if unknown.any():
             raise CohortError(f"{outcomes}: '{col}' has codes other than {sorted(code.values())} on CSV lines "
@@ -168,7 +171,7 @@ def load_cohort(predictions, outcomes, id_col: str = "image_id", exposure: str =
     if joined.empty:
         raise CohortError(f"no row of {outcomes} matches a row of {predictions} on '{id_col}' with complete data")
     if exposure == "predicted" and threshold is None:
-        joined["exposure"] = _numbers(joined, "predicted", predictions).astype(int)
+        joined["exposure"] = numeric_column(joined, "predicted", predictions).astype(int)
     else:
         threshold = 0.5 if threshold is None else float(threshold)
         joined["exposure"] = (joined["score"] >= threshold).astype(int)

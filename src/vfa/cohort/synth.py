@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vfa.cohort.data import _need, _numbers, read_csv
+from vfa.cohort.data import numeric_column, read_csv, require_columns
 from vfa.runs import atomic_write, refuse_existing
 
 # log hazard ratios per unit of each covariate (age per 10 years, T-score per SD), and the
@@ -50,9 +50,9 @@ def synth_cohort(predictions: str | Path, out: str | Path, hr: float = 1.85, see
     if not hr > 0:
         raise ValueError(f"--hr must be > 0, got {hr}")
     pred = read_csv(predictions, "predictions")
-    _need(pred, [id_col, "raw" if threshold is not None else "predicted"], predictions)
-    exposure = (_numbers(pred, "raw", predictions) >= threshold) if threshold is not None else \
-        _numbers(pred, "predicted", predictions)
+    require_columns(pred, [id_col, "raw" if threshold is not None else "predicted"], predictions)
+    exposure = (numeric_column(pred, "raw", predictions) >= threshold) if threshold is not None else \
+        numeric_column(pred, "predicted", predictions)
     out = refuse_existing(out, force, inputs=[predictions])
     frame = pd.concat([pred[[id_col]].reset_index(drop=True),
                        draw_outcomes(exposure.to_numpy(int), hr, seed)], axis=1)

@@ -13,7 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vfa.data.samples import (DataError, Samples, check_leakage, is_manifest, load_samples, read_manifest, scan_folder, split_source, inspect_all)
+from vfa.data.samples import (DataError, Samples, check_leakage, is_manifest, load_samples, read_manifest, scan_folder,
+                              split_source, inspect_all)
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -166,11 +167,18 @@ def _problems(rows, classes, unusable, leakage, duplicates, good, stats) -> tupl
     return errors, warnings
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def text_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a plain-text table: columns padded to their widest cell, the first left-aligned,
+    the rest right-aligned (numbers line up)."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return [fmt(cells[0]), *(fmt(r) for r in cells[1:])]
+
+
+_table = text_table  # the old name, for vfa.cli.study_cmds until it imports text_table
 
 
 def format_report(rep: dict, max_listed: int = 20) -> str:
@@ -184,7 +192,7 @@ def format_report(rep: dict, max_listed: int = 20) -> str:
         rows.append(["(manifest rows)", *("" for _ in classes), "", unattributed])
     if len(rows) > 1:
         rows.append(["total", *(total[c] for c in classes), total["usable"], len(rep["unusable"])])
-    lines += _table(["split", *classes, "usable", "unusable"], rows) + [""]
+    lines += text_table(["split", *classes, "usable", "unusable"], rows) + [""]
     width = max(len(k) for k in rep["stats"]) + 2
     for key, values in rep["stats"].items():
         if values:  # DICOM rows only when there is DICOM, color mode only for other formats

@@ -139,7 +139,8 @@ def summary(frame: pd.DataFrame, by: str, stratify: str | None, column: str = "s
     for name, g in frame.groupby(column, sort=False):
         row = {column: name, "patients": g[by].nunique(), "images": len(g)}
         if stratify:
-            row.update({f"{stratify}={k}": int(v) for k, v in g[stratify].astype(str).value_counts().sort_index().items()})
+            counts = g[stratify].astype(str).value_counts().sort_index()
+            row.update({f"{stratify}={k}": int(v) for k, v in counts.items()})
         rows.append(row)
     order = {n: i for i, n in enumerate(SPLIT_NAMES)}
     table = pd.DataFrame(rows).fillna(0)
@@ -184,7 +185,7 @@ def run_split(manifest: str | Path, out: str | Path | None = None, by: str = "pa
 
 
 def format_summary(table: pd.DataFrame) -> str:
-    from vfa.data.check import _table
+    from vfa.data.check import text_table
 
     rows = [[str(v) if not isinstance(v, float) else f"{v:g}" for v in r] for r in table.itertuples(index=False)]
-    return "\n".join(_table([str(c) for c in table.columns], rows))
+    return "\n".join(text_table([str(c) for c in table.columns], rows))

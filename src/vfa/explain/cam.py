@@ -28,7 +28,7 @@ import torch
 from vfa.data.dataset import ImageDataset
 from vfa.data.samples import Samples
 from vfa.data.transforms import create_transform
-from vfa.explain.geometry import _activations, _as_nchw, cam_network, resolve_layer, upsample
+from vfa.explain.geometry import as_nchw, cam_network, layer_activations, resolve_layer, upsample
 from vfa.explain.localization import localize
 from vfa.models.network import p_fracture
 from vfa.registry import CAM_METHODS as REGISTRY
@@ -69,9 +69,9 @@ def grad_cam(model, x: torch.Tensor, method: str = "gradcam", layer: str | None 
     # the input requires grad so that the map does even in a backbone without parameters
     x = x.to(next(model.parameters()).device).detach().requires_grad_(True)
     with torch.enable_grad():
-        acts, logits = _activations(model, x, target)
+        acts, logits = layer_activations(model, x, target)
         grads = torch.autograd.grad(logits.float().sum(), acts)[0]  # images are independent (eval mode)
-    a, g = (_as_nchw(t.detach().float(), model.backbone) for t in (acts, grads))
+    a, g = (as_nchw(t.detach().float(), model.backbone) for t in (acts, grads))
     cam = weigh(g, a).clamp(min=0)
     peak = cam.amax(dim=(1, 2), keepdim=True)
     # an all-zero map stays zero (the notebook's division would have given NaN)
@@ -147,7 +147,8 @@ def _iter_cams(model, paths: list[str], method: str | None = None, layer: str | 
                 logits = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
         for cam, z, i in zip(cams, logits, idx.tolist()):
             gray = transform.read(paths[i])  # the checkpoint's frame and normalization, full size
-            yield paths[i], p_fracture(float(z), temperature), gray, upsample(cam, gray.shape, centres, model.config.data.size)
+            yield (paths[i], p_fracture(float(z), temperature), gray,
+                   upsample(cam, gray.shape, centres, model.config.data.size))
 
 
 def localization_rows(model, paths: list[str], boxes: dict[str, list], method: str | None = None,

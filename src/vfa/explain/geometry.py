@@ -29,7 +29,7 @@ def resolve_layer(model, name: str | None):
     return modules[name]
 
 
-def _as_nchw(t: torch.Tensor, backbone) -> torch.Tensor:
+def as_nchw(t: torch.Tensor, backbone) -> torch.Tensor:
     """timm's forward_features is NCHW for CNNs, NHWC for some (Swin) and tokens for ViTs."""
     c = backbone.num_features
     if t.dim() == 4 and t.shape[1] != c and t.shape[-1] == c:
@@ -44,7 +44,7 @@ def _as_nchw(t: torch.Tensor, backbone) -> torch.Tensor:
     return t
 
 
-def _activations(model, x: torch.Tensor, target):
+def layer_activations(model, x: torch.Tensor, target):
     """(target layer's output, logits) with the graph kept; target None: forward_features' output."""
     if target is None:
         acts = model.backbone.forward_features(x)
@@ -111,12 +111,12 @@ def cell_centres(model, layer: str | None = None, n: int = 1, probes: int = 6):
     x = x.to(next(twin.parameters()).device).requires_grad_(True)
     with torch.enable_grad():
         try:
-            acts = _activations(twin, x, resolve_layer(twin, layer))[0]
+            acts = layer_activations(twin, x, resolve_layer(twin, layer))[0]
         except (AssertionError, RuntimeError, ValueError):  # a fixed input size (ViT, Swin)
             return None
         if acts.dim() != 4:
             return None
-        acts = _as_nchw(acts, twin.backbone)
+        acts = as_nchw(acts, twin.backbone)
         h, w = acts.shape[-2:]
         if min(h, w) < 8:  # too few interior cells to fit
             return None
@@ -182,7 +182,7 @@ def dense_model(model, output_stride: int | None):
         dense.config = model.config
         probe = torch.rand(1, 3, *model.config.data.size, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
-            a, b = (_as_nchw(m.backbone.forward_features(probe), m.backbone) for m in (model, dense))
+            a, b = (as_nchw(m.backbone.forward_features(probe), m.backbone) for m in (model, dense))
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
         raise ConfigError(f"--output-stride {output_stride}: {model.config.model.backbone} cannot run at it "
                           f"({type(exc).__name__}: {str(exc)[:200]})") from None

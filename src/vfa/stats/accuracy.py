@@ -68,7 +68,7 @@ def likelihood_ratios(tp: int, fp: int, fn: int, tn: int, alpha: float = 0.05) -
 
 # --- DeLong ------------------------------------------------------------------------------------
 
-def _delong(y, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def delong_covariance(y, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs (k,) and their covariance (k, k) for k score rows, by fast DeLong (Sun & Xu 2014).
 
     Midranks replace the O(m n) placement-value sums of DeLong et al. (1988): for positive i,
@@ -99,7 +99,7 @@ def delong_ci(y, p, alpha: float = 0.05) -> dict:
     if m < 2 or n < 2:
         return {"auc": float(roc_auc_score(y, p)), "auc_se": math.nan, "auc_ci": NAN2,
                 "notes": ["AUC CI undefined: DeLong needs at least 2 images per class"]}
-    auc, cov = _delong(y, p)
+    auc, cov = delong_covariance(y, p)
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
     z = float(stats.norm.ppf(1 - alpha / 2))
     notes = ["AUC CI degenerate: DeLong variance is zero (perfect separation)"] if se == 0 else []
@@ -114,7 +114,7 @@ def delong_paired(y, p_a, p_b, alpha: float = 0.05) -> dict:
     if m < 2 or n < 2:
         return {"auc_a": math.nan, "auc_b": math.nan, "diff": math.nan, "diff_ci": NAN2, "z": math.nan,
                 "p": math.nan, "notes": ["paired DeLong undefined: needs at least 2 images per class"]}
-    auc, cov = _delong(y, np.vstack([p_a, p_b]))
+    auc, cov = delong_covariance(y, np.vstack([p_a, p_b]))
     diff = float(auc[0] - auc[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))

@@ -64,7 +64,8 @@ def test_cam_peaks_where_the_logit_looks(method, blob, stripes):
         assert logits == pytest.approx(model(x).detach().numpy(), rel=1e-5)
         heat = geometry.upsample(cams[0], img.shape)
         assert heat.max() == pytest.approx(1.0, abs=1e-6)
-        assert localization.localize(heat, [inside])["pointing_hit"], (weights, np.unravel_index(heat.argmax(), heat.shape))
+        assert localization.localize(heat, [inside])["pointing_hit"], (weights,
+                                                                        np.unravel_index(heat.argmax(), heat.shape))
         assert not localization.localize(heat, [outside])["pointing_hit"]
         assert localization.localize(heat, [inside])["mass_in_boxes"] > 0.5
 

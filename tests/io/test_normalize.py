@@ -49,7 +49,8 @@ def test_constant_image_becomes_zeros(mode):
     assert not np.isnan(out).any() and (out == 0).all()
 
 
-@pytest.mark.parametrize("spec", ["bogus", "percentile:99,1", "percentile:5", "equalize:1", "minmax:3", "percentile:a,b"])
+@pytest.mark.parametrize("spec", ["bogus", "percentile:99,1", "percentile:5", "equalize:1", "minmax:3",
+                                  "percentile:a,b"])
 def test_bad_values_are_config_errors(spec):
     with pytest.raises(NormalizeError) as info:
         parse(spec)

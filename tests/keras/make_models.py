@@ -128,8 +128,8 @@ def main(out):
         np.save(os.path.join(out, case + ".npy"), p)
         np.save(os.path.join(out, case + "_files.npy"), pf)
         names = [w.name for w in model.layers[0].weights]
-        info["cases"][case] = {"head": head, "format": fmt, "offset": offset, "first_weight": names[0], "logit_scale": scale,
-                               "probs": p.tolist()}
+        info["cases"][case] = {"head": head, "format": fmt, "offset": offset, "first_weight": names[0],
+                               "logit_scale": scale, "probs": p.tolist()}
         print(case, names[0], f"scale {scale:.3g}", np.round(p, 4).tolist(), flush=True)
     with open(os.path.join(out, "cases.json"), "w") as f:
         json.dump(info, f, indent=1)

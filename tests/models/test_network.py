@@ -3,7 +3,8 @@ import torch
 
 from vfa.models.network import VFANet, build_model, keras_init_
 
-IRV2_BACKBONE_PARAMS = 54_306_464  # timm inception_resnet_v2 without classifier (Keras: 54,336,736 incl. BN gammas=1 absent)
+# timm inception_resnet_v2 without classifier (Keras: 54,336,736 incl. BN gammas=1 absent)
+IRV2_BACKBONE_PARAMS = 54_306_464
 
 
 def _count(module):

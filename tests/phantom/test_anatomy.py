@@ -44,7 +44,10 @@ def _rim(an, sh, j, side, plate):
     phi, s = an["phi"][j], sh[j]
     eu, ev = np.array([np.cos(phi), -np.sin(phi)]), np.array([np.sin(phi), np.cos(phi)])
     hu = s["ha"] if side < 0 else s["hp"]
-    v = -s["ref"] / 2 + s["k_top"] * (s["ref"] - hu) if plate == "top" else s["ref"] / 2 - (1 - s["k_top"]) * (s["ref"] - hu)
+    if plate == "top":
+        v = -s["ref"] / 2 + s["k_top"] * (s["ref"] - hu)
+    else:
+        v = s["ref"] / 2 - (1 - s["k_top"]) * (s["ref"] - hu)
     return np.array([an["cx"][j], an["cy"][j]]) + side * an["w"][j] / 2 * eu + v * ev
 
 
@@ -54,7 +57,10 @@ def test_settle_keeps_discs_and_adds_the_wedge_angle_as_local_kyphosis_balanced_
               w=np.full(n, 14.0), frame=np.array([0.5, 0.0]), size=np.array([100, 200]), fill=0.83)
     sh = [dict(ha=10.0, hm=10.0, hp=10.0, ref=10.0, k_top=0.5, ha0=10.0, hp0=10.0) for _ in range(n)]
     sh[6].update(ha=5.0, hm=7.5, k_top=0.7)                     # T10: anterior wedge, half its height
-    disc = lambda a, j, side: np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))  # noqa: E731
+
+    def disc(a, j, side):
+        return np.linalg.norm(_rim(a, sh, j + 1, side, "top") - _rim(a, sh, j, side, "bottom"))
+
     assert disc(an, 5, -1) == pytest.approx(3 + 0.7 * 5)         # before: the gap a real spine closes
     out = settle(an, sh)
     k = out["h"][0] / 10          # framed again to the same height: the bodies grow by what collapsed

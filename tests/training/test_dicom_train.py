@@ -24,8 +24,9 @@ def test_train_evaluate_predict_from_dicom(tmp_path, capsys):
     assert "DICOM: 40" in capsys.readouterr().out
 
     # --train MANIFEST: train and val are its splits; --test MANIFEST: its test split
-    args = ["train", "--preset", "cpu-demo", "--train", str(data / "manifest.csv"), "--test", str(data / "manifest.csv"),
-            "--out", str(run), "--epochs", "1", "--set", "data.normalize=percentile:1,99"]
+    args = ["train", "--preset", "cpu-demo", "--train", str(data / "manifest.csv"),
+            "--test", str(data / "manifest.csv"), "--out", str(run), "--epochs", "1",
+            "--set", "data.normalize=percentile:1,99"]
     for item in TINY:
         args += ["--set", item]
     assert cli_main(args) == 0

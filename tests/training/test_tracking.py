@@ -80,7 +80,8 @@ def test_runs_list_and_compare(tiny_phantom, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["runs", "compare", str(a), str(b)]) == 0
     text = capsys.readouterr().out
-    lines = {line.split()[0] + " " + line.split()[1]: line.split() for line in text.splitlines() if len(line.split()) > 2}
+    lines = {line.split()[0] + " " + line.split()[1]: line.split()
+             for line in text.splitlines() if len(line.split()) > 2}
     assert lines["optim.lr 0.001"][2] == "0.0005" and lines["optim.epochs 1"][2] == "2"
     last_a, last_b = (pd.read_csv(r / "history.csv")["auc"].iloc[-1] for r in (a, b))
     auc_row = next(line.split() for line in text.splitlines() if line.startswith("last val auc"))

@@ -1,8 +1,9 @@
 """Agreement of the model's finding with a reader: Cohen's kappa and PABAK, with 95 % CIs.
 
 Kappa's CI uses the large-sample standard error of Fleiss, Cohen and Everitt (1969), as
-statsmodels' `cohens_kappa` and R's `psych::cohen.kappa` do (a Wald interval, cut at -1 and 1); PABAK = 2 p_o - 1 (Byrt, Bishop and
-Carlin 1993), its CI the Wilson interval of the observed agreement p_o, mapped the same way.
+statsmodels' `cohens_kappa` and R's `psych::cohen.kappa` do (a Wald interval, cut at -1 and 1);
+PABAK = 2 p_o - 1 (Byrt, Bishop and Carlin 1993), its CI the Wilson interval of the observed
+agreement p_o, mapped the same way.
 """
 from __future__ import annotations
 

@@ -51,10 +51,12 @@ def summarize(rows) -> dict:
     return {"n_fractured": n, "pointing_hits": hits, "pointing_game": hits / n if n else math.nan,
             "pointing_game_ci": list(wilson(hits, n)),
             f"pointing_game_tol{POINTING_TOLERANCE_PX}px": hits_tol / n if n else math.nan,
-            f"pointing_game_tol{POINTING_TOLERANCE_PX}px_ci": list(wilson(hits_tol, n)), "mass_in_boxes": float(np.mean(mass)) if mass else math.nan,
+            f"pointing_game_tol{POINTING_TOLERANCE_PX}px_ci": list(wilson(hits_tol, n)),
+            "mass_in_boxes": float(np.mean(mass)) if mass else math.nan,
             "mass_in_boxes_median": float(np.median(mass)) if mass else math.nan,
             "definition": "pointing game: share of fractured images whose heatmap maximum (at original "
-                          "resolution) lies inside a fractured vertebra's box (tolN: within N px of one, as Zhang et al. 2018); 95 % CI Wilson. Mass: share of "
+                          "resolution) lies inside a fractured vertebra's box (tolN: within N px of one, as "
+                          "Zhang et al. 2018); 95 % CI Wilson. Mass: share of "
                           "the heatmap's sum inside those boxes, mean over the same images."}
 
 

@@ -95,8 +95,9 @@ def check_vertebrae(table) -> None:
            "type": ~table["type"].astype(str).str.lower().isin(SHAPES)}
     for col, mask in bad.items():
         if mask.any():
-            raise ConfigError(f"vertebrae table: {col} '{table.loc[mask, col].iloc[0]}' (row {int(mask.to_numpy().argmax()) + 2}) "
-                              f"is not one of {', '.join(map(str, LEVELS if col == 'level' else (0, 1, 2, 3) if col == 'grade' else SHAPES))}")
+            allowed = LEVELS if col == "level" else (0, 1, 2, 3) if col == "grade" else SHAPES
+            raise ConfigError(f"vertebrae table: {col} '{table.loc[mask, col].iloc[0]}' "
+                              f"(row {int(mask.to_numpy().argmax()) + 2}) is not one of {', '.join(map(str, allowed))}")
 
 
 def vertebra_rows(vertebrae, file: str, path: str) -> list[dict]:
@@ -139,7 +140,8 @@ class DicomWriter:
             return
         found = next((f for f in self.out.iterdir() if f.name == INDEX or f.name.endswith(("_sr.dcm", ".dcm"))), None)
         if found is not None:
-            raise FileExistsError(f"{self.out} already holds DICOM outputs ({found.name}); pass --force to replace them")
+            raise FileExistsError(f"{self.out} already holds DICOM outputs ({found.name}); "
+                                  "pass --force to replace them")
 
     def refuse_existing(self, targets) -> None:
         existing = [t for t in targets if t.exists()]
@@ -160,7 +162,7 @@ class DicomWriter:
 
     def add(self, file: str, path, p: float, positive: bool, overlay: np.ndarray | None = None,
             vertebrae=()) -> dict:
-        """Long: one image's SR and SCs (heatmap, vertebrae, or the plain banner image), then its index row."""
+        """One image's SR and SCs (heatmap, vertebrae, or the plain banner image), then its index row."""
         src = read_source(path)
         if "StudyInstanceUID" not in src or "SOPInstanceUID" not in src:
             raise ConfigError(f"--dicom-out: {public_path(Path(path).as_posix())} has no StudyInstanceUID or "
@@ -231,7 +233,8 @@ def write_outputs(rows, sources, out_dir, model: ModelInfo, vertebrae=None, over
     out.mkdir(parents=True, exist_ok=True)
     writer = DicomWriter(out, model, force, frame)
     writer.check()
-    score = next((c for c in (model.score, "raw", "p_fracture") if c in rows), None)  # a per-vertebra model's: p_fracture
+    # the model's score column; a per-vertebra model's is p_fracture
+    score = next((c for c in (model.score, "raw", "p_fracture") if c in rows), None)
     if score is None:
         raise ConfigError(f"the predictions have no {model.score}, raw or p_fracture column")
     for (_, r), path in zip(rows.iterrows(), sources):

@@ -101,7 +101,7 @@ def _image_group(src, p: float, positive: bool, model: ModelInfo, c: dict):
 
 
 def _vertebra_group(src, v, model: ModelInfo, c: dict):
-    """Long: one TID 1410 group holds the level, outline, P(fracture), grade and shape of a vertebra."""
+    """One vertebra's TID 1410 group: its level, outline, P(fracture), grade and shape."""
     import highdicom as hd
 
     grade = int(v["grade"])

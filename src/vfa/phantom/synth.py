@@ -187,7 +187,8 @@ def _background(rng, an, H, W, s):
 
 def render_phantom(rng: np.random.Generator, size=(1024, 614), fractures: list[dict] | None = None,
                    bit_depth=8, settle: bool = True) -> tuple[np.ndarray, dict]:
-    """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with level/grade/type/height_loss).
+    """One image (uint8 or uint16, H×W) and its annotation dict (levels, boxes, fractures with
+    level/grade/type/height_loss).
 
     Every random draw happens in a fixed order that does not depend on `fractures`, so the same rng
     state with and without fractures gives the same patient, differing only at the fractured levels
@@ -307,7 +308,8 @@ def phantom_config(preset: str | None = None, **given) -> PhantomConfig:
 
 
 def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force: bool = False) -> pd.DataFrame:
-    """Write the whole phantom dataset and manifest.csv atomically enough (write files then manifest last, manifest via temp file + os.replace); returns the manifest.
+    """Write the whole phantom dataset and manifest.csv atomically enough (the files first, the
+    manifest last, through a temp file and os.replace); returns the manifest.
 
     Layout: OUT/{train,val,test}/{norm,frac}/phantom_NNNNN.png + OUT/manifest.csv. Refuses a
     non-empty OUT unless force=True, which removes only what this function writes.

@@ -4,7 +4,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # two xdist workers on two cores:
 
 import pytest  # noqa: E402
 
+from tests import oracles  # noqa: E402
 from tests.helpers import write_folder  # noqa: E402
+
+
+def pytest_report_header(config):
+    """Whether a missing test oracle (tests/oracles.py) skips or fails, and why `make oracles` last failed."""
+    mode = ("a missing one FAILS (VFA_REQUIRE_ORACLES=1 or CI=true)" if oracles.required() else
+            "a missing one skips, saying why (-rs); VFA_REQUIRE_ORACLES=1 makes it a failure")
+    lines = [f"test oracles: {mode}"]
+    failed = oracles.earlier_failure()
+    if failed:
+        lines.append(f"test oracles: `make oracles` failed earlier ({failed}); retry: make oracles ORACLES_RETRY=1")
+    return lines
 
 
 @pytest.fixture

@@ -2,32 +2,27 @@
 live server. Open the worklist and a case, toggle the heatmap, record reads of two readers with the
 keyboard, reload and find them, export, and check the agreement page against scikit-learn.
 
-Needs /usr/bin/chromium and the playwright package (`bash tests/app/make_browser.sh`, which `make
-test` runs); without them the test skips, saying why. VFA_REVIEW_SCREENSHOTS=DIR keeps the two
-screenshots there."""
+Needs Debian's chromium and the playwright package, test oracles (tests/oracles.py) that `make oracles`
+installs: without them the test skips, saying why, or fails under VFA_REQUIRE_ORACLES=1 / CI=true.
+VFA_REVIEW_SCREENSHOTS=DIR keeps the two screenshots there."""
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
+from tests import oracles
 from tests.app.support import free_port, start_server, write_review_set
 from vfa.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - reported as the skip reason
-    sync_playwright = None
 
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium: run `bash tests/app/make_browser.sh` (apt-get install "
-                                                "chromium)"),
-    pytest.mark.skipif(sync_playwright is None, reason="no playwright: pip install playwright (or make_browser.sh)"),
-]
+@pytest.fixture
+def browser_oracle():
+    """Debian's chromium and Playwright's sync_playwright: a missing one skips (fails where required)."""
+    return oracles.chromium(), oracles.playwright()
+
 
 ALICE = ["2", "0", "y", "n", "3", "1"]    # keys pressed on cases 1..6, then Enter
 BOB = ["2", "n", "0", "3", "1", "0"]
@@ -70,11 +65,12 @@ def _read_cases(page, keys):
         assert f"/case/{i + 1}" in page.url, page.url
 
 
-def test_two_readers_with_the_keyboard(server, tmp_path):
+def test_two_readers_with_the_keyboard(browser_oracle, server, tmp_path):
+    chromium, sync_playwright = browser_oracle
     url = server["url"]
     shots = Path(os.environ.get("VFA_REVIEW_SCREENSHOTS") or tmp_path)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         alice = _login(browser, url, "alice")
         assert alice.locator("#worklist tbody tr").count() == 12
         alice.select_option("select[name=sort]", "p")

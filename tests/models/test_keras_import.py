@@ -1,8 +1,10 @@
 """`vfa import-keras`: the notebook's Keras .h5 -> a vfa checkpoint (h5py only, no TensorFlow).
 
 The equivalence tests build the notebook's model in real Keras (tf-keras) in a separate test-only
-venv (tests/keras/make_env.sh, `.venv-keras`; TensorFlow is never a vfa dependency), save it as .h5
-and compare Keras' probabilities with vfa's on the same inputs. Everything else runs without it.
+venv (`.venv-keras`, a test oracle that `make oracles` builds with tests/keras/make_env.sh; TensorFlow is
+never a vfa dependency), save it as .h5 and compare Keras' probabilities with vfa's on the same inputs.
+Without that env they skip, or fail under VFA_REQUIRE_ORACLES=1 / CI=true (tests/oracles.py); a test
+never installs it. Everything else runs without it.
 """
 import json
 import os
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import oracles
 import vfa
 from vfa.models.keras import importer as ki
 from vfa.models.keras.head import head_spec, plan_head
@@ -233,27 +236,9 @@ def test_roundtrip_weights_file_with_tf1_scopes_and_fine_tune(tmp_path, tiny_pha
 
 
 # --------------------------------------------------------------------------- against real Keras
-def _keras_python() -> Path:
-    """The test-only Keras venv's python: $VFA_KERAS_PYTHON, or .venv-keras (created on demand)."""
-    if os.environ.get("VFA_KERAS_PYTHON"):
-        return Path(os.environ["VFA_KERAS_PYTHON"])
-    py = ROOT / ".venv-keras" / "bin" / "python"
-    if not (ROOT / ".venv-keras" / ".vfa-keras-installed").is_file():
-        try:
-            res = subprocess.run(["bash", str(ROOT / "tests" / "keras" / "make_env.sh")], capture_output=True,
-                                 text=True, timeout=1800, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            pytest.skip("could not create the test-only Keras env (.venv-keras) in 30 min: skipping the "
-                        "Keras equivalence tests")
-        if res.returncode != 0:
-            pytest.skip("could not install tensorflow-cpu + tf-keras into .venv-keras (tests/keras/make_env.sh), "
-                        f"so the Keras equivalence tests are skipped:\n{(res.stdout + res.stderr)[-1500:]}")
-    return py
-
-
 @pytest.fixture(scope="session")
 def keras_models(tmp_path_factory):
-    py = _keras_python()
+    py = oracles.keras_python()  # $VFA_KERAS_PYTHON or .venv-keras (make oracles); never installed here
     out = tmp_path_factory.mktemp("keras")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", "VFA_TF_THREADS": "1",
            "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}

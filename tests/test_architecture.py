@@ -50,3 +50,40 @@ def test_every_declared_name_is_implemented(registry):
         if registry == "BACKENDS" and name == "auto":
             continue  # a policy, resolved to one of the others by vfa.inference.backends.resolve_backend
         assert callable(r.get(name)), name
+
+
+# a family compared by name: `family ==` / `!=`, or anything compared with "vertebra"
+DISPATCH = r"family\s*[!=]=|[!=]=\s*['\"]vertebra['\"]|['\"]vertebra['\"]\s*[!=]=|family\s+(not\s+)?in\s*[({\[]|['\"]family['\"].*[!=]="
+
+
+def test_family_dispatch_lives_in_the_registry():
+    """No command asks which model family it holds: `family ==` / `!=` (or a comparison with the
+    per-vertebra family's name) appears only in vfa.registry, where each family's steps are named."""
+    import re
+
+    pattern = re.compile(DISPATCH)
+    sites = [f"{f.relative_to(SRC)}:{i}: {line.strip()}" for f in SRC.rglob("*.py") if f.name != "registry.py"
+             for i, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not sites, sites
+
+
+def test_the_dispatch_test_can_fail(tmp_path):
+    """The pattern above finds the kind of site it forbids (it would have found the nine before)."""
+    import re
+
+    pattern = re.compile(DISPATCH)
+    for line in ('if cfg.model.family == "vertebra":', 'if result.get("family") == "vertebra":',
+                 'x = getattr(cfg.model, "family", "image") != "image"', 'if cfg.model.family in ("vertebra",):'):
+        assert pattern.search(line), line
+
+
+def test_every_family_implements_every_step():
+    from vfa.registry import FAMILIES
+
+    families = list(FAMILIES)
+    assert len(families) >= 2
+    steps = set(families[0].steps)
+    for family in families:
+        assert set(family.steps) == steps, family.name   # one interface: no family lacks a step
+        for step in steps:
+            assert callable(family.step(step)), (family.name, step)

@@ -181,6 +181,13 @@ def lr_find(cfg, train: str | Path, out: str | Path, model: str | Path | torch.n
     Writes out/lr_find.png, lr_find.json (suggested_lr, rates, losses) and lr_find.csv; returns the dict.
     Per step: min_lr 1e-7, 100 steps, beta 0.98. Per epoch (the notebook): 1e-10, 50 epochs, beta 0.8.
     """
+    from vfa.models.loading import checkpoint_family
+    from vfa.registry import FAMILIES
+
+    family = FAMILIES.of(cfg) if cfg is not None else \
+        checkpoint_family(model) if isinstance(model, str | Path) else None
+    if family is not None:
+        family.refuse("lr-find")  # before the output folder is made
     with lock(out):  # one writer per output folder
         return _lr_find(cfg, train, out, model, overrides, min_lr, max_lr, steps, per_epoch, early_stop, beta, force,
                         progress, log)

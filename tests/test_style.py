@@ -6,14 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINE = 120  # what the code was written to: all but a few dozen of its lines already fit
 
 # Files another change is rewriting, whose long lines it wraps; each entry goes once its file fits.
-NOT_YET_WRAPPED = {
-    "src/vfa/cli/data_cmds.py", "src/vfa/cli/eval_cmds.py", "src/vfa/cli/model_cmds.py", "src/vfa/cli/options.py",
-    "src/vfa/evaluation/calibrate.py", "src/vfa/evaluation/evaluate.py", "src/vfa/explain/heatmaps.py",
-    "src/vfa/inference/dicom_results.py", "src/vfa/inference/tta.py", "src/vfa/inference/vertebra.py",
-    "src/vfa/registry.py", "src/vfa/training/train.py", "src/vfa/training/vertebra_targets.py",
-    "tests/cli/test_commands.py", "tests/io/test_dicom_out.py", "tests/test_architecture.py",
-    "tests/vertebra/test_table.py",
-}
+NOT_YET_WRAPPED = {"src/vfa/training/vertebra_targets.py"}
 
 
 def _long_lines() -> dict[str, list[str]]:

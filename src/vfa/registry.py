@@ -168,7 +168,8 @@ _VERTEBRA_WHY = "docs/vertebrae.md"
 FAMILIES = FamilyRegistry(
     Family("image", "image-level model", "one P(fracture) per image (the notebook's family)",
            algorithm="vfa vertebral fracture classifier ({model.backbone})",
-           extra_columns=(), evaluate_outputs="metrics.json, predictions.csv, final_results.xlsx, figures and report.html",
+           extra_columns=(),
+           evaluate_outputs="metrics.json, predictions.csv, final_results.xlsx, figures and report.html",
            steps={"build": "vfa.models.network:build_network", "train": "vfa.training.train:train",
                   "evaluate": "vfa.evaluation.evaluate:evaluate_images", "predict": "vfa.inference.run:predict_images",
                   "heatmap": "vfa.explain.heatmaps:write_cams", "summary": "vfa.models.summary:image_summary"}),

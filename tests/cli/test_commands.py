@@ -91,7 +91,8 @@ def run_compare(env, tmp):
 
 def run_train(env, tmp):
     return ["train", "--preset", "cpu-demo", "--train", str(env["data"]), "--val", str(env["val"]),
-            "--test", str(env["test"]), "--out", str(tmp / "run"), "--device", "cpu", "--epochs", "1", "--set", "data.size=[48,32]", "--set", "data.num_workers=0",
+            "--test", str(env["test"]), "--out", str(tmp / "run"), "--device", "cpu", "--epochs", "1",
+            "--set", "data.size=[48,32]", "--set", "data.num_workers=0",
             "--set", "data.batch_size=3", "--set", "trainer.progress=false", "--set", "model.backbone=resnet18",
             "--set", "model.head=[8]", "--set", "trainer.precision=32-true", "--set", "optim.lr=1e-3"]
 

@@ -59,7 +59,8 @@ def check_pair(sr_path, sc_path, source, p: float) -> None:
     src = pydicom.dcmread(source, stop_before_pixels=True)
     sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
     for ds in (sr, sc):
-        assert (ds.StudyInstanceUID, ds.PatientID, ds.PatientName) == (src.StudyInstanceUID, src.PatientID, src.PatientName)
+        assert (ds.StudyInstanceUID, ds.PatientID, ds.PatientName) == \
+            (src.StudyInstanceUID, src.PatientID, src.PatientName)
         assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
         assert "NOT FOR DIAGNOSIS" in ds.SeriesDescription
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
@@ -154,7 +155,8 @@ def test_per_vertebra_findings(phantom, tmp_path):
         assert np.allclose(region.value[0], [t["sup_ant_x"], t["sup_ant_y"]], atol=1e-3)
         assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src_uid
         codes = {e.name.value: e.value for e in g.get_qualitative_evaluations()}
-        assert codes["GENANT-GRADE"].value == f"GENANT-{t['grade']}" and codes["GENANT-GRADE"].scheme_designator == "99VFA"
+        grade = codes["GENANT-GRADE"]
+        assert grade.value == f"GENANT-{t['grade']}" and grade.scheme_designator == "99VFA"
         assert codes["VERT-SHAPE"].value == f"SHAPE-{t['type'].upper()}"
         assert float(g.get_measurements()[0].value) == pytest.approx(t["p_fracture"])
     broken = pydicom.dcmread(sr_path)

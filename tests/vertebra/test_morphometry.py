@@ -42,7 +42,7 @@ def test_hand_computed_wedge_biconcave_crush():
     # than its neighbours predict (severe crush); T5 anterior 10 % lower (normal variation)
     pts, levels = spine({"T7": (0.70, 0.85, 1.0), "L1": (1.0, 0.78, 1.0), "T11": (0.55, 0.55, 0.55),
                          "T5": (0.90, 1.0, 1.0)})
-    r = m.read(pts, levels)
+    r = m.apply_genant_rules(pts, levels)
     got = {lv: (int(g), t) for lv, g, t in zip(levels, r["grade"], r["type"])}
     assert got["T7"] == (2, "wedge") and got["L1"] == (1, "biconcave") and got["T11"] == (3, "crush")
     assert got["T5"] == (0, "normal")
@@ -56,7 +56,7 @@ def test_hand_computed_wedge_biconcave_crush():
 
 def test_reference_ignores_a_fractured_neighbour():
     pts, levels = spine({"T11": (0.55, 0.55, 0.55), "T12": (0.6, 0.6, 0.6)})
-    r = m.read(pts, levels)
+    r = m.apply_genant_rules(pts, levels)
     both = [levels.index("T11"), levels.index("T12")]
     assert list(r["grade"][both]) == [3, 3] and list(r["type"][both]) == ["crush", "crush"]
     assert r["grade"].sum() == 6
@@ -65,7 +65,7 @@ def test_reference_ignores_a_fractured_neighbour():
 def test_partial_spine_keeps_levels_apart():
     pts, levels = spine({})
     keep = [2, 3, 4, 9, 10]   # T6-T8 and L1-L2 only: the trend still spans the gap
-    r = m.read(pts[keep], [levels[k] for k in keep])
+    r = m.apply_genant_rules(pts[keep], [levels[k] for k in keep])
     assert (r["grade"] == 0).all()
     assert np.allclose(r["crush_ratio"], 1.0, atol=1e-6)
 
@@ -79,7 +79,7 @@ def test_phantom_truth_reads_back(tmp_path):
     assert len(v) == 40 * 13
     agree = []
     for _, g in v.groupby("filename"):
-        r = m.read(g[list(m.POINT_COLUMNS)].to_numpy().reshape(-1, 6, 2), list(g["level"]))
+        r = m.apply_genant_rules(g[list(m.POINT_COLUMNS)].to_numpy().reshape(-1, 6, 2), list(g["level"]))
         assert np.allclose(r["ha"], g["ha"], atol=0.02) and np.allclose(r["hp"], g["hp"], atol=0.02)
         agree += list((r["grade"] > 0) == (g["grade"] > 0))
     assert np.mean(agree) > 0.98

@@ -34,7 +34,8 @@ def test_good_table_reads(folder):
     ((GOOD, GOOD.replace("T7", "C5")), "line 3: unknown level 'C5'"),
     ((GOOD, GOOD.replace("T7", "T8"), GOOD), "line 4: level T7 listed twice for one image (lines 2, 4)"),
     ((GOOD.replace(",10,", ",abc,", 1),), "line 2: sup_ant_x is not a number: 'abc'"),
-    ((GOOD, GOOD.replace("T7", "T9").replace(",10,10,0", ",61,10,0")), "line 3: a point of T9 lies outside its 60x100 image"),
+    ((GOOD, GOOD.replace("T7", "T9").replace(",10,10,0", ",61,10,0")),
+     "line 3: a point of T9 lies outside its 60x100 image"),
     ((GOOD.replace(",0,normal", ",4,normal"),), "line 2: grade must be 0, 1, 2 or 3"),
     ((GOOD.replace("normal", "burst"),), "line 2: unknown type 'burst'"),
 ])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vfa.cli.options import _bad_file_arg, _floats, _force_arg, _size
+from vfa.cli.options import bad_file_arg, floats_arg, force_arg, size_arg
 
 
 def cmd_synth(args) -> None:
@@ -24,9 +24,10 @@ def add_synth(sub) -> None:
     p.add_argument("--preset", help="take phantom defaults from a training preset (e.g. cpu-demo)")
     p.add_argument("--n", type=int, help="number of images (default 1000)")
     p.add_argument("--prevalence", type=float, help="share of fractured images (default 0.25)")
-    p.add_argument("--size", type=_size, help="HxW (default 1024x614)")
-    p.add_argument("--splits", type=_floats, help="train,val,test shares (default 0.7,0.15,0.15)")
-    p.add_argument("--grades", type=_floats, help="shares of Genant grade 1,2,3 among positives (default 0.4,0.4,0.2)")
+    p.add_argument("--size", type=size_arg, help="HxW (default 1024x614)")
+    p.add_argument("--splits", type=floats_arg, help="train,val,test shares (default 0.7,0.15,0.15)")
+    p.add_argument("--grades", type=floats_arg,
+                   help="shares of Genant grade 1,2,3 among positives (default 0.4,0.4,0.2)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), help="PNG bit depth (default 8)")
     p.add_argument("--format", choices=("png", "dicom", "dicom-mono1"),
                    help="png (default); dicom: MONOCHROME2 .dcm files with fake identifiers; dicom-mono1: MONOCHROME1")
@@ -50,7 +51,8 @@ def cmd_check_data(args) -> int:
 
 
 def add_check_data(sub) -> None:
-    p = sub.add_parser("check-data", help="one pass over a dataset: counts, sizes, formats, duplicates, bad files, verdict")
+    p = sub.add_parser("check-data",
+                       help="one pass over a dataset: counts, sizes, formats, duplicates, bad files, verdict")
     p.add_argument("data", help="class folder, folder of split folders (train/val/test), or manifest CSV[:SPLIT]")
     p.add_argument("--classes", default="norm,frac", help="class names, label 0 first (default norm,frac)")
     p.add_argument("--frame", type=int, metavar="K", help="read frame K of multi-frame files (default: refuse them)")
@@ -78,9 +80,10 @@ def add_split(sub) -> None:
     p.add_argument("manifest", help="CSV with path,label,patient_id,...")
     p.add_argument("--by", default="patient_id", help="group column: no value is in two splits (default patient_id)")
     p.add_argument("--stratify", default="label", help="column to balance across splits, or none (default label)")
-    p.add_argument("--ratios", type=_floats, default=(0.7, 0.15, 0.15),
+    p.add_argument("--ratios", type=floats_arg, default=(0.7, 0.15, 0.15),
                    help="train,val,test shares (default 0.7,0.15,0.15); with --folds the last is the test share")
-    p.add_argument("--folds", type=int, metavar="K", help="K cross-validation folds (a 'fold' column) over non-test rows")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="K cross-validation folds (a 'fold' column) over non-test rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="CSV to write (default MANIFEST_split.csv beside it; the input is never changed)")
     p.add_argument("--force", action="store_true")
@@ -103,8 +106,8 @@ def add_augment_preview(sub) -> None:
                    help="training preset (seed, keras215, cpu-demo, ...) or augmentation preset (tta, none, ...)")
     p.add_argument("--n", type=int, default=8, help="augmented versions per image")
     p.add_argument("--images", type=int, default=1, help="number of images (rows)")
-    p.add_argument("--size", type=_size, help="HxW (default: the preset's input size)")
+    p.add_argument("--size", type=size_arg, help="HxW (default: the preset's input size)")
     p.add_argument("--seed", type=int, default=0)
-    _bad_file_arg(p, "error")
-    _force_arg(p, "replace --out")
+    bad_file_arg(p, "error")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_augment_preview)

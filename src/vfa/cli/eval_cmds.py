@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vfa.cli.options import (_bad_file_arg, _force_arg, _model_arg, _model_args, _predict_args, _threshold,
+from vfa.cli.options import (bad_file_arg, force_arg, model_arg, model_args, predict_args, threshold_arg,
                              deprecated)
 from vfa.registry import CAM_METHODS, FAMILIES
 
@@ -19,7 +19,8 @@ def _dicom_out_arg(p) -> None:
 def cmd_evaluate(args) -> None:
     from vfa.evaluation.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, args.out, threshold=args.threshold or ("youden" if args.threshold_from else 0.5),
+    threshold = args.threshold or ("youden" if args.threshold_from else 0.5)
+    result = evaluate(args.model, args.data, args.out, threshold=threshold,
              threshold_from=args.threshold_from, tta=args.tta, tta_preset=args.tta_preset, seed=args.seed,
              score=args.score, id_regex=args.id_regex, on_bad_file=args.on_bad_file, batch_size=args.batch_size,
              force=args.force, manifest=args.boxes, gallery=args.gallery, id_column=args.id_column,
@@ -30,25 +31,27 @@ def cmd_evaluate(args) -> None:
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint (or an ensemble) on a labelled folder")
-    _model_arg(p)
+    model_arg(p)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=_threshold, default=None,
+    p.add_argument("--threshold", type=threshold_arg, default=None,
                    help="0.5 (default, as the notebook), a number, youden, sensitivity=0.90, specificity=0.90, "
                         "or model (the checkpoint's stored threshold)")
     p.add_argument("--threshold-from", metavar="VAL_PREDICTIONS.csv",
                    help="choose the threshold (default youden) on these validation predictions and apply it unchanged")
-    _predict_args(p)
-    _bad_file_arg(p, "error")
+    predict_args(p)
+    bad_file_arg(p, "error")
     p.add_argument("--boxes", metavar="CSV", help="CSV with fractured_boxes (as vfa synth's manifest.csv) for the "
-                                                  "pointing game; default: a phantom's manifest.csv in DATA or its parent")
+                                                  "pointing game; default: a phantom's manifest.csv in DATA or its "
+                                                  "parent")
     deprecated(p, "--manifest", "--boxes", "boxes")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep DICOM UIDs that name files in image_id, file and heatmap names (default: hashed)")
     p.add_argument("--gallery", type=int, default=4, metavar="K",
-                   help="heatmap gallery in the report (the model's CAM method): up to K true positives, false positives, false negatives")
+                   help="heatmap gallery in the report (the model's CAM method): up to K true positives, "
+                        "false positives, false negatives")
     _dicom_out_arg(p)
-    _force_arg(p, "replace an existing --out folder (and --dicom-out's objects)")
+    force_arg(p, "replace an existing --out folder (and --dicom-out's objects)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -61,18 +64,19 @@ def cmd_calibrate(args) -> None:
 
 
 def add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new checkpoint "
+    p = sub.add_parser("calibrate", help="fit temperature scaling / a threshold on validation; store in a new "
+                                         "checkpoint "
                                          "(an ensemble: the threshold, in a new ensemble file)")
-    _model_arg(p)
+    model_arg(p)
     p.add_argument("--data", required=True, help="labelled validation folder with norm/ and frac/")
     p.add_argument("--out", required=True, help="checkpoint file to write (an ensemble: a .yaml ensemble file); "
                                                 "the input is never changed")
-    p.add_argument("--threshold", type=_threshold, default="0.5",
+    p.add_argument("--threshold", type=threshold_arg, default="0.5",
                    help="threshold to store: a number (default 0.5), youden, sensitivity=X, specificity=X, model")
     p.add_argument("--no-temperature", action="store_true", help="store T = 1 (threshold only)")
-    _model_args(p)
-    _bad_file_arg(p, "error")
-    _force_arg(p, "replace --out")
+    model_args(p)
+    bad_file_arg(p, "error")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -107,7 +111,7 @@ def add_compare(sub) -> None:
     p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw")
     p.add_argument("--score-b", choices=("raw", "tta_mean", "tta_max"), help="B's score if different")
     p.add_argument("--out", help="also write the results as JSON")
-    _force_arg(p, "replace --out")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_compare)
 
 
@@ -127,7 +131,7 @@ def cmd_predict(args) -> None:
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="P(fracture) for unlabeled images, streamed to a CSV or Parquet file "
                                        "(resumable; one model, an ensemble, sharded over processes)")
-    _model_arg(p)
+    model_arg(p)
     p.add_argument("inputs", nargs="+", help="image or DICOM files, folders, globs or manifest CSVs")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="add DICOM PatientID, StudyDate, ... columns and keep DICOM UIDs that name files "
@@ -142,10 +146,10 @@ def add_predict(sub) -> None:
     p.add_argument("--set", action="append", metavar="trainer.KEY=VALUE", default=[],
                    help="shard over processes with Lightning: trainer.devices=N, trainer.num_nodes=N, "
                         "trainer.strategy=ddp, trainer.accelerator=cpu|gpu (torchrun / SLURM are detected)")
-    _predict_args(p)
-    _bad_file_arg(p, "skip")
+    predict_args(p)
+    bad_file_arg(p, "skip")
     _dicom_out_arg(p)
-    _force_arg(p, "replace --out (and --dicom-out's objects)")
+    force_arg(p, "replace --out (and --dicom-out's objects)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -177,12 +181,13 @@ def cmd_heatmap(args) -> None:
 def add_heatmap(sub) -> None:
     p = sub.add_parser("heatmap", help="Grad-CAM overlays for a folder or a predictions CSV (resumable; "
                                        "an ensemble's maps are the mean of its members')")
-    _model_arg(p)
+    model_arg(p)
     p.add_argument("--data", required=True, help="image folder (searched recursively), file or glob; with "
                                                   "--predictions, the folder its relative `file` paths are under")
     p.add_argument("--out", required=True, help="output folder (mirrors DATA's sub-folders); existing heatmaps "
                                                 "are kept and skipped, so an interrupted run resumes")
-    p.add_argument("--predictions", metavar="CSV", help="only the images of this predictions.csv (vfa evaluate/predict)")
+    p.add_argument("--predictions", metavar="CSV",
+                   help="only the images of this predictions.csv (vfa evaluate/predict)")
     p.add_argument("--select", choices=("all", "tp", "fp", "fn", "tn", "errors"), default="all",
                    help="with --predictions: e.g. fn = false negatives only (label and predicted columns)")
     p.add_argument("--boxes", metavar="CSV", help="CSV with fractured_boxes (vfa synth's manifest.csv): pointing "
@@ -203,10 +208,10 @@ def add_heatmap(sub) -> None:
     p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")
     p.add_argument("--sample", type=int, metavar="N", help="a random sample of N images (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0)
-    _model_args(p)
-    _bad_file_arg(p, "skip")
+    model_args(p)
+    bad_file_arg(p, "skip")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="keep DICOM UIDs that name files in the overlay names and heatmaps.csv (default: hashed)")
     _dicom_out_arg(p)
-    _force_arg(p, "redraw overlays that already exist (default: keep and skip them, so a run resumes)")
+    force_arg(p, "redraw overlays that already exist (default: keep and skip them, so a run resumes)")
     p.set_defaults(func=cmd_heatmap)

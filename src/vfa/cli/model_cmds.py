@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 from vfa import config as config_mod
-from vfa.cli.options import _bad_file_arg, _config_args, _force_arg, _resolve, _size
+from vfa.cli.options import bad_file_arg, config_args, force_arg, resolve_config, size_arg
 
 
 def cmd_train(args) -> None:
@@ -14,10 +14,10 @@ def cmd_train(args) -> None:
         return
     if not args.out:
         raise config_mod.ConfigError("--out RUN is required (or --resume RUN)")
-    cfg = _resolve(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
+    cfg = resolve_config(args, {"data": {"train": args.train, "val": args.val, "test": args.test,
                                    "on_bad_file": args.on_bad_file},
                           "optim": {"epochs": args.epochs}, "model": {"init_from": args.init},
-                          "trainer": _trainer_device(args.device)})
+                          "trainer": trainer_device(args.device)})
     api.train(cfg, args.out, force=args.force)
 
 
@@ -37,8 +37,8 @@ def add_train(sub) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (default: the config's trainer.accelerator, itself auto: the GPU when there is one), "
                         "cpu, cuda, cuda:N or mps; several GPUs or nodes: --set trainer.devices=N (docs/scaling.md)")
-    _force_arg(p, "replace an existing run directory")
-    _config_args(p)
+    force_arg(p, "replace an existing run directory")
+    config_args(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -52,10 +52,11 @@ def add_import_keras(sub) -> None:
     p = sub.add_parser("import-keras", help="convert the notebook's Keras .h5 (model or weights) to a vfa checkpoint")
     p.add_argument("h5", help="a Keras 2.x .h5 from model.save or model.save_weights (read with h5py; no code runs)")
     p.add_argument("--out", required=True, help="the vfa checkpoint to write (e.g. MODEL.ckpt)")
-    p.add_argument("--size", type=_size, help="input HxW (default: the model's fixed input size, else 600x360)")
+    p.add_argument("--size", type=size_arg, help="input HxW (default: the model's fixed input size, else 600x360)")
     p.add_argument("--bn-after-relu", action="store_true",
-                   help="weights-only file whose head BatchNormalization followed the ReLU (a full model's config says so itself)")
-    _force_arg(p, "replace --out")
+                   help="weights-only file whose head BatchNormalization followed the ReLU (a full model's config "
+                        "says so itself)")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_import_keras)
 
 
@@ -87,12 +88,13 @@ def add_export(sub) -> None:
     p.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
                    help="onnx-int8: static int8 quantization (onnxruntime), kept only within 0.02 of fp32")
     p.add_argument("--calibration", metavar="DATA", help="onnx-int8: folder, file list or manifest of images "
-                                                         "like those the model will see (up to 64, evenly spaced: half calibrate, half check)")
+                                                         "like those the model will see (up to 64, evenly spaced: "
+                                                         "half calibrate, half check)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx (batch size is dynamic)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--batch", type=int, default=2, help="batch of random images used to trace and verify")
-    _bad_file_arg(p, "error")
-    _force_arg(p, "replace --out")
+    bad_file_arg(p, "error")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_export)
 
 
@@ -113,19 +115,19 @@ def add_ensemble(sub) -> None:
     p.add_argument("--combine", choices=tuple(COMBINE), default="mean",
                    help="how members' P(fracture) combine (default mean; with TTA, over members x passes)")
     p.add_argument("--out", required=True, help="ensemble file to write (.yaml)")
-    _force_arg(p, "replace --out")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_ensemble)
 
 
 def cmd_summary(args) -> None:
     from vfa.models.summary import summary
 
-    print(summary(_resolve(args)))
+    print(summary(resolve_config(args)))
 
 
 def add_summary(sub) -> None:
     p = sub.add_parser("summary", help="layer table, parameter count and FLOPs of the configured model")
-    _config_args(p)
+    config_args(p)
     p.set_defaults(func=cmd_summary)
 
 
@@ -133,13 +135,13 @@ def cmd_lr_find(args) -> None:
     from vfa.training.lr_find import lr_find
 
     device = {"data": {"on_bad_file": args.on_bad_file}}
-    if _accelerator(args.device):
-        device["trainer"] = {"accelerator": _accelerator(args.device)}
+    if accelerator(args.device):
+        device["trainer"] = {"accelerator": accelerator(args.device)}
     if args.model:  # its config, with --set on top; the file is only read: the sweep trains a copy
         cfg = None
         overrides = config_mod._merge_dict(config_mod.parse_set(args.set), device)
     else:
-        cfg, overrides = _resolve(args, device), None
+        cfg, overrides = resolve_config(args, device), None
     lr_find(cfg, args.train, args.out, model=args.model, overrides=overrides, min_lr=args.min_lr,
             max_lr=args.max_lr, steps=args.steps, per_epoch=args.per_epoch, early_stop=args.early_stop or None,
             beta=args.beta, force=args.force)
@@ -160,21 +162,21 @@ def add_lr_find(sub) -> None:
                    help="stop when the smoothed loss exceeds this times its best (0: never)")
     p.add_argument("--beta", type=float, help="loss smoothing (default 0.98; 0.8 with --per-epoch; 0: none)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu, cuda or mps")
-    _bad_file_arg(p, "error")
-    _force_arg(p, "replace --out")
-    _config_args(p)
+    bad_file_arg(p, "error")
+    force_arg(p, "replace --out")
+    config_args(p)
     p.set_defaults(func=cmd_lr_find)
 
 
-def _trainer_device(device: str | None) -> dict:
+def trainer_device(device: str | None) -> dict:
     """--device -> trainer.accelerator (and devices for cuda:N); auto leaves the config's own."""
-    acc = _accelerator(device)
+    acc = accelerator(device)
     if acc is None:
         return {}
     return {"accelerator": acc, **({"devices": [int(device.split(":")[1])]} if ":" in device else {})}
 
 
-def _accelerator(device: str | None) -> str | None:
+def accelerator(device: str | None) -> str | None:
     """--device (as for inference) -> Lightning's accelerator for training-like commands."""
     if device in (None, "auto"):
         return None

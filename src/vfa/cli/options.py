@@ -26,7 +26,7 @@ def deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str) -> Non
     p.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser) -> None:
     """--device and --batch-size, for every command that runs a model."""
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one), cpu, cuda, cuda:N or mps")
@@ -36,7 +36,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "batches or fewer)")
 
 
-def _model_arg(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
+def model_arg(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
     if ensembles:
         p.add_argument("--model", required=True, action="append", metavar="CKPT",
                        help="checkpoint; repeat for an ensemble of several, or give an ensemble file (vfa ensemble)")
@@ -44,17 +44,17 @@ def _model_arg(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
         p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint")
 
 
-def _bad_file_arg(p: argparse.ArgumentParser, default: str) -> None:
+def bad_file_arg(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--on-bad-file", choices=("error", "skip"), default=default,
                    help=f"an unreadable file stops the command (error) or is skipped and reported (skip); "
                         f"default {default}")
 
 
-def _force_arg(p: argparse.ArgumentParser, what: str = "replace existing outputs") -> None:
+def force_arg(p: argparse.ArgumentParser, what: str = "replace existing outputs") -> None:
     p.add_argument("--force", action="store_true", help=what)
 
 
-def _size(text: str) -> tuple[int, int]:
+def size_arg(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -62,14 +62,14 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def floats_arg(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
-def _threshold(text: str) -> str:
+def threshold_arg(text: str) -> str:
     from vfa.stats.accuracy import parse_threshold  # torch-free
 
     try:
@@ -79,8 +79,9 @@ def _threshold(text: str) -> str:
     return text
 
 
-def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation passes (0 = off; the notebook used 5)")
+def predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="test-time augmentation passes (0 = off; the notebook used 5)")
     p.add_argument("--tta-preset", default="auto", choices=("auto", "train", "tta", "tta-keras215"),
                    help="train: the model's own training augmentation; tta: the notebook's (rotation +-20, zoom "
                         "0.9-1.1, channel shift); tta-keras215: as Keras 2.1.5 ran it; auto (default): tta for "
@@ -92,18 +93,19 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                                       "(replaces the notebook's [16:35] slice); default: the relative path")
     p.add_argument("--id-column", metavar="COL", help="with a manifest: image IDs from this column "
                                                        "(default: the file path)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS.names(), help=f"inference backend: {BACKENDS.describe()}")
-    _model_args(p)
+    p.add_argument("--backend", default="auto", choices=BACKENDS.names(),
+                   help=f"inference backend: {BACKENDS.describe()}")
+    model_args(p)
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help=f"one of: {', '.join(config_mod.PRESETS)} (default seed)")
     p.add_argument("--config", help="YAML file of overrides (e.g. a run's config.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override any config key, e.g. --set optim.lr=3e-4 --set trainer.precision=bf16-mixed")
 
 
-def _resolve(args, extra: dict | None = None) -> config_mod.Config:
+def resolve_config(args, extra: dict | None = None) -> config_mod.Config:
     overrides = config_mod.parse_set(args.set)
     for section, values in (extra or {}).items():
         overrides.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})

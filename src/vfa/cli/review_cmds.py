@@ -1,7 +1,7 @@
 """`vfa review`: the reading web app (serve), its reads as a CSV (export) and agreement.json."""
 from __future__ import annotations
 
-from vfa.cli.options import _force_arg
+from vfa.cli.options import force_arg
 
 
 def cmd_review(args) -> None:
@@ -50,5 +50,5 @@ def add_review(sub) -> None:
     p.add_argument("--out", help="export: reads.csv to write")
     p.add_argument("--agreement", help="export: also write agreement.json here")
     p.add_argument("--only-reader", action="store_true", help="export: only --reader's reads (a labels file)")
-    _force_arg(p, "export: replace --out / --agreement")
+    force_arg(p, "export: replace --out / --agreement")
     p.set_defaults(func=cmd_review)

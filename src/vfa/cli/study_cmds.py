@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from vfa import config as config_mod
-from vfa.cli.options import _config_args, _force_arg, _resolve
+from vfa.cli.options import config_args, force_arg, resolve_config
 
 
 def cmd_cv(args) -> None:
-    from vfa.cli.model_cmds import _trainer_device
+    from vfa.cli.model_cmds import trainer_device
     from vfa.cv import cross_validate
 
     extra = {"data": {"train": args.data, "folds": args.folds, "on_bad_file": args.on_bad_file},
-             "optim": {"epochs": args.epochs}, "trainer": _trainer_device(args.device)}
-    cfg = _resolve(args, extra)
+             "optim": {"epochs": args.epochs}, "trainer": trainer_device(args.device)}
+    cfg = resolve_config(args, extra)
     cross_validate(cfg, args.out, resume=args.resume, force=args.force, checkpoint=args.checkpoint)
 
 
@@ -31,8 +31,8 @@ def add_cv(sub) -> None:
                                                          "summarize")
     p.add_argument("--on-bad-file", choices=("error", "skip"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (as vfa train)")
-    _force_arg(p, "replace an existing cross-validation (its folds are trained again)")
-    _config_args(p)
+    force_arg(p, "replace an existing cross-validation (its folds are trained again)")
+    config_args(p)
     p.epilog = "one fold alone (a cluster array job): --set data.fold=K"
     p.set_defaults(func=cmd_cv)
 
@@ -44,7 +44,7 @@ def _fmt(v) -> str:
 
 
 def cmd_runs(args) -> None:
-    from vfa.data.check import _table
+    from vfa.data.check import text_table
     from vfa.evaluation import runs_table
 
     if args.action == "list":
@@ -55,7 +55,7 @@ def cmd_runs(args) -> None:
         rows = [[r.run, r.preset, f"{r.epochs}/{_fmt(r.of)}", _fmt(r.best_val_auc), _fmt(r.best_epoch),
                  "-" if r.wall_s is None or r.wall_s != r.wall_s else f"{r.wall_s / 60:.1f} min", _fmt(r.test_auc),
                  r.overrides or "-"] for r in frame.itertuples()]
-        print("\n".join(_table(["run", "preset", "epochs", "best val AUC", "at epoch", "wall", "test AUC",
+        print("\n".join(text_table(["run", "preset", "epochs", "best val AUC", "at epoch", "wall", "test AUC",
                                 "overrides"], rows)))
         return
     if len(args.paths) != 2:
@@ -63,10 +63,10 @@ def cmd_runs(args) -> None:
     result = runs_table.compare_runs(*args.paths)
     print(f"A = {result['A']}\nB = {result['B']}\n")
     rows = [[c["key"], _fmt(c["A"]), _fmt(c["B"])] for c in result["config"]]
-    print("\n".join(_table(["config", "A", "B"], rows)) if rows else "same config")
+    print("\n".join(text_table(["config", "A", "B"], rows)) if rows else "same config")
     print()
     rows = [[m["metric"], _fmt(m["A"]), _fmt(m["B"]), _fmt(m["B - A"])] for m in result["metrics"]]
-    print("\n".join(_table(["metric", "A", "B", "B - A"], rows)) if rows else "no metrics yet")
+    print("\n".join(text_table(["metric", "A", "B", "B - A"], rows)) if rows else "no metrics yet")
 
 
 def add_runs(sub) -> None:
@@ -111,7 +111,7 @@ def add_cohort(sub) -> None:
     p.add_argument("--adjust", help="covariates for the adjusted models, e.g. age,sex,bmd_tscore")
     p.add_argument("--horizon", type=float, default=5.0, help="years for the cumulative incidence (default 5)")
     p.add_argument("--reader", help="column with a reader's call (0/1): kappa and PABAK against the model")
-    _force_arg(p, "replace the outputs in --out")
+    force_arg(p, "replace the outputs in --out")
     p.set_defaults(func=cmd_cohort)
 
 
@@ -132,5 +132,5 @@ def add_synth_cohort(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--id", default="image_id")
     p.add_argument("--threshold", type=float, help="finding = raw >= this (default: the 'predicted' column)")
-    _force_arg(p, "replace --out")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_synth_cohort)

@@ -178,9 +178,6 @@ def text_table(header: list[str], rows: list[list]) -> list[str]:
     return [fmt(cells[0]), *(fmt(r) for r in cells[1:])]
 
 
-_table = text_table  # the old name, for vfa.cli.study_cmds until it imports text_table
-
-
 def format_report(rep: dict, max_listed: int = 20) -> str:
     classes = rep["classes"]
     lines = [f"vfa check-data {rep['source']}: {rep['layout']}, {rep['files']} files, checked in "

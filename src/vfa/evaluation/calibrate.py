@@ -21,7 +21,8 @@ from vfa.stats import accuracy as stats
 
 
 def calibrate(model_path, data: str | Path, out: str | Path, threshold: float | str = 0.5,
-              temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
+              temperature: bool = True, on_bad_file: str = "error", batch_size: int = 16,
+              num_workers: int | None = None,
               force: bool = False, progress: bool = True, log=print, device: str = "auto") -> dict:
     """Fit a temperature (validation NLL) and choose a threshold on the calibrated validation
     probabilities; write a copy of the checkpoint with `vfa_temperature`, `vfa_threshold`,

@@ -60,7 +60,8 @@ def evaluate(model_path: str | Path, data: str | Path, out: str | Path, metrics_
              threshold: float | str = 0.5, threshold_from: str | Path | None = None, tta: int = 0,
              tta_preset: str = "auto", seed: int = 0, score: str = "raw", id_regex: str | None = None,
              id_column: str | None = None, split: str | None = None,
-             report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16, num_workers: int | None = None,
+             report: bool | None = None, on_bad_file: str = "error", batch_size: int = 16,
+             num_workers: int | None = None,
              force: bool = False, progress: bool = True, log=print, manifest: str | Path | None = None,
              gallery: int = 4, cam_method: str | None = None, backend: str = "auto",
              device: str = "auto", keep_identifiers: bool = False, dicom_out=None) -> dict:
@@ -95,7 +96,8 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
                     manifest=None, gallery=4, cam_method=None, backend="auto", device="auto", keep_identifiers=False,
                     dicom_out=None) -> dict:
     """The image family's evaluate step (`evaluate`, options checked there)."""
-    models, public = [model_path] if isinstance(model_path, str | Path) else list(model_path), str if keep_identifiers else public_path
+    models = [model_path] if isinstance(model_path, str | Path) else list(model_path)
+    public = str if keep_identifiers else public_path
     model = load_ensemble(model_path, device)  # one checkpoint, several, or an ensemble file
     tta_used = tta_name(tta_preset, model.members)  # (an unknown name fails here, before any image is read)
     cfg = model.config
@@ -110,7 +112,7 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
     with lock(out) if standalone else contextlib.nullcontext():  # one writer per output folder
         if standalone:
             prepare_run_dir(out, force, [*models, data, manifest, threshold_from], "evaluate")
-        write_skipped(samples, out / ("skipped.csv" if standalone else metrics_name.replace("metrics.json", "skipped.csv")),
+        write_skipped(samples, out / metrics_name.replace("metrics.json", "skipped.csv"),
                       keep_identifiers)
         num_workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
         frame, backend = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress,

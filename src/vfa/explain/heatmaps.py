@@ -50,7 +50,8 @@ def write_heatmaps(model, paths: list[str], out: str | Path, root: str | Path | 
     Streaming and resumable: an image whose overlay already exists is skipped (and, with a
     manifest of boxes, its localization row in heatmaps.csv is kept), so an interrupted run
     continues where it stopped; heatmaps.csv keeps one row per image. `start_index` skips the
-    first images outright, as the notebook's did; `force` redraws the existing ones. Returns {"written", "skipped_existing",
+    first images outright, as the notebook's did; `force` redraws the existing ones. Returns
+    {"written", "skipped_existing",
     "localization" (with boxes)}. `inputs` (data, model, predictions, boxes) are never overwritten.
     A DICOM UID in a file or folder name becomes a hash in the outputs unless `keep_identifiers`.
     `dicom_out`: also an SR and the overlay as an SC per image drawn (vfa.inference.dicom_results).
@@ -81,7 +82,8 @@ def write_cams(model, paths: list[str], out: str | Path, root: str | Path | None
     dicom = HeatmapDicom(dicom_out, model, paths, force, inputs) if dicom_out else None  # checked before any CAM
     boxes = read_manifest(manifest) if manifest else None
     todo = [p for p in paths[start_index:] if force or not table.has(p, with_panel, boxes is not None)]
-    _, used_stride, _ = cam_network(members_of(model)[0], output_stride, layer)  # a bad --output-stride fails before any file
+    # a bad --output-stride fails before any file
+    _, used_stride, _ = cam_network(members_of(model)[0], output_stride, layer)
     log(f"heatmaps: {len(todo)} to write, {len(paths[start_index:]) - len(todo)} already there, "
         f"{min(start_index, len(paths))} before --start-index")
     cams = iter_cams(model, todo, method, layer, batch_size, output_stride)

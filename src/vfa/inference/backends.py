@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vfa.config import ConfigError
-from vfa.inference.export import _session, cached_int8, cached_onnx
+from vfa.inference.export import cached_int8, cached_onnx, ort_session
 from vfa.registry import BACKENDS as REGISTRY
 from vfa.runs import enable_compile_cache
 
@@ -200,7 +200,7 @@ def _compiled_fn(model: nn.Module, device: torch.device):
 
 
 def _ort_fn(path):
-    session = _session(path)
+    session = ort_session(path)
 
     def run(x):
         out = session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]

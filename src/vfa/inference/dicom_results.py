@@ -25,7 +25,8 @@ def model_info(ens, threshold: float, score: str = "raw", tta: int = 0, paths=No
     members = getattr(ens, "members", [ens])  # an Ensemble, or one loaded model
     if len(members) > 1:
         name += f", ensemble of {len(members)} ({ens.combine})"
-    return ModelInfo(name=name, version=__version__, checksums=[sha256(p) for p in (paths or getattr(ens, "paths", []))],
+    checksums = [sha256(p) for p in (paths or getattr(ens, "paths", []))]
+    return ModelInfo(name=name, version=__version__, checksums=checksums,
                      threshold=float(threshold), score=score, parameters=[f"tta={tta}"] if tta else [])
 
 

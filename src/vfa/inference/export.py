@@ -28,7 +28,7 @@ INT8_TOLERANCE = 0.02  # the bound issue 7 sets for any reduced-precision backen
 CALIBRATION_N = 64  # images: half calibrate the int8 ranges, the other half check the result
 
 
-def _session(path: str | Path, threads: int | None = None):
+def ort_session(path: str | Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -157,7 +157,7 @@ def quantize_onnx(model, fp32: str | Path, out: str | Path, calibration: torch.T
 def verify_onnx(model, path: str | Path, x: torch.Tensor) -> float:
     """max |sigmoid(onnx logit) - sigmoid(torch logit)| on batch x."""
     ref = p_fracture(model(x.to(next(model.parameters()).device))).cpu().numpy()
-    got = p_fracture(_session(path).run(None, {"image": x.numpy()})[0])
+    got = p_fracture(ort_session(path).run(None, {"image": x.numpy()})[0])
     return float(np.abs(got.reshape(-1) - ref.reshape(-1)).max())
 
 

@@ -2,7 +2,8 @@
 
 The transform is `vfa.augment.Augment` with the "tta" preset (rotation +-20 deg, zoom 0.9-1.1,
 channel shift; "tta-keras215" is what Keras 2.1.5 executed), or with the model's own training
-augmentation ("train", the default for models not trained with the notebook's augmentation). Each image's parameters for pass j
+augmentation ("train", the default for models not trained with the notebook's augmentation). Each
+image's parameters for pass j
 come from a generator seeded by (seed, dataset index, j), so results do not depend on batch size,
 worker count, device or order. Images stream: each batch is decoded once and augmented n times.
 As in the notebook, the raw (unaugmented) prediction is not part of the mean/max pool.

@@ -6,7 +6,7 @@ body's six points, and apply the morphometry rules.
        programming: levels rise down the spine, a weak peak may be left out, a level may be missing)
     -> crops in frames from the detected centres (vfa.models.crops.frames), six points by the
        landmark network, then again in frames re-centred on those points (REFINE passes)
-    -> heights, ratios, Genant grade and type (vfa.stats.morphometry.read); P(fracture) per body
+    -> heights, ratios, Genant grade and type (vfa.stats.morphometry.apply_genant_rules); P(fracture) per body
        from the landmark network's fracture head.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from vfa.models.crops import crop, frames, from_crop, refine_frame
 from vfa.spine import LEVELS, POINT_COLUMNS, POINTS
-from vfa.stats.morphometry import read
+from vfa.stats.morphometry import apply_genant_rules
 
 REFINE = 2          # landmark passes: the second crops around the first pass's points
 MAX_PEAKS = 30
@@ -102,7 +102,8 @@ def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray
         return [(np.zeros((0, 6, 2)), np.zeros(0)) for _ in found]
     dev = img.device
     index = torch.tensor(index, device=dev)
-    centre, axis, side = (torch.tensor(np.concatenate(v), dtype=torch.float32, device=dev) for v in (centre, axis, side))
+    centre, axis, side = (torch.tensor(np.concatenate(v), dtype=torch.float32, device=dev)
+                          for v in (centre, axis, side))
     for _ in range(REFINE):
         q, logit = model.landmarks(crop(img, index, centre, axis, side, vcfg.crop_size))
         pts = from_crop(q.float(), centre, axis, side)
@@ -125,7 +126,7 @@ def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarr
             "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "grade_source", "p_fracture"]
     if len(points) == 0:
         return pd.DataFrame(columns=cols)
-    r = read(points, [LEVELS[i] for i in levels])
+    r = apply_genant_rules(points, [LEVELS[i] for i in levels])
     head_only = (r["grade"] == 0) & (prob >= fracture_threshold)
     frame = pd.DataFrame({"file": file, "level": [LEVELS[i] for i in levels],
                           "x0": points[..., 0].min(1), "y0": points[..., 1].min(1),

@@ -76,7 +76,3 @@ def apply_genant_rules(points, levels) -> dict[str, np.ndarray]:
     return dict(ha=h[:, 0], hm=h[:, 1], hp=h[:, 2], ref=ref, wedge_ratio=r[:, 0], biconcave_ratio=r[:, 1],
                 crush_ratio=r[:, 2], height_loss=loss, grade=grade, type=np.where(grade > 0, shape, "normal"),
                 shape=shape)
-
-
-# Deprecated: the old name, kept only while vfa.inference.vertebra and tests/vertebra still call it.
-read = apply_genant_rules

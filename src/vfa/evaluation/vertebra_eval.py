@@ -51,13 +51,13 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
     per-vertebra truth (default: vertebrae.csv beside `data`; without one, only image-level
     metrics). `refused`: the image family's options (tta, threshold_from, ...), which `evaluate`
     refuses when set (vfa.registry.FAMILIES); here they are at their defaults."""
-    kind, threshold = parse_threshold(threshold)
-    if kind != "fixed":
+    kind, value = parse_threshold(threshold)
+    if kind not in ("fixed", "model"):
         raise ConfigError("a per-vertebra model takes a numeric --threshold (the fracture head's, "
-                          "vertebra.fracture_threshold), not a rule fitted to this data")
+                          "vertebra.fracture_threshold) or model, not a rule fitted to this data")
     ens = load_ensemble(model_path, device)  # one checkpoint (given alone, in a list or an ensemble file)
     model, model_path = ens.single, ens.paths[0]
-    threshold = reading_threshold(model, threshold)
+    threshold = reading_threshold(model, "model" if kind == "model" else value)
     cfg = model.config
     samples = validate(load_samples(data, cfg.data.classes, split=split, id_column=id_column), on_bad_file,
                        frame=cfg.data.frame, min_side=cfg.data.min_side)

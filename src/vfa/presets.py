@@ -30,12 +30,15 @@ PRESETS: dict[str, dict] = {
     },
     # per-vertebra reading on 2 CPU cores, on the very phantom cpu-demo trains on (same synth: same test split)
     "vertebra-demo": {
+        # no whole-image augmentation (its crops are jittered; vfa.training.vertebra): what the demo measured
+        "augment": "none",
         "data": {"size": (640, 384), "batch_size": 8},
         "model": {"family": "vertebra"},
         "optim": {"lr": 1e-3, "epochs": 10, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
     },
     "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
+        "augment": "none",
         "data": {"size": (1024, 614), "batch_size": 16},
         "model": {"family": "vertebra"},
         "vertebra": {"detector_size": (384, 224), "crop_size": 96, "landmark_backbone": "resnet34"},

@@ -26,7 +26,7 @@ from vfa.config import AugmentConfig, get_augment_config
 
 __all__ = [
     "AugmentConfig", "PRESETS", "get_augment_config", "apply_affine", "affine_matrix",
-    "resize", "channel_shift", "Augment",
+    "resize", "channel_shift", "Augment", "warp_points",
 ]
 
 Param = float | Tensor
@@ -106,6 +106,18 @@ def apply_affine(image: Tensor, theta: Param = 0.0, tx: Param = 0.0, ty: Param =
            + fr * ((1 - fc) * at(r1, c0) + fc * at(r1, c1)))
     out = torch.where(inside.unsqueeze(1), out, out.new_tensor(fill))
     return out.squeeze(0) if single else out
+
+
+def warp_points(points: Tensor, params: dict, size: tuple[int, int]) -> Tensor:
+    """Where ``Augment.apply`` with ``params`` (one image's draw) moves points of an image of
+    ``size`` = (H, W): (..., 2) as (x, y) pixels with the origin at the top-left corner (a pixel's
+    centre at +0.5, as the per-vertebra table's points). ``apply_affine`` samples output p at input
+    q = A p + b (pixel-centre row, col), so a point at q lands at p = A^-1 (q - b)."""
+    a, b = affine_matrix(*(params[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy")), size=size,
+                         device=points.device)
+    q = points.flip(-1).to(torch.float64).reshape(-1, 2) - 0.5          # (row, col) of pixel centres
+    p = torch.linalg.solve(a[0], (q - b[0]).T).T
+    return (p + 0.5).flip(-1).reshape(points.shape).to(points.dtype)
 
 
 def resize(image: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:

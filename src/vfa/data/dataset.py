@@ -44,9 +44,10 @@ def create_dataset(cfg, samples: Samples | list, labels: list[int] | None = None
     return ImageDataset(samples, create_transform(cfg, train=train, channels=channels))
 
 
-def class_weight(labels: list[int]) -> float:
-    """The notebook's positive-class weight n_norm / n_frac (norm keeps weight 1)."""
+def class_weight(labels: list[int], unit: str = "'frac' training image") -> float:
+    """The notebook's positive-class weight n_norm / n_frac (norm keeps weight 1); `unit` names
+    what a label belongs to (an image; a body, for the per-vertebra family) in the error."""
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
     if counts[1] == 0:
-        raise DataError("class weights need at least one 'frac' training image")
+        raise DataError(f"class weights need at least one {unit}")
     return float(counts[0] / counts[1])

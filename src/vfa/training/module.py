@@ -20,6 +20,7 @@ from vfa import config as config_mod
 from vfa.stats.metrics import SCALAR_KEYS, format_line, med_metrics, scalars
 from vfa.models.network import build_from_config, p_fracture
 from vfa.runs import write_csv
+from vfa.training.checkpointing import epoch_seed
 from vfa.training.schedule import build_scheduler
 
 # history.csv: one row per epoch, validation metrics under the same keys as test_metrics.json.
@@ -84,9 +85,7 @@ class VFAModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n, self._t0 = 0.0, 0, None
-        # device augmentation: a stream per (seed, rank, epoch), so a resumed run (any rank) draws
-        # what an uninterrupted one would, with no generator state to carry in checkpoints
-        self._aug_rng.manual_seed((self.cfg.seed * 1_000_003 + self.global_rank) * 10_007 + self.current_epoch)
+        seed_rank_stream(self._aug_rng, self)  # device augmentation
         # Lightning steps epoch schedulers before validation runs: record the rate this epoch used.
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
@@ -162,8 +161,8 @@ def keep_history_before(path: Path, epoch: int) -> int:
     after that checkpoint, by a run killed before its next one); returns how many were dropped."""
     rows = read_history(path)
     kept = [r for r in rows if int(r["epoch"]) < epoch]
-    if len(kept) < len(rows):
-        write_csv(path, HISTORY_KEYS, kept)
+    if len(kept) < len(rows):  # the file's own columns: an image run's or a per-vertebra run's
+        write_csv(path, list(rows[0]), kept)
     return len(rows) - len(kept)
 
 
@@ -172,3 +171,10 @@ def read_history(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def seed_rank_stream(generator: torch.Generator, module: L.LightningModule) -> None:
+    """Seed a module's own generator for this epoch: a stream per (seed, rank, epoch), so that DDP
+    ranks draw differently and a resumed run (any rank) draws what an uninterrupted one would,
+    with no generator state to carry in checkpoints."""
+    generator.manual_seed(epoch_seed(module.cfg.seed, module.current_epoch, stream=module.global_rank))

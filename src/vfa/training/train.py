@@ -1,11 +1,15 @@
 """Training on Lightning: data checks, the trainer and its checkpoints, precision and devices.
 
-`train(cfg, out)` trains one model (`vfa.train`, in `vfa.api`, adds the held-out test evaluation).
-Accelerator, devices, num_nodes, strategy and precision pass straight through to Lightning's
-Trainer, so DDP needs no extra code.
+`train(cfg, out)` trains one image-level model (`vfa.train`, in `vfa.api`, adds the held-out test
+evaluation). `fit` is the run both model families share (the per-vertebra one passes its own
+`Recipe`, vfa.training.vertebra): the leakage check and skipped lists, class weights, `--init`,
+resume, curves and loggers. Accelerator, devices, num_nodes, strategy and precision pass straight
+through to Lightning's Trainer, so DDP needs no extra code.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -16,18 +20,21 @@ from vfa import checkpoint
 from vfa import config as config_mod
 from vfa import runs
 from vfa.data.dataset import class_weight
-from vfa.data.samples import validate, write_skipped
+from vfa.data.samples import Samples, validate, write_skipped
 from vfa.errors import RunInterrupted
 from vfa.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, completed_epochs_in, resume_point
 from vfa.training.datamodule import VFADataModule
 from vfa.training.module import VFAModule, keep_history_before
 from vfa.training.tracking import make_loggers, remember
 
-def load_data(cfg, train: bool = True, log=print):
+def load_data(cfg, train: bool = True, log=print, image_labels: bool = True):
     """Scan and fully decode the training/validation (and --test) sets before any work starts;
     refuse bad files (per data.on_bad_file), an image or a patient in two splits, a validation
-    set with a single class. Each data argument is a class folder or a manifest CSV."""
-    from vfa.data.samples import (DataError, check_leakage, duplicates_within, is_manifest, leakage_error, load_samples, manifest_splits, split_source)
+    set with a single class. Each data argument is a class folder or a manifest CSV.
+    `image_labels=False` (the per-vertebra family, which learns from its bodies' table) drops the
+    two checks of the images' own labels: both classes in training, both in validation."""
+    from vfa.data.samples import (DataError, check_leakage, duplicates_within, is_manifest, leakage_error,
+                                  load_samples, manifest_splits, split_source)
     from vfa.io.normalize import parse
 
     d = cfg.data
@@ -44,7 +51,8 @@ def load_data(cfg, train: bool = True, log=print):
         if val is None:
             raise config_mod.ConfigError("data.val is not set (pass --val DIR or MANIFEST.csv)")
         val_samples = load_samples(val, d.classes, split="val")
-    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1), frame=d.frame, min_side=d.min_side)
+    tr = validate(train_samples, d.on_bad_file, need_classes=(0, 1) if image_labels else (), frame=d.frame,
+                  min_side=d.min_side)
     va = validate(val_samples, d.on_bad_file, frame=d.frame, min_side=d.min_side)
     sets = {"train": tr, "val": va}
     if getattr(d, "test", None):
@@ -59,7 +67,7 @@ def load_data(cfg, train: bool = True, log=print):
         dups = duplicates_within(s)
         if dups:
             log(f"warning: {name} holds {len(dups)} group(s) of identical images, e.g. {', '.join(dups[0][:3])}")
-    if len(set(va.labels)) < 2:
+    if image_labels and len(set(va.labels)) < 2:
         names = ", ".join(f"{n} {va.classes[c]}" for c, n in va.counts().items()) or "no images"
         raise DataError(f"the validation set {va.source or va.root} has a single class ({names}): AUC, Sn and "
                         f"Sp are undefined there and best.ckpt could not be chosen; add images of both classes")
@@ -94,25 +102,38 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=(), monitor=("val_auc", "ma
         limit_train_batches=t.limit_train_batches, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
 
 
-ARCHITECTURE_KEYS = ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")
+# the config section and keys whose values shape each family's weights: --init takes them from the checkpoint
+ARCHITECTURE = {"image": ("model", ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")),
+                "vertebra": ("vertebra", ("detector_backbone", "landmark_backbone", "width"))}
 
 
 def load_init(cfg, log=print) -> dict:
-    """The model weights of `cfg.model.init_from` (a vfa checkpoint, e.g. from `vfa import-keras`),
-    read with `torch.load(weights_only=True)`. The architecture keys of `cfg.model` are set to the
-    checkpoint's (the weights decide them); a preprocessing different from the checkpoint's is noted."""
+    """The model weights of `cfg.model.init_from` (a vfa checkpoint of the run's own model family,
+    e.g. from `vfa import-keras`), read with `torch.load(weights_only=True)`. The architecture keys
+    of the run's config are set to the checkpoint's (the weights decide them); a preprocessing
+    different from the checkpoint's is noted."""
     from vfa.data.augment import get_augment_config
 
     ckpt = checkpoint.load(cfg.model.init_from, role="--init checkpoint")
     src = checkpoint.config_of(ckpt, cfg.model.init_from)
-    changed = [k for k in ARCHITECTURE_KEYS if getattr(cfg.model, k) != getattr(src.model, k)]
-    for key in ARCHITECTURE_KEYS:
-        setattr(cfg.model, key, getattr(src.model, key))
-    cfg.model.pretrained = False
+    theirs, ours = src.model.family, cfg.model.family
+    if theirs != ours:  # the families' networks share no layer: no weight could carry over
+        raise config_mod.ConfigError(f"--init {cfg.model.init_from} holds a model.family {theirs} model and this run "
+                                     f"trains model.family {ours}: --init starts from a checkpoint of the run's own "
+                                     f"family")
+    if ours not in ARCHITECTURE:
+        raise config_mod.ConfigError(f"--init is not supported for model.family {ours} yet")
+    section, keys = ARCHITECTURE[ours]
+    mine, its = getattr(cfg, section), getattr(src, section)
+    changed = [k for k in keys if getattr(mine, k) != getattr(its, k)]
+    for key in keys:
+        setattr(mine, key, getattr(its, key))
+    mine.pretrained = False
     if changed:
-        log("model from the --init checkpoint: " + ", ".join(f"{k}={getattr(src.model, k)!r}" for k in changed))
+        log("model from the --init checkpoint: " + ", ".join(f"{section}.{k}={getattr(its, k)!r}" for k in changed))
     resize = [get_augment_config(c.augment, **c.augment_overrides).resize for c in (src, cfg)]
-    if tuple(src.data.size) != tuple(cfg.data.size) or resize[0] != resize[1] or src.data.normalize != cfg.data.normalize:
+    if (tuple(src.data.size) != tuple(cfg.data.size) or resize[0] != resize[1]
+            or src.data.normalize != cfg.data.normalize):
         log(f"note: the --init model expects {src.data.size[0]}x{src.data.size[1]}, {resize[0]} resize, normalize "
             f"{src.data.normalize}; this run feeds {cfg.data.size[0]}x{cfg.data.size[1]}, {resize[1]} resize, "
             f"normalize {cfg.data.normalize}")
@@ -165,46 +186,63 @@ def resolve_augment_on(cfg) -> str:
     return "device" if _training_device(cfg) in ("cuda", "mps") else "workers"
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a family's loader read and checked: the sets (their skipped files go to the run folder)
+    and the labels `optim.class_weights` weighs: the training images' or, per vertebra, the bodies'."""
+    train: Samples
+    val: Samples
+    weighed: list[int]
+    unit: str = "'frac' training image"  # what one weighed label belongs to, for the error without positives
+    truth: tuple = ()                    # per-vertebra: the (training, validation) truth tables
+
+
+def _image_data(cfg, log=print) -> TrainingData:
+    tr, va = load_data(cfg, log=log)
+    return TrainingData(tr, va, tr.labels)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the model families' training runs; `fit` does the rest for both."""
+    module: type                 # the LightningModule: module(config dict, pos_weight)
+    load: Callable               # (cfg, log) -> TrainingData
+    datamodule: Callable         # (cfg, TrainingData, start epoch) -> LightningDataModule
+    monitor: tuple[str, str] = ("val_auc", "max")   # best.ckpt's metric
+    augment_on: Callable = resolve_augment_on       # cfg -> where augmentation runs
+    loss_label: str = "train loss (weighted BCE)"   # curves_loss.png
+
+
+IMAGE = Recipe(VFAModule, _image_data, lambda cfg, data, start: VFADataModule(cfg, data.train, data.val, start))
+
+
 def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
-    """Train as configured; returns the run directory. `resume=True` continues `out` from last.ckpt;
-    `cfg.model.init_from` (`vfa train --init CKPT`) starts from that checkpoint's weights."""
+    """Train an image-level model as configured; returns the run directory. `resume=True` continues
+    `out` from last.ckpt; `cfg.model.init_from` (`vfa train --init CKPT`) starts from that
+    checkpoint's weights."""
+    return fit(cfg, out, IMAGE, force, resume, log)
+
+
+def fit(cfg, out: str | Path, recipe: Recipe, force: bool = False, resume: bool = False, log=print) -> Path:
+    """One training run of `recipe`'s family: `train`'s steps, the same for every family."""
     run_dir = Path(out)
+    inputs = [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from, cfg.vertebra.table]
     init_state = load_init(cfg, log) if cfg.model.init_from and not resume else None
-    if resume:
-        last, done = resume_point(run_dir, log)
-        if cfg.optim.epochs <= done:
-            raise config_mod.ConfigError(f"{run_dir} has already trained {done} epoch(s); to extend it, pass "
-                                         f"--epochs above {done}")
-    else:  # before any data is read: an --out that would overwrite an input fails at once
-        runs.check_out(run_dir, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from], "folder")
+    last, done = _start_point(cfg, run_dir, resume, inputs, log)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    cfg.data.augment_on = resolve_augment_on(cfg)
+    cfg.data.augment_on = recipe.augment_on(cfg)
     cfg.trainer.precision = resolve_precision(cfg)
-    tr, va = load_data(cfg, log=log)  # every file decoded and checked before the disk is touched
-    if not resume:
-        runs.prepare_run_dir(run_dir, force, [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from],
-                             ddp=True)
-        runs.write_run_files(run_dir, cfg)
-    elif not runs.is_secondary_rank():  # what --epochs / --set changed, so the next --resume knows it
-        runs.atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
-    if not runs.is_secondary_rank():
-        write_skipped(tr, run_dir / "skipped_train.csv")
-        write_skipped(va, run_dir / "skipped_val.csv")
-    pos_weight = class_weight(tr.labels) if cfg.optim.class_weights else 1.0
+    data = recipe.load(cfg, log)  # every file decoded and checked before the disk is touched
+    _prepare(run_dir, cfg, data, force, resume, inputs, done, last, log)
+    pos_weight = positive_weight(cfg, data)
     log(f"positive-class weight: {pos_weight:.3f}")
-    module = VFAModule(config_mod.to_dict(cfg), pos_weight)
+    module = recipe.module(config_mod.to_dict(cfg), pos_weight)
     if init_state is not None:
         module.model.load_state_dict(init_state)
         log(f"initial weights: {cfg.model.init_from}")
-    if resume and not runs.is_secondary_rank():
-        runs.remove_temporaries(run_dir, "checkpoints")  # what a killed write left behind
-        dropped = keep_history_before(run_dir / "history.csv", done)
-        log(f"resuming {run_dir} after epoch {done} ({last.name})"
-            + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
-    trainer = make_trainer(cfg, run_dir)
+    trainer = make_trainer(cfg, run_dir, monitor=recipe.monitor)
     try:
-        trainer.fit(module, datamodule=VFADataModule(cfg, tr, va, done if resume else 0),
-                    ckpt_path=str(last) if resume else None,
+        trainer.fit(module, datamodule=recipe.datamodule(cfg, data, done), ckpt_path=str(last) if resume else None,
                     weights_only=True if resume else None)
     except RunInterrupted as exc:
         done = completed_epochs_in(run_dir)
@@ -213,7 +251,45 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
         raise
     if trainer.is_global_zero:
         from vfa.training.curves import plot_history
-        plot_history(run_dir / "history.csv", run_dir)
+        plot_history(run_dir / "history.csv", run_dir, recipe.loss_label)
         remember(trainer.loggers, run_dir)
     return run_dir
 
+
+def positive_weight(cfg, data: TrainingData) -> float:
+    """`optim.class_weights`: n_negative / n_positive of what the family weighs (the training images,
+    or per vertebra their bodies); off: 1."""
+    return class_weight(data.weighed, data.unit) if cfg.optim.class_weights else 1.0
+
+
+def _start_point(cfg, run_dir: Path, resume: bool, inputs: list, log) -> tuple[Path | None, int]:
+    """(the checkpoint a resumed run continues from, the epochs it completed); (None, 0) for a new run,
+    whose --out is checked before any data is read: one that would overwrite an input fails at once."""
+    if not resume:
+        runs.check_out(run_dir, inputs, "folder")
+        return None, 0
+    last, done = resume_point(run_dir, log)
+    if cfg.optim.epochs <= done:
+        raise config_mod.ConfigError(f"{run_dir} has already trained {done} epoch(s); to extend it, pass "
+                                     f"--epochs above {done}")
+    return last, done
+
+
+def _prepare(run_dir: Path, cfg, data: TrainingData, force: bool, resume: bool, inputs: list, done: int,
+             last: Path | None, log) -> None:
+    """The run folder before training: a new run's marker and config, or a resumed run's config with
+    what --epochs / --set changed (so the next --resume knows it) and its history cut back to its
+    checkpoint; the skipped lists. Under DDP the first rank alone writes."""
+    if not resume:
+        runs.prepare_run_dir(run_dir, force, inputs, ddp=True)
+        runs.write_run_files(run_dir, cfg)
+    if runs.is_secondary_rank():
+        return
+    if resume:
+        runs.atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
+        runs.remove_temporaries(run_dir, "checkpoints")  # what a killed write left behind
+        dropped = keep_history_before(run_dir / "history.csv", done)
+        log(f"resuming {run_dir} after epoch {done} ({last.name})"
+            + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
+    write_skipped(data.train, run_dir / "skipped_train.csv")
+    write_skipped(data.val, run_dir / "skipped_val.csv")

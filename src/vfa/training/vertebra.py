@@ -1,6 +1,8 @@
 """Training the per-vertebra model (model.family: vertebra): one Lightning loop trains the spine
 detector on whole images and the landmark network on crops of the same batch, so a run has one
-checkpoint, one resume and one history, as an image-level run has."""
+checkpoint, one resume and one history, as an image-level run has. The run itself is the image
+family's (`vfa.training.train.fit`): the leakage check and skipped lists, class weights (over
+bodies), `--init`, the augmentation preset (moving the six points), curves, loggers, per-rank seeds."""
 from __future__ import annotations
 
 import math
@@ -10,19 +12,18 @@ import lightning as L
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
-from vfa import config as config_mod, runs
-from vfa.data.samples import DataError, load_samples, validate
+from vfa import config as config_mod
+from vfa.data.samples import DataError
 from vfa.data.transforms import create_transform
 from vfa.data.vertebrae import VertebraDataset, find_table, read_vertebrae, truth_for
-from vfa.errors import RunInterrupted
 from vfa.models.crops import crop, to_crop
 from vfa.models.vertebra import build_vertebra_model
+from vfa.spine import POINT_COLUMNS
 from vfa.stats.accuracy import delong_ci
-from vfa.training.checkpointing import EpochSeededLoader, completed_epochs_in, resume_point
-from vfa.training.module import append_history, keep_history_before
-from vfa.training.train import make_trainer, resolve_precision
+from vfa.training.datamodule import VFADataModule
+from vfa.training.module import append_history, seed_rank_stream
+from vfa.training.train import Recipe, TrainingData, fit, load_data
 from vfa.training.vertebra_targets import detector_loss, training_crops
 
 HISTORY_KEYS = ("epoch", "train_loss", "lr", "val_loss", "val_point_error", "val_auc")
@@ -71,7 +72,7 @@ class VertebraModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n = 0.0, 0
-        self._crop_rng.manual_seed((self.cfg.seed * 1_000_003 + self.global_rank) * 10_007 + self.current_epoch)
+        seed_rank_stream(self._crop_rng, self)  # each rank its own crops and jitter
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def validation_step(self, batch, batch_idx):
@@ -113,65 +114,61 @@ def _body_height(points: torch.Tensor) -> torch.Tensor:
     return (points[:, 3:] - points[:, :3]).norm(dim=-1).amax(-1).clamp_min(1e-6)
 
 
-def load_vertebra_data(cfg, log=print):
-    """(train, val) samples, every file decoded and checked, and their per-vertebra truth."""
-    d = cfg.data
-    if not d.train or not d.val:
-        raise config_mod.ConfigError("a per-vertebra model needs --train and --val (each with vertebrae.csv beside it)")
-    out = []
-    for name, source in (("training", d.train), ("validation", d.val)):
-        samples = validate(load_samples(source, d.classes, split="train" if name == "training" else "val"),
-                           d.on_bad_file, frame=d.frame, min_side=d.min_side)
+BODY_UNIT = ("fractured body (grade >= 1) among the training images' rows of the per-vertebra table "
+             "(or optim.class_weights=false)")
+
+
+def load_vertebra_data(cfg, log=print) -> TrainingData:
+    """The image family's checked sets (every file decoded, bad files per data.on_bad_file, no image
+    or patient in two splits), each with its per-vertebra truth; class weights weigh the bodies."""
+    tr, va = load_data(cfg, log=log, image_labels=False)
+    d, tables, truth = cfg.data, {}, []
+    # a validation split taken from the training manifest (no --val, or data.fold) shares its table
+    for name, samples, source in (("training", tr, d.train), ("validation", va, d.val or d.train)):
         path = find_table(source, cfg.vertebra.table)
-        table = read_vertebrae(path)
-        if "sup_ant_x" not in table.columns:
+        if path not in tables:
+            tables[path] = read_vertebrae(path)
+        if POINT_COLUMNS[0] not in tables[path].columns:
             raise DataError(f"{path}: training needs the six points, not only grades")
-        out += [samples, truth_for(samples, table, name)]
-        log(f"{name}: {len(samples.paths)} images, {sum(len(r) for r in out[-1].values())} vertebrae")
-    return out
+        truth.append(truth_for(samples, tables[path], name))
+        log(f"{name}: {len(samples.paths)} images, {sum(len(r) for r in truth[-1].values())} vertebrae")
+    rows = list(truth[0].values())
+    grades = np.concatenate([r["grade"].to_numpy() for r in rows]) if rows and "grade" in rows[0] else np.zeros(0)
+    return TrainingData(tr, va, (grades > 0).astype(int).tolist(), BODY_UNIT, tuple(truth))
 
 
-def _loader(cfg, samples, truth, shuffle: bool, epoch_fn=None) -> DataLoader:
-    ds = VertebraDataset(samples, truth, create_transform(cfg, channels=1))
-    kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, drop_last=False)
-    if shuffle:
-        return EpochSeededLoader(ds, shuffle=True, seed=cfg.seed, epoch_fn=epoch_fn, rank=0, **kw)
-    return DataLoader(ds, shuffle=False, **kw)
+class VertebraDataModule(VFADataModule):
+    """The image family's loaders (order and draws from (seed, epoch, global rank)) over the
+    per-vertebra dataset; training images augmented by the config's preset, points moved with them."""
+
+    def __init__(self, cfg, data: TrainingData, start_epoch: int = 0):
+        super().__init__(cfg, data.train, data.val, start_epoch)
+        self.truth = data.truth
+
+    def train_dataloader(self):
+        ds = VertebraDataset(self.train_samples, self.truth[0], create_transform(self.cfg, train=True, channels=1))
+        return self._loader(ds, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(VertebraDataset(self.val_samples, self.truth[1], create_transform(self.cfg, channels=1)),
+                            shuffle=False)
+
+
+def augment_on(cfg) -> str:
+    """Per image, in the loader workers: the points move with each image's own draw."""
+    if cfg.data.augment_on == "device":
+        raise config_mod.ConfigError("data.augment_on=device augments batches of images on the device; a "
+                                     "per-vertebra run moves each image's six points with its own draw, in the "
+                                     "loader workers: use workers (or auto)")
+    return "workers"
+
+
+VERTEBRA = Recipe(VertebraModule, load_vertebra_data, VertebraDataModule, monitor=("val_loss", "min"),
+                  augment_on=augment_on, loss_label="train loss (all parts)")
 
 
 def train_vertebrae(cfg, out: str | Path, force: bool = False, resume: bool = False, log=print) -> Path:
     """Train the per-vertebra model as configured; returns the run directory (`resume`: continue
-    from last.ckpt). The layout is an image-level run's: config.yaml, checkpoints/, history.csv."""
-    run_dir = Path(out)
-    done, last = 0, None
-    if resume:
-        last, done = resume_point(run_dir, log)
-        if cfg.optim.epochs <= done:
-            raise config_mod.ConfigError(f"{run_dir} has already trained {done} epoch(s); pass --epochs above {done}")
-    else:
-        runs.check_out(run_dir, [cfg.data.train, cfg.data.val, cfg.data.test], "folder")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    cfg.trainer.precision = resolve_precision(cfg)
-    tr, tr_truth, va, va_truth = load_vertebra_data(cfg, log)
-    if not resume:
-        runs.prepare_run_dir(run_dir, force, [cfg.data.train, cfg.data.val, cfg.data.test])
-        runs.write_run_files(run_dir, cfg)
-    else:
-        runs.atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
-        runs.remove_temporaries(run_dir, "checkpoints")
-        keep_history_before(run_dir / "history.csv", done)
-    grades = np.concatenate([r["grade"].to_numpy() for r in tr_truth.values()]) if "grade" in next(
-        iter(tr_truth.values())) else np.zeros(1)
-    pos_weight = float((grades == 0).sum() / max((grades > 0).sum(), 1))
-    module = VertebraModule(config_mod.to_dict(cfg), pos_weight)
-    trainer = make_trainer(cfg, run_dir, monitor=("val_loss", "min"))
-    epoch_fn = lambda: max(done, int(trainer.fit_loop.epoch_progress.current.processed))  # noqa: E731
-    try:
-        trainer.fit(module, _loader(cfg, tr, tr_truth, True, epoch_fn), _loader(cfg, va, va_truth, False),
-                    ckpt_path=str(last) if resume else None, weights_only=True if resume else None)
-    except RunInterrupted as exc:
-        n = completed_epochs_in(run_dir)
-        exc.hint = (f"{run_dir / 'checkpoints' / 'last.ckpt'} holds {n} completed epoch(s); continue with: "
-                    f"vfa train --resume {run_dir}" if n else "no epoch was completed")
-        raise
-    return run_dir
+    from last.ckpt). The layout is an image-level run's: config.yaml, checkpoints/, history.csv,
+    curves, logs/, skipped lists."""
+    return fit(cfg, out, VERTEBRA, force, resume, log)

@@ -96,7 +96,7 @@ def train_check(out: Path, phantom: Path, smoke: bool, preset: str = "seed") -> 
                              "logger": "none"},
                  "optim": {"epochs": 2}}
     if smoke:
-        overrides = config_mod._merge_dict(overrides, {**tiny, "trainer": {"accelerator": "cpu"}})
+        overrides = config_mod.merged_dict(overrides, {**tiny, "trainer": {"accelerator": "cpu"}})
     cfg = config_mod.resolve(preset, overrides=overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -14,7 +14,7 @@ TINY = ["data.size=[96,56]", "model.backbone=resnet18", "model.head=[16]", "data
 
 
 def tiny_cfg(phantom, epochs=1):
-    return config_mod.resolve("cpu-demo", overrides=config_mod._merge_dict(
+    return config_mod.resolve("cpu-demo", overrides=config_mod.merged_dict(
         config_mod.parse_set(TINY),
         {"data": {"train": str(phantom / "train"), "val": str(phantom / "val")}, "optim": {"epochs": epochs}}))
 

@@ -36,7 +36,7 @@ def resume(run: str | Path, overrides: dict | None = None, epochs: int | None = 
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run} is not a vfa run directory (no config.yaml)")
     cfg = config_mod.from_dict(config_mod.yaml.safe_load(cfg_file.read_text()))
-    config_mod._merge(cfg, overrides or {})
+    config_mod.merge_into(cfg, overrides or {})
     if epochs:
         cfg.optim.epochs = epochs
     config_mod.check(cfg)

@@ -173,6 +173,9 @@ class VertebraConfig:
     jitter: float = 0.08       # training crop centre / scale noise, as a share of the spacing
     heat_threshold: float = 0.3
     fracture_threshold: float = 0.5   # the fracture head's P at which a body is called fractured
+    # which way the spines face (anterior on that side): left as the phantom and the training
+    # images, right (read mirrored), or auto per image (DICOM header, else the detector both ways)
+    orientation: str = "auto"
 
 
 @dataclass
@@ -195,7 +198,7 @@ PRESETS = presets.PRESETS
 
 
 
-def _merge(target: Any, updates: dict, where: str = "") -> Any:
+def merge_into(target: Any, updates: dict, where: str = "") -> Any:
     """Recursively apply a dict of overrides to a dataclass, rejecting unknown keys."""
     for key, value in updates.items():
         if not hasattr(target, key):
@@ -203,7 +206,7 @@ def _merge(target: Any, updates: dict, where: str = "") -> Any:
             raise ConfigError(f"unknown config key '{where}{key}' (valid: {valid})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _merge(current, value, f"{where}{key}.")
+            merge_into(current, value, f"{where}{key}.")
         else:
             if isinstance(current, tuple) and isinstance(value, list | tuple):
                 value = tuple(value)
@@ -216,12 +219,12 @@ def _merge(target: Any, updates: dict, where: str = "") -> Any:
     return target
 
 
-def _merge_dict(base: dict, extra: dict) -> dict:
+def merged_dict(base: dict, extra: dict) -> dict:
     """Deep-merge two override dicts (extra wins)."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_dict(out[key], value)
+            out[key] = merged_dict(out[key], value)
         else:
             out[key] = value
     return out
@@ -246,15 +249,15 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}' (valid: {', '.join(PRESETS)})")
     cfg = Config(preset=preset)
-    _merge(cfg, copy.deepcopy(PRESETS[preset]))
+    merge_into(cfg, copy.deepcopy(PRESETS[preset]))
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         loaded = yaml.safe_load(path.read_text()) or {}
         loaded.pop("preset", None)
-        _merge(cfg, loaded)
-    _merge(cfg, overrides or {})
+        merge_into(cfg, loaded)
+    merge_into(cfg, overrides or {})
     check(cfg)
     return cfg
 
@@ -296,6 +299,12 @@ def check(cfg: Config) -> None:
             or not 0 < v.fracture_threshold <= 1:
         raise ConfigError("vertebra: crop_size, bodies_per_image, width and detector_size must be positive and "
                           f"heat_threshold and fracture_threshold in (0, 1); got {v}")
+    if v.orientation not in ORIENTATIONS:
+        raise ConfigError(f"vertebra.orientation must be one of {ORIENTATIONS} (docs/vertebrae.md), "
+                          f"got {v.orientation!r}")
+
+
+ORIENTATIONS = ("auto", "left", "right")   # vertebra.orientation: vfa.inference.orientation
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -349,7 +358,7 @@ def to_dict(cfg: Config) -> dict:
 def from_dict(data: dict) -> Config:
     data = copy.deepcopy(data)
     cfg = Config(preset=data.pop("preset", "seed"))
-    return _merge(cfg, data)
+    return merge_into(cfg, data)
 
 
 def dump(cfg: Config) -> str:

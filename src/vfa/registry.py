@@ -118,6 +118,7 @@ class Family:
     steps: dict[str, str]
     refuses: dict[str, str] = field(default_factory=dict)   # option or command -> why not (docs)
     threshold_key: str = ""          # the config key of its decision threshold; "": 0.5 unless calibrated
+    architecture: tuple = ()         # (config section, keys) that shape its weights: --init takes them
 
     def step(self, name: str) -> Callable:
         module, _, fn = self.steps[name].partition(":")
@@ -169,6 +170,7 @@ FAMILIES = FamilyRegistry(
     Family("image", "image-level model", "one P(fracture) per image (the notebook's family)",
            algorithm="vfa vertebral fracture classifier ({model.backbone})",
            extra_columns=(),
+           architecture=("model", ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")),
            evaluate_outputs="metrics.json, predictions.csv, final_results.xlsx, figures and report.html",
            steps={"build": "vfa.models.network:build_network", "train": "vfa.training.train:train",
                   "evaluate": "vfa.evaluation.evaluate:evaluate_images", "predict": "vfa.inference.run:predict_images",
@@ -177,6 +179,7 @@ FAMILIES = FamilyRegistry(
            algorithm="vfa per-vertebra reader ({vertebra.detector_backbone} detector, "
                      "{vertebra.landmark_backbone} landmarks)",
            extra_columns=("max_grade", "n_vertebrae"), threshold_key="vertebra.fracture_threshold",
+           architecture=("vertebra", ("detector_backbone", "landmark_backbone", "width")),
            evaluate_outputs="metrics.json, predictions.csv, vertebrae.csv, vertebra_report.html and overlays",
            steps={"build": "vfa.models.vertebra:build_network", "train": "vfa.training.vertebra:train_vertebrae",
                   "evaluate": "vfa.evaluation.vertebra_eval:evaluate_vertebrae",

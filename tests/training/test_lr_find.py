@@ -87,7 +87,7 @@ def test_lr_find_leaves_the_checkpoint_and_model_byte_identical(tmp_path):
     model = load_model(ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = model.config
-    config_mod._merge(cfg, {"data": {"batch_size": 4, "num_workers": 0}, "trainer": {"progress": False}})
+    config_mod.merge_into(cfg, {"data": {"batch_size": 4, "num_workers": 0}, "trainer": {"progress": False}})
     data = write_folder(tmp_path / "train", n_per_class=4, size=(40, 24))
     res = lr_find(cfg, data, tmp_path / "lr", model=model, steps=6, progress=False, log=lambda m: None)
     res2 = lr_find(cfg, data, tmp_path / "lr2", model=ckpt, steps=6, progress=False, log=lambda m: None)

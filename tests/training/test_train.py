@@ -179,7 +179,7 @@ def test_device_augmentation_draws_the_preset_per_sample():
 def test_train_with_device_augmentation_and_compile(tiny_phantom, tmp_path):
     """data.augment_on=device and model.compile=true train end to end; checkpoints load uncompiled."""
     cfg = tiny_cfg(tiny_phantom)
-    config_mod._merge(cfg, {"data": {"augment_on": "device"},
+    config_mod.merge_into(cfg, {"data": {"augment_on": "device"},
                             "model": {"compile": True, "backbone": "vfa_cnn_small", "head": []}})
     run = vfa.train(cfg, tmp_path / "run")
     saved = config_mod.resolve("seed", run / "config.yaml")

@@ -37,7 +37,7 @@ def manifest(phantom, out, extra_train=(), extra_val=()):
 
 def vcfg(phantom, source, *sets):
     over = config_mod.parse_set([*TINY, *sets])
-    over = config_mod._merge_dict(over, {"data": {"train": f"{source}:train", "val": f"{source}:val"},
+    over = config_mod.merged_dict(over, {"data": {"train": f"{source}:train", "val": f"{source}:val"},
                                          "vertebra": {"table": str(phantom / "vertebrae.csv")}})
     return config_mod.resolve("vertebra-demo", overrides=over)
 

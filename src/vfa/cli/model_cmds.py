@@ -139,7 +139,7 @@ def cmd_lr_find(args) -> None:
         device["trainer"] = {"accelerator": accelerator(args.device)}
     if args.model:  # its config, with --set on top; the file is only read: the sweep trains a copy
         cfg = None
-        overrides = config_mod._merge_dict(config_mod.parse_set(args.set), device)
+        overrides = config_mod.merged_dict(config_mod.parse_set(args.set), device)
     else:
         cfg, overrides = resolve_config(args, device), None
     lr_find(cfg, args.train, args.out, model=args.model, overrides=overrides, min_lr=args.min_lr,

@@ -208,7 +208,7 @@ def _lr_find(cfg, train, out, model, overrides, min_lr, max_lr, steps, per_epoch
         if model is None or isinstance(model, torch.nn.Module):
             raise ConfigError("lr_find needs a config, or a checkpoint path as `model`")
         cfg = checkpoint.config_of(checkpoint.load(model), model)
-        config_mod._merge(cfg, overrides or {})
+        config_mod.merge_into(cfg, overrides or {})
         config_mod.check(cfg)
     min_lr = min_lr if min_lr is not None else (1e-10 if per_epoch else 1e-7)
     steps = steps or (50 if per_epoch else 100)

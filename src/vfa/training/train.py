@@ -25,6 +25,7 @@ from vfa.errors import RunInterrupted
 from vfa.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, completed_epochs_in, resume_point
 from vfa.training.datamodule import VFADataModule
 from vfa.training.module import VFAModule, keep_history_before
+from vfa.registry import FAMILIES
 from vfa.training.tracking import make_loggers, remember
 
 def load_data(cfg, train: bool = True, log=print, image_labels: bool = True):
@@ -102,11 +103,6 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=(), monitor=("val_auc", "ma
         limit_train_batches=t.limit_train_batches, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
 
 
-# the config section and keys whose values shape each family's weights: --init takes them from the checkpoint
-ARCHITECTURE = {"image": ("model", ("backbone", "head", "head_batchnorm", "global_pool", "backbone_kwargs")),
-                "vertebra": ("vertebra", ("detector_backbone", "landmark_backbone", "width"))}
-
-
 def load_init(cfg, log=print) -> dict:
     """The model weights of `cfg.model.init_from` (a vfa checkpoint of the run's own model family,
     e.g. from `vfa import-keras`), read with `torch.load(weights_only=True)`. The architecture keys
@@ -121,9 +117,7 @@ def load_init(cfg, log=print) -> dict:
         raise config_mod.ConfigError(f"--init {cfg.model.init_from} holds a model.family {theirs} model and this run "
                                      f"trains model.family {ours}: --init starts from a checkpoint of the run's own "
                                      f"family")
-    if ours not in ARCHITECTURE:
-        raise config_mod.ConfigError(f"--init is not supported for model.family {ours} yet")
-    section, keys = ARCHITECTURE[ours]
+    section, keys = FAMILIES.of(cfg).architecture  # the keys whose values shape the weights
     mine, its = getattr(cfg, section), getattr(src, section)
     changed = [k for k in keys if getattr(mine, k) != getattr(its, k)]
     for key in keys:

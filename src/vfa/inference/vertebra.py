@@ -143,8 +143,10 @@ def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarr
 
 
 def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[pd.DataFrame]:
-    """vertebrae.csv rows (`file` = the path as given) of each image, points in the file's pixels."""
+    """vertebrae.csv rows (`file` = the path as given) of each image, points in the file's pixels.
+    A right-facing spine (vfa.inference.orientation) is read mirrored and its points mirrored back."""
     from vfa.data.transforms import create_transform
+    from vfa.inference.orientation import facing, mirror_points
 
     transform = create_transform(model.config, channels=1)
     dev, vcfg = next(model.parameters()).device, model.config.vertebra
@@ -154,11 +156,17 @@ def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = F
         from tqdm import tqdm
         starts = tqdm(starts, desc="vertebrae", unit="batch")
     for s in starts:
-        loaded = [transform.load_scaled(p) for p in paths[s:s + batch_size]]
+        batch = paths[s:s + batch_size]
+        loaded = [transform.load_scaled(p) for p in batch]
         img = torch.stack([x for x, _ in loaded]).to(dev)
+        sides = facing(model, batch, img, vcfg, detect)
+        right = torch.tensor([f == "right" for f in sides], device=dev)
+        img = torch.where(right[:, None, None, None], img.flip(-1), img)
         found = detect(model, img, vcfg)
-        for path, (_, scale), (c, lv), (pts, prob) in zip(paths[s:s + batch_size], loaded, found,
-                                                          place_points(model, img, found, vcfg)):
+        for path, (_, scale), (c, lv), (pts, prob), side in zip(batch, loaded, found,
+                                                                place_points(model, img, found, vcfg), sides):
+            if side == "right":   # back to the image as given: its anterior points stay anterior
+                pts = mirror_points(pts, img.shape[-1])
             out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold))
     return out
 

@@ -38,7 +38,8 @@ def frames(centres: np.ndarray, levels: np.ndarray, scale: float, fallback: floa
 
 def _across(axis: torch.Tensor) -> torch.Tensor:
     """The unit vector across the body, + towards the posterior wall when the axis points down an
-    image whose spine faces left (the phantom's and the common VFA orientation)."""
+    image whose spine faces left (the phantom's and the common VFA orientation; a right-facing scan
+    is mirrored before it is read: vfa.inference.orientation)."""
     return torch.stack([axis[..., 1], -axis[..., 0]], -1)
 
 

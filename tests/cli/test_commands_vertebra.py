@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.cli.test_commands import COMMANDS
 from tests.helpers import make_checkpoint
 from vfa import checkpoint, config
-from vfa.cli import main
+from vfa.cli import build_parser, main
 from vfa.registry import FAMILIES, IMAGE_COLUMNS
 
 pytestmark = pytest.mark.slow
+COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 TINY = ["data.size=[192,112]", "vertebra.detector_size=[96,56]", "vertebra.crop_size=32", "vertebra.width=16",
         "vertebra.detector_backbone=resnet10t", "vertebra.landmark_backbone=resnet10t", "data.batch_size=4",

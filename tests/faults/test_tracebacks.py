@@ -134,3 +134,41 @@ def test_a_deflated_dicom_bomb_is_refused_before_inflating(tmp_path, monkeypatch
     monkeypatch.setattr(pydicom, "dcmread", never)
     with pytest.raises(BadImageError, match="30000x30000 pixels x 1 frame.*refused before inflating"):
         read_image(path)
+
+
+def test_an_onnx_export_given_as_model_names_what_to_pass(env, tmp_path, capsys):
+    onnx = tmp_path / "in" / "model.onnx"  # the suffix decides: vfa never reads an .onnx as a checkpoint
+    onnx.parent.mkdir()
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, args in model_commands(env, str(onnx), out).items():
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is an ONNX export" in err and "damaged" not in err, (name, err)
+        assert ".ckpt it was exported from" in err and "--backend onnxruntime" in err, (name, err)
+    assert not list(out.iterdir())
+
+
+def test_a_run_folder_as_model_is_its_best_checkpoint(env, tmp_path, capsys):
+    run = tmp_path / "runs" / "small"
+    make_checkpoint(run / "checkpoints" / "best.ckpt")
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(run), str(env["data"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    # said once, though the folder is resolved where --model is listed and again where it is loaded
+    assert err.count(f"model {run} is a run folder: using its checkpoints/best.ckpt") == 1, err
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_a_folder_without_a_best_checkpoint_names_what_it_holds(env, tmp_path, capsys):
+    run = tmp_path / "run"
+    make_checkpoint(run / "checkpoints" / "last.ckpt")
+    for name, args in model_commands(env, str(run), tmp_path / "out").items():
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a folder without checkpoints/best.ckpt" in err, (name, err)
+        assert "it holds checkpoints/last.ckpt: pass one of them" in err, (name, err)
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert main(["predict", "--model", str(run), str(env["data"]), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "pass a .ckpt file, or the folder of a vfa train run" in capsys.readouterr().err

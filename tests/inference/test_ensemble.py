@@ -92,3 +92,18 @@ def test_ensemble_heatmap_is_the_mean_of_members_maps(env):
     for k, (path, p, _, heat) in enumerate(together):
         assert heat == pytest.approx((alone[0][k][3] + alone[1][k][3]) / 2, abs=1e-6)
         assert p == pytest.approx((alone[0][k][1] + alone[1][k][1]) / 2, abs=1e-6)
+
+
+def test_run_folders_as_members_are_their_best_checkpoints(env, tmp_path):
+    """model_paths resolves run folders, so the file records the checkpoint (name, path, checksum)."""
+    import shutil
+
+    runs = [tmp_path / "fold0", tmp_path / "fold1"]
+    for run, src in zip(runs, (env["a"], env["b"])):
+        (run / "checkpoints").mkdir(parents=True)
+        shutil.copy(src, run / "checkpoints" / "best.ckpt")
+    out = write_ensemble([str(r) for r in runs], tmp_path / "ens.yaml")
+    members = yaml.safe_load(out.read_text())["members"]
+    assert [m["name"] for m in members] == ["fold0", "fold1"]
+    assert [m["path"] for m in members] == ["fold0/checkpoints/best.ckpt", "fold1/checkpoints/best.ckpt"]
+    assert len(load_ensemble([str(r) for r in runs])) == 2

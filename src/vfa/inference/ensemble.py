@@ -87,13 +87,17 @@ def is_ensemble_file(path) -> bool:
 
 
 def model_paths(spec) -> list:
-    """The --model argument(s) as a list (a single str/Path, or a list of them)."""
+    """The --model argument(s) as a list (a single str/Path, or a list of them), a run folder
+    replaced by its checkpoints/best.ckpt (vfa.checkpoint.resolve), so that member names,
+    checksums and job records see the file that is loaded."""
+    from vfa.checkpoint import resolve  # torch-free
+
     items = [spec] if isinstance(spec, str | Path) or hasattr(spec, "parameters") else list(spec)
     if not items:
         raise ConfigError("--model: at least one checkpoint is needed")
     if len(items) > 1 and any(is_ensemble_file(p) for p in items):
         raise ConfigError("--model: give one ensemble file, or several checkpoints, not both")
-    return items
+    return [str(resolve(p)) if isinstance(p, str | Path) and Path(p).is_dir() else p for p in items]
 
 
 def resolve_family(spec, command: str):

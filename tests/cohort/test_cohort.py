@@ -8,24 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.cohort.helpers import cohort_files as _files
 from vfa.cli import main as cli_main
 from vfa.cohort import survival
 from vfa.cohort.agreement import agreement
 from vfa.cohort.data import Cohort, CohortError, load_cohort
-from vfa.cohort.synth import draw_outcomes
 
 CODES = {"censored": 0, "event": 1, "competing": 2}
-
-
-def _files(tmp_path, n=3000, hr=1.85, seed=0, prevalence=0.25):
-    rng = np.random.default_rng(seed)
-    p = rng.random(n)
-    pred = pd.DataFrame({"image_id": [f"img{i:05d}" for i in range(n)], "raw": p,
-                         "predicted": (p >= 1 - prevalence).astype(int)})
-    out = pd.concat([pred[["image_id"]], draw_outcomes(pred["predicted"].to_numpy(), hr, seed)], axis=1)
-    pred.to_csv(tmp_path / "pred.csv", index=False)
-    out.to_csv(tmp_path / "out.csv", index=False)
-    return tmp_path / "pred.csv", tmp_path / "out.csv"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -31,7 +31,7 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa augment-preview --data DIR --preset seed --n 8 --out grid.png
   vfa cv --preset cpu-demo --data MANIFEST.csv --folds 5 --out runs/cv   cross-validation + fold ensemble
   vfa runs list runs/  |  vfa runs compare runs/a runs/b                 runs side by side
-  vfa cohort --predictions P.csv --outcomes O.csv --out DIR [--adjust age,sex]   KM, Cox, C, kappa
+  vfa cohort --predictions P.csv --outcomes O.csv --out DIR [--adjust age,sex]   KM, Cox, Fine-Gray, C, kappa
   vfa review --predictions P.csv --db review.sqlite [--heatmaps DIR]   readers' web worklist (docs/review.md)
   vfa review export --db review.sqlite --out reads.csv [--agreement agreement.json]
 """

@@ -93,7 +93,7 @@ def cmd_cohort(args) -> None:
 
 def add_cohort(sub) -> None:
     p = sub.add_parser("cohort", help="does the model's finding predict the next fracture? KM, competing-risk "
-                                      "incidence, Cox HRs, C-index, agreement with a reader")
+                                      "incidence, Cox HRs, Fine-Gray sHRs, C-index, agreement with a reader")
     p.add_argument("--predictions", required=True, help="vfa predict / evaluate output")
     p.add_argument("--outcomes", required=True, help="CSV: one row per image (or patient) with the join key, "
                                                      "follow-up time, event code(s), covariates")

@@ -55,17 +55,20 @@ def incidence_figure(aj_fits: dict, km_fits: dict, outcome: str, horizon: float)
     return _png(fig)
 
 
-def forest_figure(cox_rows: list[dict]) -> bytes:
-    rows = [r for r in cox_rows if r["term"] in ("exposure", "score_sd")]
+def forest_figure(hr_rows: list[dict]) -> bytes:
+    """The finding's and the score's HRs, each row labelled by its "estimate" (Cox HR, Fine–Gray sHR)."""
+    rows = [r for r in hr_rows if r["term"] in ("exposure", "score_sd")]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
     for i, r in enumerate(rows):
         y = len(rows) - 1 - i
         ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="k")
-        ax.plot(r["hr"], y, "s", color="C3" if "Fine" in r["model"] else "C0")
-    ax.set_yticks(range(len(rows)), [f"{r['outcome']}: {r['term']}, {r['model']}" for r in rows][::-1], fontsize=8)
+        ax.plot(r["hr"], y, "s", color="C3" if r.get("estimate", "").startswith("Fine") else "C0")
+    labels = [f"{r['outcome']}: {r['term']}, {r['model']}" + (f" ({r['estimate']})" if "estimate" in r else "")
+              for r in rows]
+    ax.set_yticks(range(len(rows)), labels[::-1], fontsize=8)
     ax.axvline(1, color="gray", lw=1)
     ax.set_xscale("log")
-    ax.set(xlabel="hazard ratio (95 % CI, log scale)", title="Hazard ratios")
+    ax.set(xlabel="hazard ratio (95 % CI, log scale)", title="Hazard ratios: Cox HR (blue), Fine–Gray sHR (red)")
     return _png(fig)
 
 
@@ -86,7 +89,8 @@ def write_html(path: Path, result: dict, tables: dict[str, pd.DataFrame], figure
     for w in result.get("warnings", []):
         parts.append(f"<p class='warn'>Warning: {e(w)}</p>")
     order = ("subjects", "cox", "cumulative_incidence", "c_index", "agreement", "ph_check", "excluded")
-    titles = {"subjects": "Who entered the analysis", "cox": "Hazard ratios (Cox, Efron ties)",
+    titles = {"subjects": "Who entered the analysis",
+              "cox": "Hazard ratios (Cox HR, Efron ties; Fine–Gray sHR, death competing)",
               "cumulative_incidence": "Cumulative incidence at the horizon (Aalen–Johansen)",
               "c_index": "Discrimination (Harrell's C)", "agreement": "Agreement with the reader",
               "ph_check": "Proportional hazards (scaled Schoenfeld residuals)",

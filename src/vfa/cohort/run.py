@@ -3,7 +3,9 @@
 cohort.json has a stable shape for scripts: n, events (counts per code and outcome), exposure,
 threshold; cox: [{outcome, model: unadjusted|adjusted, term, hr, ci_low, ci_high, p, n, events}]
 (term "exposure": the model's finding; "score_sd": the continuous score per SD; covariates);
-cumulative_incidence: [{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
+fine_gray: rows of the same keys, hr the subdistribution HR (Fine–Gray, the competing code, death,
+competing; none, and a warning, for an outcome without a competing event); cumulative_incidence:
+[{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
 c_index: {outcome, score, estimate, ci_low, ci_high} of the first outcome (c_index_all: every
 outcome); ph_check; agreement (with --reader); excluded (count) and warnings.
 """
@@ -16,6 +18,7 @@ import pandas as pd
 from vfa.cohort import survival
 from vfa.cohort.agreement import agreement
 from vfa.cohort.data import Cohort, load_cohort
+from vfa.cohort.finegray import FineGrayError
 from vfa.cohort.report import forest_figure, incidence_figure, km_figure, write_excel, write_html
 from vfa.runs import atomic_write, lock, prepare_run_dir, write_json
 
@@ -24,8 +27,10 @@ METHODS = ("Kaplan–Meier with Greenwood variance and log(-log) CIs; cumulative
            "seeded jitter of 1e-5 years, estimates read so that events at the horizon count); Cox proportional "
            "hazards with Efron ties (lifelines, converged to 1e-10), Wald CIs; proportional hazards checked on "
            "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = "
-           "higher risk) with a percentile bootstrap CI; Cohen's kappa with the Fleiss-Cohen-Everitt SE and PABAK with "
-           "a Wilson CI.")
+           "higher risk) with a percentile bootstrap CI; Fine–Gray subdistribution hazard ratios with death "
+           "competing, as R's cmprsk::crr computes them (censoring weights from the Kaplan–Meier of the "
+           "censoring times, Breslow ties, crr's robust sandwich SE, Wald CIs); Cohen's kappa with the "
+           "Fleiss-Cohen-Everitt SE and PABAK with a Wilson CI.")
 
 
 def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, dict]:
@@ -43,6 +48,34 @@ def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, dict]:
     return cox_rows, ph
 
 
+def _fine_gray(c: Cohort, outcome: str, warnings: list) -> list[dict]:
+    """The Fine–Gray rows of `outcome` for the same terms and models as the Cox rows."""
+    competing = c.codes["competing"]
+    if not (c.frame[outcome] == competing).any():
+        warnings.append(f"outcome '{outcome}': no competing event (code {competing}), so no Fine–Gray rows: "
+                        "without competing events the subdistribution hazard is the cause-specific one (the Cox rows)")
+        return []
+    rows = []
+    for adjusted in ((False, True) if c.covariates else (False,)):
+        for term in ("exposure", "score_sd"):
+            name = f"{outcome}, {term}, {'adjusted' if adjusted else 'unadjusted'}"
+            try:
+                fg, converged = survival.fine_gray(c, outcome, adjusted, term)
+            except FineGrayError as e:
+                warnings.append(f"Fine–Gray not fitted ({name}): {e}")
+                continue
+            rows += fg
+            if not converged:
+                warnings.append(f"Fine–Gray did not converge ({name}): read its sHRs with caution")
+    return rows
+
+
+def labelled(result: dict) -> list[dict]:
+    """The Cox and Fine–Gray rows in one list, each with the estimate it gives (for tables and plots)."""
+    return ([{"estimate": "Cox HR", **r} for r in result["cox"]]
+            + [{"estimate": "Fine–Gray sHR", **r} for r in result["fine_gray"]])
+
+
 def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str = "predicted",
             threshold: float | None = None, time: str = "time", events=("event",), codes=(0, 1, 2), adjust=(),
             horizon: float = 5.0, reader: str | None = None, start: str | None = None, end: str | None = None,
@@ -55,10 +88,11 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
                         reader)
         log(f"cohort: {len(c.frame)} subjects analysed, {len(c.excluded)} rows left out (exclusions.csv)")
         warnings: list[str] = []
-        cox_rows, ph, incidence, cindex, figures = [], {}, [], [], {}
+        cox_rows, fg_rows, ph, incidence, cindex, figures = [], [], {}, [], [], {}
         for outcome in c.outcomes:
             rows, checks = _models(c, outcome, warnings)
             cox_rows, ph = cox_rows + rows, {**ph, **checks}
+            fg_rows += _fine_gray(c, outcome, warnings)
             ci_rows, aj = survival.cumulative_incidence(c, outcome, horizon)
             incidence += ci_rows
             cindex.append(survival.c_index(c, outcome))
@@ -67,8 +101,8 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
             figures[f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
             figures[f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
                                                            incidence_figure(aj, km, outcome, horizon))
-        figures["Hazard ratios"] = ("forest.png", forest_figure(cox_rows))
-        result = _result(c, cox_rows, incidence, cindex, ph, warnings)
+        result = _result(c, cox_rows, fg_rows, incidence, cindex, ph, warnings)
+        figures["Hazard ratios"] = ("forest.png", forest_figure(labelled(result)))
         if reader:
             result["agreement"] = agreement(_binary(c.frame["reader"]), c.frame["exposure"])
         _write(out, c, result, figures)
@@ -88,12 +122,12 @@ def _binary(values: pd.Series) -> pd.Series:
     return text.map(mapping)
 
 
-def _result(c: Cohort, cox_rows, incidence, cindex, ph, warnings) -> dict:
+def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> dict:
     events = {o: {str(k): int(v) for k, v in c.frame[o].value_counts().sort_index().items()} for o in c.outcomes}
     text = ("the model's finding (the predictions' 'predicted' column)" if c.threshold is None else
             f"score >= {c.threshold:g} ('{'raw' if c.exposure == 'predicted' else c.exposure}')")
     return {"n": len(c.frame), "events": events, "exposure": c.exposure, "exposure_text": text,
-            "threshold": c.threshold, "cox": cox_rows, "cumulative_incidence": incidence,
+            "threshold": c.threshold, "cox": cox_rows, "fine_gray": fg_rows, "cumulative_incidence": incidence,
             "c_index": cindex[0], "c_index_all": cindex, "ph_check": ph, "excluded": len(c.excluded),
             "warnings": warnings, "methods": METHODS}
 
@@ -101,7 +135,7 @@ def _result(c: Cohort, cox_rows, incidence, cindex, ph, warnings) -> dict:
 def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
     tables = {"subjects": pd.DataFrame([{"outcome": o, **{f"code {k}": v for k, v in e.items()}}
                                         for o, e in result["events"].items()]),
-              "cox": pd.DataFrame(result["cox"]),
+              "cox": pd.DataFrame(labelled(result)),
               "cumulative_incidence": pd.DataFrame(result["cumulative_incidence"]),
               "c_index": pd.DataFrame(result["c_index_all"]),
               "ph_check": pd.DataFrame([{"model": m, "term": t, "p": p} for m, d in result["ph_check"].items()

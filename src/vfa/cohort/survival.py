@@ -1,4 +1,4 @@
-"""Time-to-event analyses of a `Cohort`, on lifelines (no Cox fit written here).
+"""Time-to-event analyses of a `Cohort`, on lifelines (no Cox fit written here) and vfa.cohort.finegray.
 
 - Kaplan–Meier by exposure group (Greenwood variance, log(-log) CIs: lifelines' defaults).
 - Cumulative incidence with death as a competing risk: Aalen–Johansen (lifelines; Greenwood-type
@@ -10,6 +10,8 @@
   scaled Schoenfeld residuals (rank time transform), with a warning when p < 0.05.
 - Harrell's C-index of the score (higher score = higher risk; competing events count as censored),
   with a percentile bootstrap CI.
+- Fine–Gray subdistribution hazard ratios of the outcome, death (the competing code) competing:
+  vfa.cohort.finegray (cmprsk::crr's estimator and robust SE; lifelines has no Fine–Gray).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from vfa.cohort import finegray
 from vfa.cohort.data import Cohort
 
 JITTER = 1e-5        # years: lifelines' Aalen–Johansen tie-breaking shift (seeded)
@@ -102,6 +105,22 @@ def cox(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tupl
         test = proportional_hazard_test(cph, data, time_transform="rank")
     ph = {str(k if isinstance(k, str) else k[0]): float(p) for k, p in zip(test.summary.index, test.summary["p"])}
     return rows, ph
+
+
+def fine_gray(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tuple[list[dict], bool]:
+    """Fine–Gray rows {outcome, model, term, hr, ci_low, ci_high, p, n, events} (hr: the subdistribution
+    HR; CI and p on crr's robust SE) for `term`, alone or with the covariates, with the competing
+    code competing and every other code censored; and whether the fit converged."""
+    cols = [term, *(c.covariates if adjusted else [])]
+    codes = c.frame[outcome]
+    status = np.select([codes == c.codes["event"], codes == c.codes["competing"]],
+                       [finegray.EVENT, finegray.COMPETING], finegray.CENSORED)
+    data = c.frame[["time", *cols]].assign(status=status).dropna()
+    fit = finegray.fit(data["time"], data["status"], data[cols].to_numpy(float))
+    rows = [{"outcome": outcome, "model": "adjusted" if adjusted else "unadjusted", "term": k,
+             **{key: est[key] for key in ("hr", "ci_low", "ci_high", "p")}, "n": fit.n, "events": fit.events}
+            for k, est in zip(cols, fit.table())]
+    return rows, fit.converged
 
 
 def c_index(c: Cohort, outcome: str, seed: int = 0) -> dict:

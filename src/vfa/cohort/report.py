@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vfa.runs import atomic_write  # noqa: E402
@@ -27,6 +28,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def outcome_label(outcome: str) -> str:
+    """The outcome in words: its code 1 is a fracture (code 2 death); the column name says which kind,
+    except the default column 'event'."""
+    return "fracture" if outcome == "event" else f"fracture ('{outcome}')"
+
+
 def km_figure(km_fits: dict, outcome: str, horizon: float) -> bytes:
     from lifelines.plotting import add_at_risk_counts
 
@@ -34,7 +41,8 @@ def km_figure(km_fits: dict, outcome: str, horizon: float) -> bytes:
     for group in (0, 1):
         km_fits[group].plot_survival_function(ax=ax, ci_show=True)
     ax.axvline(horizon, color="gray", ls=":", lw=1)
-    ax.set(xlabel="years since the scan", ylabel=f"free of '{outcome}'", title=f"Kaplan–Meier: {outcome}")
+    ax.set(xlabel="years since the scan", ylabel=f"probability free of {outcome_label(outcome)}",
+           title=f"Kaplan–Meier: free of {outcome_label(outcome)} (deaths censored)")
     add_at_risk_counts(km_fits[0], km_fits[1], ax=ax, rows_to_show=["At risk"])
     return _png(fig)
 
@@ -50,26 +58,52 @@ def incidence_figure(aj_fits: dict, km_fits: dict, outcome: str, horizon: float)
                 label=f"{aj._label}: 1 − KM (ignores death; contrast only)")
     ax.axvline(horizon, color="gray", ls=":", lw=1)
     ax.set(xlabel="years since the scan", ylabel="cumulative incidence",
-           title=f"Cumulative incidence of '{outcome}', death as a competing risk")
+           title=f"Cumulative incidence of {outcome_label(outcome)}, death as a competing risk")
     ax.legend(fontsize=7)
     return _png(fig)
 
 
+def forest_label(r: dict) -> str:
+    """A row of the forest plot named by its model's terms: the two adjusted models differ by the first."""
+    first, *rest = r["terms"].split(" + ")
+    model = f"adjusted for {', '.join(rest)}" if rest else "unadjusted"
+    return f"{r['outcome']}: {first}, {model}" + (f" ({r['estimate']})" if "estimate" in r else "")
+
+
 def forest_figure(hr_rows: list[dict]) -> bytes:
-    """The finding's and the score's HRs, each row labelled by its "estimate" (Cox HR, Fine–Gray sHR)."""
+    """The finding's and the score's HRs, each row labelled by its model's terms and its "estimate"
+    (Cox HR, Fine–Gray sHR); a model that is not estimable is a row that says so, with no point."""
     rows = [r for r in hr_rows if r["term"] in ("exposure", "score_sd")]
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
     for i, r in enumerate(rows):
         y = len(rows) - 1 - i
+        if r["hr"] is None:
+            ax.text(1, y, "not estimable (see the table)", ha="center", va="center", fontsize=8, color="gray",
+                    bbox={"fc": "white", "ec": "none"})
+            continue
         ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="k")
         ax.plot(r["hr"], y, "s", color="C3" if r.get("estimate", "").startswith("Fine") else "C0")
-    labels = [f"{r['outcome']}: {r['term']}, {r['model']}" + (f" ({r['estimate']})" if "estimate" in r else "")
-              for r in rows]
-    ax.set_yticks(range(len(rows)), labels[::-1], fontsize=8)
+    ax.set_yticks(range(len(rows)), [forest_label(r) for r in rows][::-1], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.axvline(1, color="gray", lw=1)
     ax.set_xscale("log")
+    _plain_ticks(ax, [v for r in rows if r["hr"] is not None for v in (r["ci_low"], r["ci_high"])])
     ax.set(xlabel="hazard ratio (95 % CI, log scale)", title="Hazard ratios: Cox HR (blue), Fine–Gray sHR (red)")
     return _png(fig)
+
+
+def _plain_ticks(ax, values: list[float]) -> None:
+    """Ticks at powers of 2 read as plain numbers (0.5, 1, 2, 4), not matplotlib's 10^0, 2x10^0."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    lo, hi = min([1.0, *values]), max([1.0, *values])
+    k_lo, k_hi = np.floor(np.log2(lo)), np.ceil(np.log2(hi))
+    step = max(1.0, np.ceil((k_hi - k_lo + 1) / 9))  # at most about 9 ticks on a wide CI, 1 always one
+    ticks = 2.0 ** np.arange(np.floor(k_lo / step) * step, np.ceil(k_hi / step) * step + 1, step)
+    ax.set_xlim(ticks[0] / 1.1, max(ticks[-1], hi) * 1.1)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{v:g}" for v in ticks])
 
 
 def write_excel(path: Path, tables: dict[str, pd.DataFrame]) -> None:
@@ -97,7 +131,8 @@ def write_html(path: Path, result: dict, tables: dict[str, pd.DataFrame], figure
               "excluded": "Rows left out"}
     for name in order:
         if name in tables and not tables[name].empty:
-            parts += [f"<h2>{titles[name]}</h2>", tables[name].to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+            parts += [f"<h2>{titles[name]}</h2>", tables[name].to_html(index=False, na_rep="",
+                                                                    float_format=lambda v: f"{v:.4g}")]
             if name == "excluded" and result.get("excluded_more"):
                 parts.append(f"<p>... and {result['excluded_more']} more (exclusions.csv)</p>")
     for name, png in figures.items():

@@ -1,8 +1,10 @@
 """`vfa cohort`: predictions + outcomes -> the analysis a registry study reports, into one folder.
 
 cohort.json has a stable shape for scripts: n, events (counts per code and outcome), exposure,
-threshold; cox: [{outcome, model: unadjusted|adjusted, term, hr, ci_low, ci_high, p, n, events}]
-(term "exposure": the model's finding; "score_sd": the continuous score per SD; covariates);
+threshold; cox: [{outcome, model: unadjusted|adjusted, terms, term, hr, ci_low, ci_high, p, n, events,
+not_estimable}] (terms: the model's terms, "exposure + age + sex=M", which tells the two adjusted models
+apart; term "exposure": the model's finding; "score_sd": the continuous score per SD; covariates;
+not_estimable: null, or why hr, CI and p are null: vfa.cohort.estimable);
 fine_gray: rows of the same keys, hr the subdistribution HR (Fine–Gray, the competing code, death,
 competing; none, and a warning, for an outcome without a competing event); cumulative_incidence:
 [{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
@@ -18,7 +20,7 @@ import pandas as pd
 from vfa.cohort import survival
 from vfa.cohort.agreement import agreement
 from vfa.cohort.data import Cohort, load_cohort
-from vfa.cohort.finegray import FineGrayError
+from vfa.cohort.estimable import MIN_EVENTS_PER_TERM
 from vfa.cohort.report import forest_figure, incidence_figure, km_figure, write_excel, write_html
 from vfa.runs import atomic_write, lock, prepare_run_dir, write_json
 
@@ -39,8 +41,9 @@ def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, dict]:
         for term in ("exposure", "score_sd"):
             rows, check = survival.cox(c, outcome, adjusted, term)
             cox_rows += rows
-            name = f"{outcome}, {term}, {'adjusted' if adjusted else 'unadjusted'}"
-            ph[name] = check
+            name = f"{outcome}: {rows[0]['terms']}"
+            if check:
+                ph[name] = check
             failed = [k for k, p in check.items() if p < 0.05]
             if failed:
                 warnings.append(f"proportional hazards may not hold ({name}): Schoenfeld test p < 0.05 for "
@@ -55,19 +58,26 @@ def _fine_gray(c: Cohort, outcome: str, warnings: list) -> list[dict]:
         warnings.append(f"outcome '{outcome}': no competing event (code {competing}), so no Fine–Gray rows: "
                         "without competing events the subdistribution hazard is the cause-specific one (the Cox rows)")
         return []
-    rows = []
-    for adjusted in ((False, True) if c.covariates else (False,)):
-        for term in ("exposure", "score_sd"):
-            name = f"{outcome}, {term}, {'adjusted' if adjusted else 'unadjusted'}"
-            try:
-                fg, converged = survival.fine_gray(c, outcome, adjusted, term)
-            except FineGrayError as e:
-                warnings.append(f"Fine–Gray not fitted ({name}): {e}")
-                continue
-            rows += fg
-            if not converged:
-                warnings.append(f"Fine–Gray did not converge ({name}): read its sHRs with caution")
-    return rows
+    return [row for adjusted in ((False, True) if c.covariates else (False,)) for term in ("exposure", "score_sd")
+            for row in survival.fine_gray(c, outcome, adjusted, term)]
+
+
+def _not_estimable(outcome: str, events: int, n: int, rows: list[dict]) -> str | None:
+    """One line for the models of `outcome` left empty, by kind of reason (each row has its own)."""
+    models = {}
+    for r in rows:
+        if r["outcome"] == outcome:
+            models[(r["estimate"], r["terms"])] = r["not_estimable"]
+    empty = {k: why for k, why in models.items() if why}
+    if not empty:
+        return None
+    kinds = {"too few events": "too few events (under {} per term)".format(MIN_EVENTS_PER_TERM),
+             "separation": "separation", "the fit": "no convergence or a failed fit"}
+    counts = [f"{what} in {sum(key in why for why in empty.values())}" for key, what in kinds.items()
+              if any(key in why for why in empty.values())]
+    return (f"HR not estimable: {events} events of '{outcome}' among {n} subjects; {len(empty)} of {len(models)} "
+            f"models left empty (Cox and Fine–Gray; each row gives its reason): {', '.join(counts)}. "
+            "A hazard ratio needs more events, or fewer covariates (--adjust)")
 
 
 def labelled(result: dict) -> list[dict]:
@@ -101,6 +111,10 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
             figures[f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
             figures[f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
                                                            incidence_figure(aj, km, outcome, horizon))
+        for outcome in c.outcomes:
+            line = _not_estimable(outcome, int((c.frame[outcome] == c.codes["event"]).sum()), len(c.frame),
+                                  labelled({"cox": cox_rows, "fine_gray": fg_rows}))
+            warnings[:0] = [line] if line else []  # first: it changes how everything below reads
         result = _result(c, cox_rows, fg_rows, incidence, cindex, ph, warnings)
         figures["Hazard ratios"] = ("forest.png", forest_figure(labelled(result)))
         if reader:
@@ -132,10 +146,16 @@ def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> di
             "warnings": warnings, "methods": METHODS}
 
 
+def _subjects(c: Cohort, events: dict) -> pd.DataFrame:
+    """Subjects per outcome code, the columns named by what the code means ("fracture (code 1)")."""
+    named = {c.codes["censored"]: "censored", c.codes["event"]: "fracture", c.codes["competing"]: "death, competing"}
+    return pd.DataFrame([{"outcome": o, **{f"{named[int(float(k))]} (code {k})": v for k, v in e.items()}}
+                         for o, e in events.items()])
+
+
 def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
-    tables = {"subjects": pd.DataFrame([{"outcome": o, **{f"code {k}": v for k, v in e.items()}}
-                                        for o, e in result["events"].items()]),
-              "cox": pd.DataFrame(labelled(result)),
+    tables = {"subjects": _subjects(c, result["events"]),
+              "cox": pd.DataFrame(labelled(result)).astype({k: float for k in ("hr", "ci_low", "ci_high", "p")}),
               "cumulative_incidence": pd.DataFrame(result["cumulative_incidence"]),
               "c_index": pd.DataFrame(result["c_index_all"]),
               "ph_check": pd.DataFrame([{"model": m, "term": t, "p": p} for m, d in result["ph_check"].items()

@@ -12,6 +12,9 @@
   with a percentile bootstrap CI.
 - Fine–Gray subdistribution hazard ratios of the outcome, death (the competing code) competing:
   vfa.cohort.finegray (cmprsk::crr's estimator and robust SE; lifelines has no Fine–Gray).
+- A Cox or Fine–Gray model that cannot be estimated (too few events per term, separation, no
+  convergence: vfa.cohort.estimable) gives rows with no HR, CI or p and the reason, not the 1e10
+  where Newton–Raphson stopped; lifelines' and numpy's warnings on the way are caught, not printed.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from vfa.cohort import finegray
+from vfa.cohort import estimable, finegray
 from vfa.cohort.data import Cohort
 
 JITTER = 1e-5        # years: lifelines' Aalen–Johansen tie-breaking shift (seeded)
@@ -79,62 +82,139 @@ def cumulative_incidence(c: Cohort, outcome: str, horizon: float) -> tuple[list[
         est = float(value_at(aj.cumulative_density_, at).iloc[0])
         # (lifelines names its two bound columns the other way round: take them by value)
         bounds = value_at(aj.confidence_interval_, at).to_numpy(float)
-        lower, upper = float(np.nanmin(bounds)), float(np.nanmax(bounds))
+        bounds = bounds[np.isfinite(bounds)]  # none where the incidence is still 0 (no variance yet)
+        lower, upper = (float(bounds.min()), float(bounds.max())) if len(bounds) else (np.nan, np.nan)
         rows.append({"outcome": outcome, "group": group, "horizon": horizon, "estimate": est,
                      "ci_low": lower, "ci_high": upper,
                      "one_minus_km": float(1 - km[group].survival_function_at_times(horizon).iloc[0])})
     return rows, fits
 
 
-def cox(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tuple[list[dict], dict]:
-    """Cox PH rows {outcome, model, term, hr, ci_low, ci_high, p} for `term` (exposure or score_sd),
-    alone or with the covariates, and the proportional-hazards check {term: p}."""
-    from lifelines import CoxPHFitter
-    from lifelines.statistics import proportional_hazard_test
+def model_name(adjusted: bool) -> str:
+    return "adjusted" if adjusted else "unadjusted"
 
+
+def terms_label(cols: list[str]) -> str:
+    """A model named by its terms ("exposure + age + sex=M"): the two adjusted models differ by their first."""
+    return " + ".join(cols)
+
+
+def _row(outcome: str, cols: list[str], adjusted: bool, term: str, est: dict | None, n: int, events: int,
+         reason: str | None) -> dict:
+    return {"outcome": outcome, "model": model_name(adjusted), "terms": terms_label(cols), "term": term,
+            **{k: float(est[k]) if est else None for k in ("hr", "ci_low", "ci_high", "p")}, "n": n, "events": events,
+            "not_estimable": reason}
+
+
+def _before_fit(data: pd.DataFrame, cols: list[str], event, stays=None) -> str | None:
+    """Why the model cannot be estimated, found without fitting it (too few events, separation)."""
+    reasons = [estimable.too_few_events(int(np.sum(event)), len(cols))]
+    split = estimable.separated(data["time"], event, data[cols], cols, stays)
+    if split:
+        reasons.append(f"separation on {', '.join(split)} (at every event the highest or the lowest value "
+                       "at risk: the HR runs to 0 or infinity)")
+    return "; ".join(r for r in reasons if r) or None
+
+
+def cox(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tuple[list[dict], dict]:
+    """Cox PH rows {outcome, model, terms, term, hr, ci_low, ci_high, p, n, events, not_estimable} for
+    `term` (exposure or score_sd), alone or with the covariates, and the proportional-hazards check
+    {term: p}. A model that is not estimable (vfa.cohort.estimable) has hr, CI and p None, the reason
+    in not_estimable, and no check."""
     cols = [term, *(c.covariates if adjusted else [])]
     data = c.frame[["time", *cols]].assign(E=event_of(c, outcome)).dropna()
-    cph = CoxPHFitter().fit(data, duration_col="time", event_col="E", fit_options=FIT_OPTIONS)
-    s = cph.summary
-    rows = [{"outcome": outcome, "model": "adjusted" if adjusted else "unadjusted", "term": k,
-             "hr": float(s.loc[k, "exp(coef)"]), "ci_low": float(s.loc[k, "exp(coef) lower 95%"]),
-             "ci_high": float(s.loc[k, "exp(coef) upper 95%"]), "p": float(s.loc[k, "p"]), "n": len(data),
-             "events": int(data["E"].sum())} for k in cols]
+    n, events = len(data), int(data["E"].sum())
+    reason = _before_fit(data, cols, data["E"].to_numpy(bool))
+    if not reason:
+        cph = _fit_cox(data)
+        if isinstance(cph, str):
+            reason = cph
+        else:
+            s = cph.summary
+            named = {"hr": "exp(coef)", "ci_low": "exp(coef) lower 95%", "ci_high": "exp(coef) upper 95%", "p": "p"}
+            rows = [_row(outcome, cols, adjusted, k, {key: s.loc[k, col] for key, col in named.items()}, n, events,
+                         None) for k in cols]
+            reason = estimable.unusable(rows)
+    if reason:
+        return [_row(outcome, cols, adjusted, k, None, n, events, reason) for k in cols], {}
+    return rows, _ph_check(cph, data)
+
+
+def _fit_cox(data: pd.DataFrame):
+    """The fitted CoxPHFitter, or why there is none. lifelines' own warnings (with code and a link) are
+    caught: the ones that mean the fit did not settle become the reason, said once by vfa."""
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError, ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cph = CoxPHFitter().fit(data, duration_col="time", event_col="E", fit_options=FIT_OPTIONS)
+        except ConvergenceError as e:
+            return f"the fit failed ({str(e).split('.')[0]})"
+    failed = ("failed to converge", "still high", "suspiciously close to 0")
+    if any(issubclass(w.category, ConvergenceWarning) and any(f in str(w.message) for f in failed) for w in caught):
+        return "the fit did not converge (collinear terms, or separation on a combination of them)"
+    return cph
+
+
+def _ph_check(cph, data: pd.DataFrame) -> dict:
+    from lifelines.statistics import proportional_hazard_test
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         test = proportional_hazard_test(cph, data, time_transform="rank")
-    ph = {str(k if isinstance(k, str) else k[0]): float(p) for k, p in zip(test.summary.index, test.summary["p"])}
-    return rows, ph
+    return {str(k if isinstance(k, str) else k[0]): float(p) for k, p in zip(test.summary.index, test.summary["p"])}
 
 
-def fine_gray(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tuple[list[dict], bool]:
-    """Fine–Gray rows {outcome, model, term, hr, ci_low, ci_high, p, n, events} (hr: the subdistribution
-    HR; CI and p on crr's robust SE) for `term`, alone or with the covariates, with the competing
-    code competing and every other code censored; and whether the fit converged."""
+def fine_gray(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> list[dict]:
+    """Fine–Gray rows with the keys of the Cox rows (hr: the subdistribution HR; CI and p on crr's
+    robust SE) for `term`, alone or with the covariates, with the competing code competing and every
+    other code censored; a model that is not estimable, or that does not converge, is left empty with
+    its reason, as a Cox model is."""
     cols = [term, *(c.covariates if adjusted else [])]
     codes = c.frame[outcome]
     status = np.select([codes == c.codes["event"], codes == c.codes["competing"]],
                        [finegray.EVENT, finegray.COMPETING], finegray.CENSORED)
     data = c.frame[["time", *cols]].assign(status=status).dropna()
-    fit = finegray.fit(data["time"], data["status"], data[cols].to_numpy(float))
-    rows = [{"outcome": outcome, "model": "adjusted" if adjusted else "unadjusted", "term": k,
-             **{key: est[key] for key in ("hr", "ci_low", "ci_high", "p")}, "n": fit.n, "events": fit.events}
-            for k, est in zip(cols, fit.table())]
-    return rows, fit.converged
+    n, events = len(data), int((data["status"] == finegray.EVENT).sum())
+    reason = _before_fit(data, cols, data["status"] == finegray.EVENT, data["status"] == finegray.COMPETING)
+    rows = []
+    if not reason:
+        try:
+            # a fit running off to infinity underflows exp() on the way; finegray handles the NaNs (step
+            # halving, converged False) and the reason below says it once, not numpy on stderr
+            with np.errstate(all="ignore"):
+                fit = finegray.fit(data["time"], data["status"], data[cols].to_numpy(float))
+        except finegray.FineGrayError as e:
+            reason = f"the fit failed ({e})"
+        else:
+            rows = [_row(outcome, cols, adjusted, k, est, n, events, None) for k, est in zip(cols, fit.table())]
+            reason = "the fit did not converge" if not fit.converged else estimable.unusable(rows)
+    return [_row(outcome, cols, adjusted, k, None, n, events, reason) for k in cols] if reason else rows
+
+
+def _harrell(t, s, e) -> float:
+    """Harrell's C, NaN where no pair is comparable (a small cohort, or a bootstrap sample of one,
+    can have every event after every censoring)."""
+    from lifelines.utils import concordance_index
+
+    try:
+        return float(concordance_index(t, -s, e))  # lifelines: higher prediction = longer survival
+    except ZeroDivisionError:
+        return float("nan")
 
 
 def c_index(c: Cohort, outcome: str, seed: int = 0) -> dict:
     """Harrell's C of the score for the outcome (higher score = higher risk), percentile bootstrap CI."""
-    from lifelines.utils import concordance_index
-
     t, s, e = c.frame["time"].to_numpy(float), c.frame["score"].to_numpy(float), event_of(c, outcome)
-    est = concordance_index(t, -s, e)  # lifelines: higher prediction = longer survival
+    est = _harrell(t, s, e)
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(BOOTSTRAP):
         i = rng.integers(0, len(t), len(t))
-        if e[i].sum() and (1 - e[i]).sum():
-            boot.append(concordance_index(t[i], -s[i], e[i]))
+        boot.append(_harrell(t[i], s[i], e[i]))
+    boot = [b for b in boot if np.isfinite(b)]
     lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (np.nan, np.nan)
     return {"outcome": outcome, "score": c.exposure if c.exposure != "predicted" else "raw", "estimate": float(est),
             "ci_low": float(lo), "ci_high": float(hi), "method": f"Harrell, percentile bootstrap ({BOOTSTRAP})"}

@@ -174,3 +174,33 @@ def test_rank_variables_outside_ddp_do_not_switch_off_the_guards(tmp_path, capsy
     data = write_folder(tmp_path / "d", n_per_class=2)
     assert main(["evaluate", "--model", str(ckpt), "--data", str(data), "--out", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_predict_force_replaces_only_vfa_predictions(tmp_path, capsys):
+    """A predictions table is vfa's when its job record is beside it or its header is vfa's; --resume
+    is suggested only where it can work (the record is there)."""
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    data = write_folder(tmp_path / "d", n_per_class=1)
+    out = tmp_path / "notes.csv"
+    predict = ["predict", "--model", str(ckpt), str(data), "--out", str(out), "--device", "cpu", "--workers", "0"]
+    out.write_text("name,notes\nalice,x\n")
+    for extra in ([], ["--force"], ["--resume"]):
+        assert main([*predict, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a vfa predictions file" in err and "choose another --out" in err
+        assert "add --resume" not in err
+    assert out.read_text() == "name,notes\nalice,x\n"
+    out.unlink()
+    assert main(predict) == 0
+    assert main(predict) == 2
+    assert "add --resume to predict only the files not in it yet, or --force" in capsys.readouterr().err
+    (tmp_path / ".notes.csv.vfa-job.json").unlink()  # the header alone still says it is vfa's
+    assert main(predict) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --force to replace it" in err and "--resume" not in err
+    assert main([*predict, "--force"]) == 0 and len(out.read_text().splitlines()) == 3
+    skipped = tmp_path / "notes_skipped.csv"
+    skipped.write_text("mine")
+    assert main([*predict, "--force"]) == 2
+    assert "notes_skipped.csv exists and is not vfa's list of skipped files" in capsys.readouterr().err
+    assert skipped.read_text() == "mine"

@@ -7,6 +7,11 @@ and mtime; a file that changed since is predicted again and its old row dropped.
 a finished OUT does the same (e.g. an archive folder that has grown). The job's settings are
 kept in .OUT.vfa-job.json; a resume with other settings (models, TTA, seed, score, threshold) is
 refused rather than mixed into one table.
+
+`--force` and `--resume` act only on vfa's own predictions (`is_predictions`): an OUT with its job
+record beside it, or whose columns start image_id,file,raw and carry the file fingerprint (a
+table whose record was lost or copied without it). Any other file at OUT, or at OUT_skipped.csv
+that is not vfa's file,reason list, is refused, with or without --force.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import pandas as pd
 from vfa.config import ConfigError
 
 FINGERPRINT = ("file_size", "file_mtime_ns")
+LEADING = ("image_id", "file", "raw")  # the first columns of every vfa predictions table
+SKIPPED = ("file", "reason")  # the columns of OUT_skipped.csv (vfa.data.samples.write_skipped)
 
 
 def partial_path(out: Path) -> Path:
@@ -62,17 +69,51 @@ def check_job(out: Path, job: dict, resume: bool) -> None:
                           f"use --force to start again, or write to another --out")
 
 
+def columns(path: Path) -> list[str]:
+    """The column names of a CSV or parquet table; [] for anything unreadable as one."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), [])
+    except Exception:  # noqa: BLE001  (a file that is not a table is, for this question, not vfa's)
+        return []
+
+
+def is_predictions(out: Path) -> bool:
+    """Whether OUT is a predictions table vfa wrote: its job record is beside it, or its header is vfa's."""
+    if job_path(out).is_file():
+        return True
+    cols = columns(out)
+    return tuple(cols[:len(LEADING)]) == LEADING and set(FINGERPRINT) <= set(cols)
+
+
+def refuse_foreign(out: Path) -> None:
+    """Refuse an OUT (or OUT_skipped.csv) that vfa did not write: neither --force nor --resume applies."""
+    keep = "vfa replaces (--force) or continues only its own outputs: choose another --out"
+    if out.exists() and not is_predictions(out):
+        raise FileExistsError(f"{out} exists and is not a vfa predictions file (no {job_path(out).name} beside it, "
+                              f"no {','.join(LEADING)},... columns); {keep}")
+    skipped = skipped_path(out)
+    if skipped.exists() and tuple(columns(skipped)) != SKIPPED:
+        raise FileExistsError(f"{skipped} exists and is not vfa's list of skipped files (columns "
+                              f"{','.join(SKIPPED)}); {keep}")
+
+
 def start(out: Path, job: dict, force: bool, resume: bool) -> tuple[Path, dict]:
     """Prepare OUT.partial; returns it and {hashed path: (size, mtime_ns)} of the rows already there."""
     from vfa.runs import atomic_write
 
     part = partial_path(out)
+    refuse_foreign(out)
     if force:
         for p in (out, part, job_path(out), skipped_path(out)):
             p.unlink(missing_ok=True)
-    elif out.exists() and not resume:
-        raise FileExistsError(f"{out} exists; add --resume to predict only the files not in it yet, "
-                              f"or --force to replace it")
+    elif out.exists() and not resume:  # --resume needs the job record (check_job): suggested only with one
+        again = "add --resume to predict only the files not in it yet, or " if job_path(out).is_file() else "pass "
+        raise FileExistsError(f"{out} exists; {again}--force to replace it")
     elif skipped_path(out).exists() and not (resume or part.exists()):
         raise FileExistsError(f"{skipped_path(out)} exists; pass --force to overwrite it")
     check_job(out, job, resume)

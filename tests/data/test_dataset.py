@@ -113,6 +113,39 @@ def test_manifest_row_problems_are_reported_with_lines(folder):
     assert kept.labels == [0, 1] and len(kept.skipped) == 4
 
 
+def test_a_label_vocabulary_vfa_does_not_read_is_named_not_skipped(folder, capsys):
+    """normal/fracture would make every row 'unusable', and --on-bad-file skip would drop them all."""
+    from vfa.cli import main
+
+    rows = [(f"norm/norm_00{i}.png", "normal") for i in range(3)] + [("frac/frac_000.png", "fracture")]
+    m = write_manifest(folder / "words.csv", rows, "path,label")
+    for on_bad_file in ("error", "skip"):
+        with pytest.raises(DataError, match=r"label values 'normal' \(3 rows\), 'fracture' \(1 row\) are not "
+                                            r"vfa's: expected norm or frac \(or 0 = norm, 1 = frac\)"):
+            validate(load_samples(m), on_bad_file)
+    assert main(["check-data", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'normal' (3 rows)" in err and "unusable" not in err
+    # one class written another way leaves the other without rows: the same line
+    half = write_manifest(folder / "half.csv", [("norm/norm_000.png", "normal"), ("frac/frac_000.png", 1)],
+                          "path,label")
+    with pytest.raises(DataError, match="label values 'normal' \\(1 row\\)"):
+        load_samples(half)
+
+
+def test_a_manifest_without_a_path_column_names_the_three_it_takes(tmp_path, capsys):
+    from vfa.cli import main
+
+    m = tmp_path / "m.csv"
+    m.write_text("image,label\nx.png,0\n")
+    assert main(["check-data", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no 'path' column, nor 'filename' or 'file' (columns: image, label)" in err
+    for name in ("filename", "file"):
+        m.write_text(f"{name},label\nx.png,0\n")
+        assert load_samples(m).paths == [str(tmp_path / "x.png")]
+
+
 @pytest.mark.parametrize("content, reason", [
     (None, "manifest not found"), ("", "not a readable CSV"), ("file_name,label\nx.png,0\n", "no 'path' column"),
     ("path,diagnosis\nx.png,0\n", "no 'label' column"), ("path,label\n", "has no rows")])

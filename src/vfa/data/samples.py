@@ -4,9 +4,10 @@ Light on purpose (numpy, pandas, no torch): `vfa check-data` and `vfa split` sta
 re-exports everything here.
 
 `load_samples(folder_or_manifest)` is the one way a data argument becomes `Samples`, for train,
-evaluate, calibrate, predict and check-data alike. A manifest is a CSV with `path,label` and
-optionally `patient_id`, `study_date`, `split` and any other columns; paths are relative to the
-manifest's folder; labels are class names (norm/frac) or indices (0/1). `FILE.csv:SPLIT` selects
+evaluate, calibrate, predict and check-data alike. A manifest is a CSV with `path,label` (the
+path column may be `filename` or `file`) and optionally `patient_id`, `study_date`, `split` and
+any other columns; paths are relative to the manifest's folder; labels are class names
+(norm/frac) or indices (0/1). `FILE.csv:SPLIT` selects
 the rows of one split; train/val/test pick their own split of a manifest that has a `split` column.
 """
 from __future__ import annotations
@@ -130,6 +131,22 @@ def _parse_label(value: str, classes: tuple[str, ...]) -> tuple[int | None, str 
     return None, f"unknown label '{v}' (expected {', '.join(classes)} or 0..{len(classes) - 1})"
 
 
+def refuse_unknown_labels(path: Path, unknown: dict[str, int], labels: list[int],
+                          classes: tuple[str, ...]) -> None:
+    """A label vocabulary vfa does not read (normal/fracture) is the manifest's problem, not its
+    files': when the rows with `unknown` labels ({value: rows}) leave a class without any row,
+    skipping them (--on-bad-file skip) could not help, so name the values found and those expected.
+    A stray typo among good rows stays a skipped row, as any bad row."""
+    if not unknown or all(c in labels for c in range(len(classes))):
+        return
+    ranked = sorted(unknown.items(), key=lambda kv: -kv[1])
+    values = ", ".join(f"'{v}' ({n} row{'s' if n > 1 else ''})" for v, n in ranked[:6])
+    more = f" and {len(ranked) - 6} other value(s)" if len(ranked) > 6 else ""
+    codes = ", ".join(f"{i} = {c}" for i, c in enumerate(classes))
+    raise DataError(f"{path}: label values {values}{more} are not vfa's: expected {' or '.join(classes)} "
+                    f"(or {codes}); rewrite the label column")
+
+
 def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None = None,
                   id_column: str | None = None, labels: bool = True) -> Samples:
     """Samples from a manifest CSV. `split` keeps the rows whose split column equals it ('all' or
@@ -143,7 +160,9 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
     lower = {c.lower(): c for c in frame.columns}
     path_col = next((lower[c] for c in MANIFEST_PATH_COLUMNS if c in lower), None)
     if path_col is None:
-        raise DataError(f"{path}: no 'path' column (columns: {', '.join(frame.columns) or 'none'}); "
+        first, *others = MANIFEST_PATH_COLUMNS
+        raise DataError(f"{path}: no '{first}' column, nor {' or '.join(repr(c) for c in others)} (columns: "
+                        f"{', '.join(frame.columns) or 'none'}); name the column of image files one of those: "
                         f"a manifest needs path,label[,patient_id,study_date,split,...]")
     label_col = lower.get("label")
     if labels and label_col is None:
@@ -169,7 +188,7 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
     if frame.empty:
         raise DataError(f"{path}: the manifest has no rows")
     root = path.parent
-    paths, labs, skipped, keep_rows, seen = [], [], [], [], {}
+    paths, labs, skipped, keep_rows, seen, unknown = [], [], [], [], {}, {}
     for row in frame.itertuples(index=False):
         rec = dict(zip(frame.columns, row))
         raw = str(rec[path_col]).strip()
@@ -179,6 +198,8 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
             continue
         file = Path(raw) if Path(raw).is_absolute() else root / raw
         label, problem = _parse_label(rec[label_col], classes) if labels else (0, None)
+        if problem and problem.startswith("unknown label"):
+            unknown[rec[label_col].strip()] = unknown.get(rec[label_col].strip(), 0) + 1
         if problem is None and str(file) in seen:
             problem = f"listed twice in {path.name} (lines {seen[str(file)]} and {line})"
         if problem is not None:
@@ -188,6 +209,8 @@ def read_manifest(path: str | Path, classes=("norm", "frac"), split: str | None 
         paths.append(str(file))
         labs.append(label)
         keep_rows.append(rec)
+    if labels:
+        refuse_unknown_labels(path, unknown, labs, classes)
     columns = {}
     for name in ("patient_id", "study_date", "split", "fold"):
         if name in lower:

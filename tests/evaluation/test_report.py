@@ -2,6 +2,7 @@
 import base64
 import re
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,3 +94,45 @@ def test_roc_band_contains_the_curve():
     assert (lo <= hi).all() and lo[-1] == pytest.approx(1.0) and hi[0] >= 0
     again = report.roc_band(frame["label"], frame["raw"], n_boot=100)
     np.testing.assert_array_equal(lo, again[1])  # seeded
+
+
+@pytest.mark.parametrize("n, bins, each", [(24, 3, 8), (30, 3, 10), (300, 10, 30), (2000, 10, 200)])
+def test_reliability_bins_hold_equal_counts_and_match_scikit_learn(n, bins, each):
+    from sklearn.calibration import calibration_curve
+    from statsmodels.stats.proportion import proportion_confint
+
+    frame = _frame(n=n, tta=False, seed=3)
+    y, p = frame["label"].to_numpy(), frame["raw"].to_numpy()
+    got = report.reliability_bins(y, p)
+    assert [b["n"] for b in got] == [each] * bins  # not 1-3 images a bin on a small set
+    true, pred = calibration_curve(y, p, n_bins=bins, strategy="quantile")
+    assert [b["observed"] for b in got] == pytest.approx(true)
+    assert [b["mean_p"] for b in got] == pytest.approx(pred)
+    for b in got:
+        k = round(b["observed"] * b["n"])
+        assert b["ci"] == pytest.approx(proportion_confint(k, b["n"], method="wilson"))
+
+
+def test_reliability_shows_counts_and_keeps_its_legend_off_the_points():
+    frame = _frame(n=24, seed=3)
+    fig = report.fig_reliability(frame, _results(frame))
+    ax = fig.axes[0]
+    assert ax.get_legend() is None and fig.legends  # the legend is the figure's, below the plots
+    legend_box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert legend_box.y1 < fig.axes[1].get_window_extent(fig.canvas.get_renderer()).y0
+    assert sorted(t.get_text() for t in ax.texts) == ["8", "8", "8"]  # images per bin, primary score
+    plt.close(fig)
+    fig = report.fig_sn_sp(frame, _results(frame))
+    assert "sensitivity" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+
+
+def test_the_gallery_shows_a_one_pixel_peak_as_a_blob():
+    from vfa.explain.render import DISPLAY_SIGMA, display_heat
+
+    heat = np.zeros((384, 224), np.float32)
+    heat[200, 100] = 1.0  # LayerCAM at stride 4: a dot, one pixel of a 320 px thumbnail
+    shown = display_heat(heat, DISPLAY_SIGMA * heat.shape[0])
+    assert shown.max() == pytest.approx(1.0) and np.unravel_index(shown.argmax(), shown.shape) == (200, 100)
+    assert (shown > 0.5).sum() > 50  # a blob of several pixels across: ~2 sigma = 11 px wide
+    assert heat.sum() == 1.0 and display_heat(np.zeros((4, 4)), 1.0).max() == 0  # input kept; an empty map stays 0

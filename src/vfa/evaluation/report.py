@@ -16,9 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from vfa.runs import atomic_write  # noqa: E402
@@ -111,27 +111,64 @@ def fig_sn_sp(frame: pd.DataFrame, results: dict):
     ax.plot(t, sn, "b", label="Sensitivity")
     ax.plot(t, sp, "r", label="Specificity")
     ax.axvline(results["scores"][s]["threshold"], color="k", ls="--", lw=1, label="chosen threshold")
-    ax.set(xlabel=f"threshold on P(fracture) ({LABELS[s]})", ylim=(0, 1.02), title="Sn and Sp versus threshold")
+    ax.set(xlabel=f"threshold on P(fracture) ({LABELS[s]})", ylabel="sensitivity / specificity (share of images)",
+           ylim=(0, 1.02), title="Sn and Sp versus threshold")
     ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def fig_reliability(frame: pd.DataFrame, results: dict, n_bins: int = 10):
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+def reliability_bins(y, p, n_bins: int | None = None) -> list[dict]:
+    """Quantile bins of the scores p, each {n, mean_p, observed, ci} (observed: the share of y = 1,
+    ci its Wilson 95 % interval). About 15 images a bin, 3 to 10 bins: equal-width bins on a small
+    set hold 1-3 images each and the curve zig-zags on noise. Tied scores can merge bins."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    if not len(p):
+        return []
+    if n_bins is None:
+        n_bins = min(10, max(3, len(p) // 15))
+    n_bins = max(1, min(n_bins, len(p)))
+    edges = np.quantile(p, np.linspace(0, 1, n_bins + 1))
+    ids = np.searchsorted(edges[1:-1], p)  # as scikit-learn's calibration_curve(strategy="quantile")
+    out = []
+    for b in range(n_bins):
+        sel = ids == b
+        if sel.any():
+            k, n = int(y[sel].sum()), int(sel.sum())
+            out.append({"n": n, "mean_p": float(p[sel].mean()), "observed": k / n, "ci": stats.wilson(k, n)})
+    return out
+
+
+def fig_reliability(frame: pd.DataFrame, results: dict, n_bins: int | None = None):
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="perfect calibration")
     y = frame["label"].to_numpy().astype(int)
+    primary = results.get("score", "raw")
     for s in scores_in(frame):
         p = frame[s].to_numpy()
-        true, pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+        bins = reliability_bins(y, p, n_bins)
+        x, obs = [b["mean_p"] for b in bins], [b["observed"] for b in bins]
         c = results["scores"][s]
-        ax.plot(pred, true, "o-", color=COLORS[s],
-                label=f"{LABELS[s]}: Brier {c['brier']:.3f}, ECE {c['ece']:.3f}")
-        axh.hist(p, bins=np.linspace(0, 1, n_bins + 1), histtype="step", color=COLORS[s])
-    ax.set(ylabel="observed fraction of fractures", ylim=(0, 1.02), title="Reliability diagram")
-    ax.legend(loc="upper left", fontsize=8)
-    axh.set(xlabel="predicted P(fracture)", ylabel="images", xlim=(0, 1))
-    fig.tight_layout()
+        label = f"{LABELS[s]}: Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"
+        if s == primary:  # its bins' Wilson CIs and counts; the other scores' bins hold as many images
+            err = np.clip([[b["observed"] - b["ci"][0], b["ci"][1] - b["observed"]] for b in bins], 0, None).T
+            ax.errorbar(x, obs, yerr=err, fmt="o-", color=COLORS[s], capsize=3, label=label + " (bars: Wilson 95 %)")
+            for b in bins:
+                ax.annotate(f"{b['n']}", (b["mean_p"], b["observed"]), textcoords="offset points", xytext=(5, -11),
+                            fontsize=7, color=COLORS[s])
+        else:
+            ax.plot(x, obs, "o-", color=COLORS[s], ms=4, lw=1, alpha=0.8, label=label)
+        axh.hist(p, bins=np.linspace(0, 1, 11), histtype="step", color=COLORS[s])
+    n = len(reliability_bins(y, frame[primary].to_numpy(), n_bins)) if primary in frame else 0
+    ax.set(ylabel="observed fraction of fractures", ylim=(-0.02, 1.02),
+           title=f"Reliability diagram: {n} bins of equal counts (images per bin beside each point)")
+    ax.title.set_fontsize(9)
+    axh.set(xlabel="predicted P(fracture), mean of the bin", ylabel="images per 0.1", xlim=(0, 1))
+    axh.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    # below the plots: inside, the legend covered the points of a small set
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=7,
+               title="ECE: 10 equal-width bins", title_fontsize=7)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 

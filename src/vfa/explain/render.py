@@ -66,6 +66,21 @@ def select_gallery(frame, score: str, k: int = 4) -> dict[str, list[int]]:
     return out
 
 
+DISPLAY_SIGMA = 0.015  # the gallery's display blur, a share of the image height (about a third of a vertebra)
+
+
+def display_heat(heat: np.ndarray, sigma: float) -> np.ndarray:
+    """The map as the gallery shows it: blurred (Gaussian, `sigma` px) and scaled to a maximum of 1.
+    A fine-layer map (LayerCAM at stride 4) is a few one-pixel dots, invisible once the image is a
+    thumbnail; blurred, each dot is a blob about a third of a vertebra across. Display only: the
+    pointing game and the box mass are measured on the map itself."""
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(np.asarray(heat, dtype=np.float32), sigma)
+    top = float(smooth.max())
+    return smooth / top if top > 0 else smooth
+
+
 def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | None = None,
                 method: str | None = None, layer: str | None = None, alpha: float = 0.3,
                 thumb: int = 320) -> bytes:
@@ -91,16 +106,21 @@ def gallery_png(model, groups: dict[str, list[str]], boxes: dict[str, list] | No
             ax.set(xticks=[], yticks=[])
             s = min(1.0, thumb / gray.shape[0])
             # overlay first, then shrink with antialiasing: subsampling the map would drop a focal peak
-            small = Image.fromarray(overlay(gray, heat, alpha)).resize(
+            shown = display_heat(heat, DISPLAY_SIGMA * gray.shape[0])
+            small = Image.fromarray(overlay(gray, shown, alpha)).resize(
                 (max(1, round(gray.shape[1] * s)), max(1, round(gray.shape[0] * s))), Image.LANCZOS)
             ax.imshow(np.asarray(small), extent=(0, gray.shape[1], gray.shape[0], 0))
+            py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)  # the pointing game's point
+            ax.plot(px, py, "+", color="white", ms=9, mew=1.6)
+            ax.set(xlim=(0, gray.shape[1]), ylim=(gray.shape[0], 0))  # the marker must not widen the view
             for x0, y0, x1, y1 in (boxes or {}).get(os.path.realpath(path), []):
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=0.8))
             ax.text(0.02, 0.98, f"p={p:.2f}", color="white", fontsize=8, va="top", transform=ax.transAxes,
                     bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
             ax.set_xlabel(public_path(Path(path).name), fontsize=6)  # never a file's DICOM UID
     title = f"{METHOD_NAMES[method]} on {'the last feature map' if layer == 'auto' else layer} (JET, alpha {alpha})"
-    fig.suptitle(title + ("; white boxes: fractured vertebrae" if boxes else ""), fontsize=10)
+    shown = "shown blurred, Gaussian \u03c3 = 1.5 % of the height; +: the map's peak (pointing game)"
+    fig.suptitle(title + ("; white boxes: fractured vertebrae" if boxes else "") + "\n" + shown, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

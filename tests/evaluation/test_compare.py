@@ -47,3 +47,44 @@ def test_a_score_without_a_known_threshold_is_refused(tmp_path):
     (tmp_path / "a" / "metrics.json").unlink()
     with pytest.raises(ConfigError, match="no threshold known for 'tta_max'"):
         compare(a, a, score="tta_max")
+
+
+def test_ids_that_differ_by_a_root_match_on_the_image_file(tmp_path, capsys):
+    """The same images evaluated as a folder (norm/x.png) and as manifest.csv:test (test/norm/x.png)."""
+    label = np.array([1, 1, 0, 0])
+    raw = np.array([0.9, 0.4, 0.6, 0.1])
+    a = write_eval(tmp_path / "a", raw, raw, label)
+    b = write_eval(tmp_path / "b", raw, raw, label)
+    names = ["frac/f0.png", "frac/f1.png", "norm/n0.png", "norm/n1.png"]
+    for path, root in ((a, ""), (b, "test/")):
+        frame = pd.read_csv(path)
+        frame["image_id"] = [root + n for n in names]
+        frame.to_csv(path, index=False)
+    res = compare(a, b)
+    assert res["n"] == 4 and res["only_in_a"] == res["only_in_b"] == 0
+    assert res["matched_by"] == "image file: IDs differ by a root, e.g. A 'frac/f0.png' = B 'test/frac/f0.png'"
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "4 images matched by image file: IDs differ by a root" in capsys.readouterr().out
+
+
+def test_an_ending_shared_by_two_files_is_not_a_match():
+    from vfa.evaluation.compare import match_by_ending
+
+    assert match_by_ending(["norm/x.png", "frac/y.png"], ["test/norm/x.png", "/data/test/frac/y.png"]) == {
+        "test/norm/x.png": "norm/x.png", "/data/test/frac/y.png": "frac/y.png"}
+    assert match_by_ending(["x.png"], ["test/norm/x.png", "val/norm/x.png"]) == {}  # which one? neither
+    assert match_by_ending(["a/test/x.png", "b/test/x.png"], ["test/x.png"]) == {}
+    assert match_by_ending(["norm/x.png"], ["norm/x.png.bak"]) == {}  # whole parts only
+
+
+def test_no_ids_in_common_shows_an_example_of_each(tmp_path, capsys):
+    label = np.array([1, 0])
+    a = write_eval(tmp_path / "a", [0.9, 0.1], [0.9, 0.1], label)
+    b = write_eval(tmp_path / "b", [0.9, 0.1], [0.9, 0.1], label)
+    frame = pd.read_csv(b)
+    frame["image_id"] = ["P1_scan.png", "P2_scan.png"]
+    frame.to_csv(b, index=False)
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image IDs in common" in err
+    assert "A: 2 images, e.g. 'i0'; B: 2 images, e.g. 'P1_scan.png'" in err and "--id-regex" in err

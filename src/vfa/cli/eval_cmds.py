@@ -89,7 +89,8 @@ def cmd_compare(args) -> None:
     res = compare(args.a, args.b, args.score, args.score_b)
     d, f = res["delong"], lambda v: "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
     ci = d["diff_ci"]
-    print(f"{res['n']} images matched by id (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})\n"
+    by = "id" if res["matched_by"] == "image_id" else res["matched_by"]
+    print(f"{res['n']} images matched by {by} (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})\n"
           f"AUC A {f(d['auc_a'])}  B {f(d['auc_b'])}  difference {f(d['diff'])} (95% CI {f(ci[0])} to "
           f"{f(ci[1])}), paired DeLong p = {f(d['p'])}")
     for key, name in (("sn", "Sn"), ("sp", "Sp")):

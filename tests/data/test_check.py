@@ -2,6 +2,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from pydicom.data import get_testdata_file
 
 from tests.helpers import write_folder
@@ -84,6 +85,43 @@ def test_missing_path_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(["check-data", str(tmp_path / "empty")]) == 2
     assert "missing class folder" in capsys.readouterr().err
+
+
+def test_a_folders_patients_come_from_the_manifest_beside_it(tmp_path):
+    """A `vfa synth`-style root: split folders and a manifest.csv with patient_id next to them."""
+    root = split_folders(tmp_path / "d")
+    rows = ["filename,label,patient_id"]  # patient P0 has an image in train and one in val: leakage
+    rows += [f"train/{c}/{c}_{i:03d}.png,{c},P{i}" for c in ("norm", "frac") for i in range(4)]
+    rows += [f"val/{c}/{c}_{i:03d}.png,{c},{'P0' if (c, i) == ('norm', 0) else f'V{c}{i}'}"
+             for c in ("norm", "frac") for i in range(2)]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    rep = check_data(root, workers=1)
+    assert rep["patients"]["manifest patient_id"] == 7 and rep["patients_from"] == str(root / "manifest.csv")
+    assert any("the same patient (patient_id) in train and val" in m for m in rep["leakage"]) and not rep["ready"]
+    assert f"7 distinct (patient_id of {root / 'manifest.csv'})" in format_report(rep)
+    rep = check_data(root / "val", workers=1)  # DATA/val finds DATA/manifest.csv, as evaluate does
+    assert rep["patients"]["manifest patient_id"] == 4
+    (root / "manifest.csv").write_text("notes\nnot a manifest\n")  # another kind of manifest.csv: ignored
+    assert check_data(root, workers=1)["patients"]["manifest patient_id"] == 0
+
+
+def test_a_root_of_split_folders_given_as_a_class_folder_names_them(tmp_path, capsys):
+    root = split_folders(tmp_path / "d")
+    (root / "manifest.csv").write_text("path,label,split\ntrain/norm/norm_000.png,0,train\n"
+                                       "val/norm/norm_000.png,0,val\n")
+    from vfa.data.samples import DataError, load_samples
+
+    with pytest.raises(DataError) as info:
+        load_samples(root)
+    err = str(info.value)
+    assert "missing class folder(s) norm, frac (expected norm/frac); it holds train/, val/, with norm/frac: " \
+           f"pass one of them ({root / 'train'}, {root / 'val'}), or {root / 'manifest.csv'}:SPLIT (train, val)" in err
+    words = tmp_path / "words"
+    for name in ("normal", "fracture"):
+        (words / name).mkdir(parents=True)
+    assert cli_main(["check-data", str(words)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it holds fracture/, normal/: rename them, or list the images in a manifest" in err
 
 
 def test_color_images_are_reported(tmp_path):

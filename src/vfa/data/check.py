@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vfa.data.samples import (DataError, Samples, check_leakage, is_manifest, load_samples, read_manifest, scan_folder,
-                              split_source, inspect_all)
+from vfa.data.samples import (DataError, Samples, check_leakage, is_manifest, load_samples, manifest_beside,
+                              read_manifest, scan_folder, split_source, inspect_all)
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -49,13 +49,33 @@ def discover(source: str | Path, classes=("norm", "frac")) -> tuple[str, dict[st
         return "class folders", {path.name or str(path): s}, list(s.skipped)
     subs = [d for d in path.iterdir() if d.is_dir() and all((d / c).is_dir() for c in classes)]
     if not subs:
-        scan_folder(path, classes)  # raises the missing-class-folder error with the expected names
+        scan_folder(path, classes)  # raises the missing-class-folder error naming what the folder holds
     sets, problems = {}, []
     for name in _order([d.name for d in subs]):
         s = scan_folder(path / name, classes)
         sets[name] = s
         problems += s.skipped
     return "split folders", sets, problems
+
+
+def patients_beside(folder: str | Path, sets: dict[str, Samples]) -> str | None:
+    """Patient IDs for a folder's images from the manifest.csv beside it (`vfa synth` writes one;
+    evaluate finds it there too), so the patient leakage check runs on folders as on the manifest.
+    Returns the manifest used, or None (no manifest, no patient_id column, or none of its files)."""
+    manifest = manifest_beside(folder)
+    if manifest is None:
+        return None
+    try:
+        rows = read_manifest(manifest, split="all", labels=False)
+    except (DataError, OSError):  # a manifest.csv of another kind: the folder is checked on its own
+        return None
+    ids = dict(zip((os.path.abspath(p) for p in rows.paths), rows.columns.get("patient_id", [])))
+    found = False
+    for s in sets.values():
+        column = [ids.get(os.path.abspath(p), "") for p in s.paths]
+        if any(column):
+            s.columns["patient_id"], found = column, True
+    return str(manifest) if found else None
 
 
 def _top(counter: Counter, n: int = 6) -> list[list]:
@@ -72,6 +92,7 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
     t0 = time.perf_counter()
     classes = tuple(classes)
     layout, sets, problems = discover(source, classes)
+    patients_from = None if is_manifest(source) else patients_beside(source, sets)
     paths = [p for s in sets.values() for p in s.paths]
     workers = workers or os.cpu_count() or 1
     results = dict(zip(paths, inspect_all(paths, frame, workers)))
@@ -122,7 +143,7 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
         "files": len(paths) + len(problems), "seconds": round(time.perf_counter() - t0, 2), "workers": workers,
         "splits": rows, "stats": stats, "duplicates": duplicates, "leakage": leakage,
         "patients": {"manifest patient_id": n_patients["patient_id"],
-                     "DICOM PatientID": n_patients["_dicom_patient"]},
+                     "DICOM PatientID": n_patients["_dicom_patient"]}, "patients_from": patients_from,
         "unusable": unusable, "errors": errors, "warnings": warnings, "verdict": verdict, "ready": not errors,
     }
     if keep_identifiers:
@@ -194,7 +215,8 @@ def format_report(rep: dict, max_listed: int = 20) -> str:
     for key, values in rep["stats"].items():
         if values:  # DICOM rows only when there is DICOM, color mode only for other formats
             lines.append(f"{key.ljust(width)}" + ", ".join(f"{k}: {v}" for k, v in values))
-    pats = ", ".join(f"{n} distinct ({k})" for k, n in rep["patients"].items() if n) or "no patient IDs"
+    named = {"manifest patient_id": f"patient_id of {rep['patients_from']}"} if rep.get("patients_from") else {}
+    pats = ", ".join(f"{n} distinct ({named.get(k, k)})" for k, n in rep["patients"].items() if n) or "no patient IDs"
     lines.append(f"{'patients'.ljust(width)}{pats}")
     within = [g for g in rep["duplicates"] if len({d["split"] for d in g}) == 1]
     lines.append(f"{'duplicates'.ljust(width)}" + (f"{len(rep['duplicates'])} group(s) of identical decoded "

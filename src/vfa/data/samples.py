@@ -74,7 +74,7 @@ def scan_folder(root: str | Path, classes=("norm", "frac")) -> Samples:
         raise DataError(f"data folder not found: {root}")
     missing = [c for c in classes if not (root / c).is_dir()]
     if missing:
-        raise DataError(f"{root}: missing class folder(s) {', '.join(missing)} (expected {'/'.join(classes)})")
+        raise DataError(_missing_classes(root, classes, missing))
     paths, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
@@ -87,6 +87,31 @@ def scan_folder(root: str | Path, classes=("norm", "frac")) -> Samples:
                 what = f"extension '{path.suffix}'" if path.suffix else "no extension and no DICOM header"
                 skipped.append((str(path), f"not an image file ({what})"))
     return Samples(paths, labels, str(root), skipped, tuple(classes), source=str(root))
+
+
+def _missing_classes(root: Path, classes: tuple[str, ...], missing: list[str]) -> str:
+    """What a folder without its class folders holds, and what to pass instead: its split folders
+    that have them (a `vfa synth` root) or its manifest's splits; else the names to rename."""
+    subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    what = (f"{root}: missing class folder(s) {', '.join(missing)} (expected {'/'.join(classes)}); it holds "
+            + (", ".join(f"{d}/" for d in subs[:8]) + (f" and {len(subs) - 8} more" if len(subs) > 8 else "")
+               if subs else "no folders"))
+    splits = [str(root / d) for d in subs if all((root / d / c).is_dir() for c in classes)]
+    manifest = manifest_beside(root) if splits else None
+    named = manifest_splits(manifest) if manifest and manifest.parent == root else []
+    also = f", or {manifest}:SPLIT ({', '.join(named)})" if named else ""
+    if splits:
+        return f"{what}, with {'/'.join(classes)}: pass one of them ({', '.join(splits)}){also}"
+    return f"{what}: rename them, or list the images in a manifest .csv (path,label)" if subs else what
+
+
+def manifest_beside(folder: str | Path) -> Path | None:
+    """The manifest.csv in `folder` or its parent (DATA/test -> DATA/manifest.csv), as `vfa synth`
+    writes one: where check-data finds patient IDs and evaluate finds boxes for a folder."""
+    for d in (Path(folder), Path(folder).parent):
+        if (d / "manifest.csv").is_file():
+            return d / "manifest.csv"
+    return None
 
 
 def split_source(source: str | Path) -> tuple[Path, str | None]:

@@ -10,48 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
+from tests.vertebra.helpers import LEVELS7, body, scene, several_images, table
 from vfa.evaluation import vertebra_metrics as vm
-from vfa.spine import POINTS
-
-
-def body(y, x=0.0, ha=30.0, hm=30.0, hp=30.0, w=40.0):
-    """Six points: anterior wall at x, posterior at x + w, inferior end plate at y + 30."""
-    bottom = y + 30
-    return np.array([[x, bottom - ha], [x + w / 2, bottom - hm], [x + w, bottom - hp],
-                     [x, bottom], [x + w / 2, bottom], [x + w, bottom]], dtype=float)
-
-
-def table(levels, points, **cols) -> pd.DataFrame:
-    pts = np.asarray(points, dtype=float)
-    frame = pd.DataFrame({"level": levels})
-    for j, name in enumerate(POINTS):
-        frame[f"{name}_x"], frame[f"{name}_y"] = pts[:, j, 0], pts[:, j, 1]
-    frame["x0"], frame["y0"] = pts[..., 0].min(1), pts[..., 1].min(1)
-    frame["x1"], frame["y1"] = pts[..., 0].max(1), pts[..., 1].max(1)
-    for key, value in cols.items():
-        frame[key] = value
-    return frame
-
-
-LEVELS7 = ["T4", "T5", "T6", "T7", "T8", "T9", "T10"]
-
-
-def scene():
-    """One image, seven true bodies 40 px apart, read as follows:
-        T4 exact; T5 exact but named T6; T6 found 6 px low (IoU 0.667, point error 6/30 = 0.2) and
-        over-called grade 1; T7 exact; T8 exact but graded 1 (truth 2); T9 exact; T10 missed (its
-        prediction lies 12 px low: IoU 0.429); and a spurious grade-3 body far below the spine."""
-    truth = table(LEVELS7, [body(40 * i) for i in range(7)], grade=[0, 0, 0, 1, 2, 3, 2],
-                  type=["normal"] * 3 + ["wedge", "biconcave", "crush", "wedge"])
-    shift = [0, 0, 6, 0, 0, 0, 12]
-    pred = table(["T4", "T6", "T6", "T7", "T8", "T9", "T10", "L4"],
-                 [body(40 * i + d) for i, d in enumerate(shift)] + [body(1000)],
-                 grade=[0, 0, 1, 1, 1, 3, 2, 3], type=["normal", "normal", "wedge", "wedge", "wedge", "crush", "wedge",
-                                                       "crush"],
-                 p_fracture=[0.1, 0.2, 0.6, 0.7, 0.4, 0.9, 0.8, 0.95],
-                 wedge_ratio=[1, 1, 1, 0.76, 1, 1, 0.7, 0.5], biconcave_ratio=1.0,
-                 crush_ratio=[1, 1, 1, 1, 1, 0.55, 1, 1])
-    return truth, pred
 
 
 def test_iou_of_hand_made_boxes():
@@ -180,16 +140,6 @@ def test_bootstrap_resamples_whole_images(monkeypatch):
     assert out["n"] == {"images": 2, "vertebrae": 4, "fractured": 1, "grade1": 1, "grade2": 0, "grade3": 0}
 
 
-def several_images(k=12):
-    """k copies of the scene, each with its own reading: image i misses body i % 7 as well."""
-    parts = []
-    for i in range(k):
-        truth, pred = scene()
-        drop = pred.index[i % 7]
-        parts.append(vm.match_image(i, truth, pred.drop(index=drop)))
-    return pd.concat(parts, ignore_index=True)
-
-
 def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
     bodies = several_images()
     out = vm.bootstrap(bodies, n=60, seed=3)
@@ -222,3 +172,70 @@ def test_table_lines_has_one_row_per_metric():
     lines = vm.table_lines(out, {"auc": 0.9, "ci": [0.8, 1.0]})
     assert len(lines) == 2 + len(vm.TABLE) + 1
     assert lines[-1].startswith("| Image-level AUC") and "0.800-1.000" in lines[-1]
+
+
+def perfect_images(k=8):
+    """k images of the scene read exactly as the truth (every body found, level and grade right)."""
+    parts = []
+    for i in range(k):
+        truth, _ = scene()
+        pred = truth.assign(p_fracture=(truth["grade"] > 0) * 0.9, wedge_ratio=1.0, biconcave_ratio=1.0,
+                            crush_ratio=1.0)
+        parts.append(vm.match_image(i, truth, pred))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_share_of_bodies_gets_a_wilson_interval_not_a_collapsed_bootstrap():
+    from statsmodels.stats.proportion import proportion_confint
+
+    bodies = perfect_images()      # 8 images x 7 bodies: 56 found of 56, 32 fractures all called
+    out = vm.bootstrap(bodies, n=50, seed=0)
+    for key, k, n in (("detection_recall", 56, 56), ("sensitivity", 32, 32), ("specificity", 24, 24),
+                      ("sensitivity_grade3", 8, 8)):
+        v = out[key]
+        assert (v["method"], v["k"], v["n"], v["value"]) == ("wilson", k, n, 1.0)
+        assert v["ci"] == pytest.approx(list(proportion_confint(k, n, method="wilson")), abs=1e-12)
+        assert v["ci"][0] < 1.0                # 1.000-1.000 was the bootstrap's answer
+        assert v["ci_images"] is None          # every resample gives 1: degenerate, so not shown
+    assert out["grade_kappa"]["method"] == "bootstrap" and out["grade_kappa"]["degenerate"]
+    lines = vm.table_lines(out)
+    recall = next(line for line in lines if line.startswith("| Detection recall"))
+    assert "1.000 (56/56)" in recall and "0.936-1.000" in recall and "Wilson; over images degenerate" in recall
+
+
+def test_a_share_that_varies_between_images_keeps_its_bootstrap_beside_the_wilson_interval():
+    from statsmodels.stats.proportion import proportion_confint
+
+    bodies = several_images()      # each image misses another body: recall 6/7 - (1 of 7) per image
+    out = vm.bootstrap(bodies, n=60, seed=3)
+    v = out["detection_recall"]
+    assert v["ci"] == pytest.approx(list(proportion_confint(v["k"], v["n"], method="wilson")), abs=1e-12)
+    lo, hi = v["ci_images"]
+    assert lo < v["value"] < hi
+    assert out["point_error"]["method"] == "bootstrap" and not out["point_error"]["degenerate"]
+
+
+def test_goals_that_are_not_met_are_marked():
+    assert vm.goal_met(0.794, ">= 0.80") is False and vm.goal_met(0.80, ">= 0.80") is True
+    assert vm.goal_met(0.02, "<= 0.03") is True and vm.goal_met(0.031, "<= 0.03") is False
+    assert vm.goal_met(float("nan"), ">= 0.80") is None and vm.goal_met(0.5, "") is None
+    out = vm.bootstrap(several_images(4), n=20)
+    lines = vm.table_lines(out)
+    kappa = next(line for line in lines if line.startswith("| Grade agreement"))
+    assert out["grade_kappa"]["value"] < 0.8 and kappa.endswith(">= 0.80 **not met** |")
+    assert not any("not met" in line for line in lines if line.startswith("| Sensitivity, grade"))  # no goal
+
+
+def test_describe_image_names_misses_wrong_levels_and_calls():
+    truth, pred = scene()
+    m = vm.match_image(0, truth, pred)
+    text = vm.describe_image(m, len(pred))
+    # T10 (grade 2) missed; T5 labelled T6; T6 over-called (read grade 1); two of the 8 bodies read match no
+    # true body: the T10 read 12 px low (IoU 0.429) and the L4 far below the spine
+    assert text == ("missed 1 of 7: T10 (fractured, grade 2); wrong level: T5 labelled T6; called fractured, normal "
+                    "in the truth: T6 (read grade 1); 2 bodies read where the truth has none")
+    perfect = perfect_images(1)
+    assert vm.describe_image(perfect, 7).startswith("every body found")
+    truth, pred = scene()
+    pred.loc[3, "grade"] = 0      # T7 (truth grade 1) found but read normal
+    assert "fracture not called: T7 (grade 1)" in vm.describe_image(vm.match_image(0, truth, pred), len(pred))

@@ -23,7 +23,8 @@ from vfa.data.transforms import create_transform
 from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
 from vfa.evaluation import report as report_mod
 from vfa.evaluation.scores import labelled_frame, score_metrics
-from vfa.evaluation.vertebra_metrics import bootstrap, image_auc, match_image, table_lines
+from vfa.evaluation.vertebra_metrics import (CI_NOTE, bootstrap, describe_image, image_auc, match_image, table_lines,
+                                             table_rows)
 from vfa.explain.outlines import draw_spine, png
 from vfa.inference.dicom_results import for_evaluate
 from vfa.inference.vertebra import image_rows, read_spines
@@ -80,10 +81,12 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
         vert = pd.concat([v.assign(file=ids[i]) for i, v in enumerate(spines)], ignore_index=True)
         atomic_write(out / f"{prefix}vertebrae.csv", vert.to_csv(index=False, float_format="%.3f"))
         atomic_write(out / f"{prefix}predictions.csv", frame.to_csv(index=False))
-        drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, ids) \
+        bodies = None if truth is None else pd.concat(
+            [match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)], ignore_index=True)
+        drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, bodies) \
             if standalone and overlays else []
         if truth is not None:
-            _vertebra_metrics(result, samples, truth, spines, frame, out, prefix, data, drawn, log)
+            _vertebra_metrics(result, bodies, frame, out, prefix, data, drawn, log)
         write_json(out / metrics_name, json_safe(result))
         if dicom:
             dicom(frame, model, threshold, "raw", 0, keep_identifiers, out / f"{prefix}predictions.csv",
@@ -103,61 +106,86 @@ def _truth(samples, data, table, log) -> dict | None:
         return None
 
 
-def _vertebra_metrics(result, samples, truth, spines, frame, out: Path, prefix: str, data, drawn, log) -> None:
-    """Match the bodies found to the truth; result["vertebrae"] with bootstrap CIs, the matches,
+def _vertebra_metrics(result, bodies: pd.DataFrame, frame, out: Path, prefix: str, data, drawn, log) -> None:
+    """result["vertebrae"] of the bodies matched to the truth (Wilson and bootstrap CIs), the matches,
     and the markdown and HTML reports."""
     ids = frame["file"].tolist()
-    bodies = pd.concat([match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)], ignore_index=True)
     result["vertebrae"] = bootstrap(bodies)
     result["vertebrae"]["image_auc"] = image_auc(frame["label"], frame["raw"])
     atomic_write(out / f"{prefix}vertebra_matches.csv",
                  bodies.assign(file=[ids[i] for i in bodies["image"]]).drop(columns="image").to_csv(
                      index=False, float_format="%.4f"))
     lines = table_lines(result["vertebrae"], result["vertebrae"]["image_auc"])
-    atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data))
-    atomic_write(out / f"{prefix}vertebra_report.html", _html(result, lines, data, drawn))
+    atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data, drawn))
+    atomic_write(out / f"{prefix}vertebra_report.html", _html(result, data, drawn))
     for line in lines:
         log(line)
 
 
-def _report(result: dict, lines: list[str], data) -> str:
+def _report(result: dict, lines: list[str], data, drawn: list[dict]) -> str:
     n = result["vertebrae"]["n"]
     head = [f"# Per-vertebra evaluation on {public_path(str(data))}", "",
             f"{n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} fractured (grade 1: {n['grade1']}, "
-            f"grade 2: {n['grade2']}, grade 3: {n['grade3']}). CIs: 95 %, bootstrap over images.", ""]
-    how = ["", *(f"- {k.replace('_', ' ')}: {v}" for k, v in READING.items())]
-    return "\n".join(head + lines + how) + "\n"
+            f"grade 2: {n['grade2']}, grade 3: {n['grade3']}).", "", CI_NOTE, ""]
+    how = ["", "## Who makes each call", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in READING.items())]
+    examples = ["", "## Examples (overlays/)", "", *(f"- {d['name']}: {d['chosen']}. {d['caption']}." for d in drawn)]
+    return "\n".join(head + lines + how + (examples if drawn else [])) + "\n"
 
 
-def _html(result: dict, lines: list[str], data, drawn: list[tuple[str, bytes]]) -> str:
-    """vertebra_report.html: the table, how each call is made, and the overlays, in one file."""
+def _html(result: dict, data, drawn: list[dict]) -> str:
+    """vertebra_report.html: the table (goals not met marked), how each call is made, and the overlays,
+    each with why it was chosen and what it gets wrong, in one file."""
     e = html.escape
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    table = pd.DataFrame(rows, columns=["metric", "value", "95 % CI", "goal"]).to_html(index=False)
+    rows = table_rows(result["vertebrae"], result["vertebrae"]["image_auc"])
+    cells = [[e(r["metric"]), e(r["value"]), e(r["ci"]), e(r["method"]),
+              e(r["goal"]) + (" <b class='note'>not met</b>" if r["met"] is False else "")] for r in rows]
+    table = pd.DataFrame(cells, columns=["metric", "value", "95 % CI", "CI", "goal"]).to_html(index=False,
+                                                                                            escape=False)
     n = result["vertebrae"]["n"]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfa per-vertebra evaluation</title>"
              f"<style>{report_mod.CSS}</style></head><body><h1>Per-vertebra evaluation</h1>",
              f"<p>{e(public_path(str(data)))}: {n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} "
-             f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}). 95 % CIs: bootstrap over images; "
-             f"image AUC: DeLong.</p>", table, "<h2>Who makes each call</h2><ul>",
+             f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}).</p><p>{e(CI_NOTE)}</p>", table,
+             "<h2>Who makes each call</h2><ul>",
              *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in READING.items()), "</ul>"]
-    for name, picture in drawn:
-        parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(picture).decode('ascii')}'>")
+    if drawn:
+        parts.append("<h2>Examples</h2><p>Outlines and labels are the model's reading; the caption compares it "
+                     "with the truth.</p>")
+    for d in drawn:
+        parts.append(f"<figure><img alt='{e(d['name'])}' src='data:image/png;base64,"
+                     f"{base64.b64encode(d['png']).decode('ascii')}'><figcaption><b>{e(d['name'])}</b>: "
+                     f"{e(d['chosen'])}.<br>{e(d['caption'])}.</figcaption></figure>")
     return "\n".join(parts + ["</body></html>"])
 
 
-def _overlays(model, samples, spines, frame, folder: Path, k: int, ids) -> list[tuple[str, bytes]]:
-    """Up to k overlays: the most likely fractured images first, then the least likely; returns
-    (name, PNG) of each."""
+def _examples(frame: pd.DataFrame, k: int) -> dict[int, str]:
+    """Up to k images to draw, {row: why}: the highest image scores first, then (a quarter) the lowest."""
+    raw = frame["raw"].to_numpy(dtype=float)
+    order, n = np.argsort(-raw, kind="stable"), len(raw)
+    top, bottom = order[: k - k // 4], order[::-1][: k // 4]
+    picks = [(i, f"highest image score, #{r + 1} of {n} (raw {raw[i]:.3f})") for r, i in enumerate(top)]
+    picks += [(i, f"lowest image score, #{n - r} of {n} (raw {raw[i]:.3f})") for r, i in enumerate(bottom)]
+    chosen: dict[int, str] = {}
+    for i, why in picks:
+        chosen.setdefault(int(i), why)
+    return chosen
+
+
+def _overlays(model, samples, spines, frame, folder: Path, k: int, bodies) -> list[dict]:
+    """Up to k overlays (_examples); returns {name, png, chosen, caption} of each, also listed in
+    overlays/examples.csv. The caption: the truth and the call, and, with a per-vertebra truth
+    (`bodies`), what the reading got wrong (vertebra_metrics.describe_image)."""
     folder.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-frame["raw"].to_numpy(), kind="stable")
-    pick = list(order[: k - k // 4]) + list(order[::-1][: k // 4])
     transform = create_transform(model.config, channels=1)
-    drawn = []
-    for i in dict.fromkeys(pick):
+    ids, drawn = frame["file"].tolist(), []
+    for i, why in _examples(frame, k).items():
         name = Path(ids[i]).with_suffix("").as_posix().replace("/", "__") + ".png"
         picture = png(draw_spine(transform.read(samples.paths[i]), spines[i]))
         atomic_write(folder / name, picture)
-        drawn.append((name, picture))
+        truth = {1: "fractured", 0: "not fractured"}.get(frame["label"].iloc[i], "no label")
+        caption = f"truth: {truth}; read: {'fractured' if frame['predicted'].iloc[i] else 'not fractured'}"
+        if bodies is not None:
+            caption += "; " + describe_image(bodies[bodies["image"] == i], len(spines[i]))
+        drawn.append({"name": name, "png": picture, "chosen": why, "caption": caption})
+    atomic_write(folder / "examples.csv", pd.DataFrame(drawn).drop(columns="png").to_csv(index=False))
     return drawn

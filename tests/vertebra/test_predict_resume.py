@@ -77,3 +77,13 @@ def test_killed_then_rerun_equals_uninterrupted(fault, job, reference, tmp_path)
     pd.testing.assert_frame_equal(images, ref_images, check_exact=False, atol=1e-6)
     pd.testing.assert_frame_equal(bodies, ref_bodies, check_exact=False, atol=2e-3)
     assert (images["predicted"] == (images["max_grade"] >= 1)).all()
+
+
+def test_force_does_not_replace_a_foreign_vertebrae_csv(job, tmp_path):
+    notes = tmp_path / "vertebrae.csv"
+    notes.write_text("patient,comment\n1,keep me\n")
+    done = subprocess.run([sys.executable, "-m", "vfa.cli", "predict", "--model", job["ckpt"], job["data"],
+                           "--out", str(tmp_path / "p.csv"), "--device", "cpu", "--force"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "not a vfa vertebrae table" in done.stderr, done.stderr
+    assert notes.read_text() == "patient,comment\n1,keep me\n" and not (tmp_path / "p.csv").exists()

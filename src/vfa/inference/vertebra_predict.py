@@ -21,6 +21,7 @@ from vfa.inference.predict import check_decodable, image_ids, model_threshold, p
 from vfa.inference.vertebra import image_rows, read_spines, spine_rows
 
 VERTEBRAE = "vertebrae.csv"
+BODY_COLUMNS = ("file", "level", "x0", "y0", "x1", "y1")   # how a vertebrae.csv vfa wrote begins
 
 
 def reading_threshold(model, threshold) -> float:
@@ -47,6 +48,10 @@ def _start_bodies(beside: Path, out: Path, force: bool, resume: bool) -> Path:
     """VERTEBRAE.partial, continuing a finished table when OUT is resumed; refuses a table that
     belongs to no resumable job unless `force`."""
     part = output.partial_path(beside)
+    if beside.is_file() and not _is_body_table(beside):
+        raise FileExistsError(f"{beside} exists and is not a vfa vertebrae table (its columns do not start "
+                              f"{','.join(BODY_COLUMNS)}); vfa replaces only its own outputs: choose another --out "
+                              f"folder")
     if force:
         beside.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
@@ -55,6 +60,11 @@ def _start_bodies(beside: Path, out: Path, force: bool, resume: bool) -> Path:
     if beside.exists() and not part.exists():
         part.write_bytes(beside.read_bytes())
     return part
+
+
+def _is_body_table(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip().split(",")[:len(BODY_COLUMNS)] == list(BODY_COLUMNS)
 
 
 def _keep_bodies_of(part: Path, done: set[str]) -> None:

@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(VFA) cohort --predictions $(DEMO_RUN)/test/predictions.csv --outcomes $(DEMO_RUN)/outcomes.csv \
 		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label --force
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/, $(DEMO_RUN)/cohort/cohort_report.html"
-	@echo "read the test predictions in a browser: $(VFA) review --predictions $(DEMO_RUN)/test/predictions.csv --images $(DEMO_DATA)/test --heatmaps $(DEMO_RUN)/heatmaps --db $(DEMO_RUN)/review.sqlite"
+	@echo "read the test predictions in a browser: $(VFA) review --predictions $(DEMO_RUN)/test/predictions.csv --images $(DEMO_DATA)/test --heatmaps $(DEMO_RUN)/heatmaps --vertebrae $(DEMO_DATA)/vertebrae.csv --db $(DEMO_RUN)/review.sqlite"
 
 # per-vertebra reading (docs/vertebrae.md): the same phantom as the demo (vertebra-demo synthesizes what
 # cpu-demo does, so the test split is the same images) -> detector + landmark model -> test metrics

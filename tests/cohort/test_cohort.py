@@ -59,9 +59,8 @@ def test_aalen_johansen_by_hand_and_events_at_the_horizon_count():
     c = _cohort([1, 2, 2.5, 3, 4, 5], [1, 2, 0, 1, 0, 0])
     aj = survival.aalen_johansen(c, "event", 0)
     # by hand: t=1 (6 at risk): S=5/6, F1=1/6; t=2 death (5 at risk): S=2/3; t=3 (3 at risk): F1 += 2/3 * 1/3
-    cif = aj.cumulative_density_.iloc[:, 0]
-    assert float(survival.value_at(aj.cumulative_density_, 2.9).iloc[0]) == pytest.approx(1 / 6)
-    assert float(cif.iloc[-1]) == pytest.approx(1 / 6 + 2 / 9)
+    assert aj.at(2.9)[0] == pytest.approx(1 / 6)
+    assert aj.estimate[-1] == pytest.approx(1 / 6 + 2 / 9)
     rows, _ = survival.cumulative_incidence(_cohort([1, 2, 2.5, 3, 4, 5] * 2, [1, 2, 0, 1, 0, 0] * 2,
                                                     [0] * 6 + [1] * 6), "event", horizon=3.0)
     assert rows[0]["estimate"] == pytest.approx(1 / 6 + 2 / 9)  # the events at exactly t = 3 are in

@@ -51,11 +51,10 @@ def incidence_figure(aj_fits: dict, km_fits: dict, outcome: str, horizon: float)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for group, color in ((0, "C0"), (1, "C1")):
         aj = aj_fits[group]
-        ax.step(aj.cumulative_density_.index, aj.cumulative_density_.iloc[:, 0], where="post", color=color,
-                label=f"{aj._label}: Aalen–Johansen")
+        ax.step(aj.time, aj.estimate, where="post", color=color, label=f"{aj.label}: Aalen–Johansen")
         km = km_fits[group].survival_function_
         ax.step(km.index, 1 - km.iloc[:, 0], where="post", color=color, ls="--", lw=0.8,
-                label=f"{aj._label}: 1 − KM (ignores death; contrast only)")
+                label=f"{aj.label}: 1 − KM (ignores death; contrast only)")
     ax.axvline(horizon, color="gray", ls=":", lw=1)
     ax.set(xlabel="years since the scan", ylabel="cumulative incidence",
            title=f"Cumulative incidence of {outcome_label(outcome)}, death as a competing risk")

@@ -25,8 +25,8 @@ from vfa.cohort.report import forest_figure, incidence_figure, km_figure, write_
 from vfa.runs import atomic_write, lock, prepare_run_dir, write_json
 
 METHODS = ("Kaplan–Meier with Greenwood variance and log(-log) CIs; cumulative incidence by Aalen–Johansen "
-           "(lifelines; Greenwood-type variance, delta-method CIs on the log(-log) scale; tied times broken by a "
-           "seeded jitter of 1e-5 years, estimates read so that events at the horizon count); Cox proportional "
+           "as R's cmprsk::cuminc (events before censorings at tied times, no jitter; cuminc's variance, "
+           "delta-method CIs on the log(-log) scale; events at the horizon count); Cox proportional "
            "hazards with Efron ties (lifelines, converged to 1e-10), Wald CIs; proportional hazards checked on "
            "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = "
            "higher risk) with a percentile bootstrap CI; Fine–Gray subdistribution hazard ratios with death "

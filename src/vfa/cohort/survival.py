@@ -1,11 +1,9 @@
 """Time-to-event analyses of a `Cohort`, on lifelines (no Cox fit written here) and vfa.cohort.finegray.
 
 - Kaplan–Meier by exposure group (Greenwood variance, log(-log) CIs: lifelines' defaults).
-- Cumulative incidence with death as a competing risk: Aalen–Johansen (lifelines; Greenwood-type
-  variance, delta-method CIs on the log(-log) scale). lifelines breaks tied times by a random jitter
-  of at most `JITTER` years; it is seeded, and estimates are read at horizon + 2 * JITTER so that
-  events at exactly the horizon count (as `cmprsk::timepoints`); follow-up recorded in days is
-  1/365 year apart, far above the jitter.
+- Cumulative incidence with death as a competing risk: Aalen–Johansen as R's `cmprsk::cuminc`
+  (vfa.cohort.incidence: events before censorings at tied times, no jitter, cuminc's variance,
+  delta-method CIs on the log(-log) scale); events at exactly the horizon count (`cmprsk::timepoints`).
 - Cox proportional hazards, Efron ties, converged to 1e-10; the proportional-hazards check on
   scaled Schoenfeld residuals (rank time transform), with a warning when p < 0.05.
 - Harrell's C-index of the score (higher score = higher risk; competing events count as censored),
@@ -23,10 +21,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from vfa.cohort import estimable, finegray
+from vfa.cohort import estimable, finegray, incidence
 from vfa.cohort.data import Cohort
 
-JITTER = 1e-5        # years: lifelines' Aalen–Johansen tie-breaking shift (seeded)
 FIT_OPTIONS = {"precision": 1e-10, "max_steps": 500}
 BOOTSTRAP = 200
 
@@ -52,39 +49,21 @@ def _group_label(group: int) -> str:
     return "model: fracture" if group else "model: no fracture"
 
 
-def aalen_johansen(c: Cohort, outcome: str, group: int):
-    from lifelines import AalenJohansenFitter
-
+def aalen_johansen(c: Cohort, outcome: str, group: int) -> incidence.Incidence:
+    """The Aalen–Johansen cumulative incidence of the outcome in one exposure group (cuminc's)."""
     mask = (c.frame["exposure"] == group).to_numpy()
-    codes = c.frame.loc[mask, outcome].astype(int)
-    fitter = AalenJohansenFitter(jitter_level=JITTER, seed=0, calculate_variance=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "tied event times were detected ... jittered": said in the report
-        fitter.fit(c.frame.loc[mask, "time"], codes, event_of_interest=c.codes["event"],
-                   label=_group_label(group))
-    return fitter
-
-
-def value_at(frame: pd.DataFrame, t: float) -> pd.Series:
-    """The row of a step function (indexed by time) in force at time t."""
-    idx = frame.index.to_numpy(float)
-    pos = np.searchsorted(idx, t, side="right") - 1
-    return frame.iloc[max(pos, 0)]
+    return incidence.aalen_johansen(c.frame.loc[mask, "time"], c.frame.loc[mask, outcome].astype(int),
+                                    event=c.codes["event"], censored=c.codes["censored"], label=_group_label(group))
 
 
 def cumulative_incidence(c: Cohort, outcome: str, horizon: float) -> tuple[list[dict], dict]:
-    """Rows {outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km} and the fitters."""
+    """Rows {outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km} and the estimates."""
     rows, fits = [], {}
     km = kaplan_meier(c, outcome)
     for group in (0, 1):
         aj = fits[group] = aalen_johansen(c, outcome, group)
-        at = horizon + 2 * JITTER
-        est = float(value_at(aj.cumulative_density_, at).iloc[0])
-        # (lifelines names its two bound columns the other way round: take them by value)
-        bounds = value_at(aj.confidence_interval_, at).to_numpy(float)
-        bounds = bounds[np.isfinite(bounds)]  # none where the incidence is still 0 (no variance yet)
-        lower, upper = (float(bounds.min()), float(bounds.max())) if len(bounds) else (np.nan, np.nan)
-        rows.append({"outcome": outcome, "group": group, "horizon": horizon, "estimate": est,
+        lower, upper = aj.ci(horizon)
+        rows.append({"outcome": outcome, "group": group, "horizon": horizon, "estimate": aj.at(horizon)[0],
                      "ci_low": lower, "ci_high": upper,
                      "one_minus_km": float(1 - km[group].survival_function_at_times(horizon).iloc[0])})
     return rows, fits

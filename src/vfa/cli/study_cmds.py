@@ -87,7 +87,7 @@ def cmd_cohort(args) -> None:
     analyze(args.predictions, args.outcomes, args.out, id_col=args.id, exposure=args.exposure,
             threshold=args.threshold, time=args.time, events=_csv_list(args.event), codes=codes,
             adjust=_csv_list(args.adjust or ""), horizon=args.horizon, reader=args.reader, start=args.start_date,
-            end=args.end_date, force=args.force)
+            end=args.end_date, force=args.force, base=_csv_list(args.base or ""))
     print(f"wrote cohort.json, cohort.xlsx, figures and cohort_report.html to {args.out}")
 
 
@@ -109,6 +109,9 @@ def add_cohort(sub) -> None:
     p.add_argument("--event", default="event", help="event column(s), comma-separated: one analysis each")
     p.add_argument("--event-codes", default="0,1,2", help="censored,event,competing (default 0,1,2)")
     p.add_argument("--adjust", help="covariates for the adjusted models, e.g. age,sex,bmd_tscore")
+    p.add_argument("--base", help="the clinical model for the added value of the finding and the score, e.g. "
+                                  "age,sex,bmd_tscore,prior_fracture,glucocorticoids. Rows missing any --adjust or "
+                                  "--base covariate are left out of every model (listed in exclusions.csv)")
     p.add_argument("--horizon", type=float, default=5.0, help="years for the cumulative incidence (default 5)")
     p.add_argument("--reader", help="column with a reader's call (0/1): kappa and PABAK against the model")
     force_arg(p, "replace the outputs in --out")

@@ -4,8 +4,10 @@ before any fit. Torch-free (pandas only), like all of `vfa.cohort`.
 Refused (the run stops, listing the lines): missing columns, duplicate IDs, negative follow-up,
 unknown event codes, a covariate that does not vary, an exposure group with no events.
 Left out and reported (`Cohort.excluded`, written to exclusions.csv): rows of either file without
-a match in the other, rows with a missing follow-up time or event, and, for the adjusted model
-only, rows with a missing covariate.
+a match in the other, rows with a missing follow-up time, event or score, and rows missing any
+covariate of --adjust or --base (the reason names the columns). The last are left out up front, so
+that every model (unadjusted, adjusted, base, base + finding) is fitted on the same complete cases
+and their estimates and C-indices compare like with like.
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class Cohort:
     codes: dict                    # {"censored": 0, "event": 1, "competing": 2}
     excluded: list[dict] = field(default_factory=list)   # {"file", "line", "id", "reason"}
     reader: str | None = None
+    base: list[str] = field(default_factory=list)        # the clinical model's columns (--base)
+    missing_covariates: int = 0                          # rows left out for a missing covariate
 
 
 def follow_up(frame: pd.DataFrame, time: str, start: str | None, end: str | None, path) -> pd.Series:
@@ -99,9 +103,10 @@ def _exclude(excluded: list, path, frame: pd.DataFrame, mask, id_col: str, reaso
                          "reason": reason})
 
 
-def _covariates(joined: pd.DataFrame, adjust, path) -> tuple[pd.DataFrame, list[str]]:
-    """Numeric covariates as numbers, text ones (sex) as 0/1 indicators (first level the reference)."""
-    cols, names = {}, []
+def _covariates(joined: pd.DataFrame, adjust, path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Numeric covariates as numbers, text ones (sex) as 0/1 indicators (first level the reference);
+    {covariate: its columns}."""
+    cols, names = {}, {}
     for c in adjust:
         text = joined[c].str.strip()
         values = pd.to_numeric(text, errors="coerce")
@@ -112,13 +117,27 @@ def _covariates(joined: pd.DataFrame, adjust, path) -> tuple[pd.DataFrame, list[
             for level in levels[1:]:
                 name = f"{c}={level}"
                 cols[name] = np.where(text == "", np.nan, (text == level).astype(float))
-                names.append(name)
+                names.setdefault(c, []).append(name)
         else:
             if values.nunique(dropna=True) < 2:
                 raise CohortError(f"{path}: covariate '{c}' is constant; it cannot be adjusted for")
             cols[c] = values.to_numpy(float)
-            names.append(c)
+            names[c] = [c]
     return pd.DataFrame(cols, index=joined.index), names
+
+
+def _complete_cases(joined: pd.DataFrame, covariates, excluded: list, id_col: str, path) -> pd.DataFrame:
+    """`joined` without the rows missing any of `covariates`, each listed in `excluded` with the
+    columns it lacks."""
+    if not covariates:
+        return joined
+    empty = pd.DataFrame({c: joined[c].str.strip().eq("") | joined[c].isna() for c in covariates})
+    missing = empty.any(axis=1)
+    for i in np.flatnonzero(missing.to_numpy()):
+        lacks = [c for c in covariates if empty[c].iloc[i]]
+        excluded.append({"file": str(path), "line": int(joined["_line"].iloc[i]), "id": joined[id_col].iloc[i],
+                         "reason": f"missing covariate {', '.join(lacks)} (left out of every model)"})
+    return joined[~missing].reset_index(drop=True)
 
 
 def _check_events(frame: pd.DataFrame, outcomes, codes: dict, path) -> None:
@@ -133,15 +152,17 @@ def _check_events(frame: pd.DataFrame, outcomes, codes: dict, path) -> None:
 
 def load_cohort(predictions, outcomes, id_col: str = "image_id", exposure: str = "predicted",
                 threshold: float | None = None, time: str = "time", events=("event",), codes=(0, 1, 2), adjust=(),
-                start: str | None = None, end: str | None = None, reader: str | None = None) -> Cohort:
-    """The analysis table of `predictions` (vfa predict/evaluate) joined to `outcomes` on `id_col`."""
+                start: str | None = None, end: str | None = None, reader: str | None = None, base=()) -> Cohort:
+    """The analysis table of `predictions` (vfa predict/evaluate) joined to `outcomes` on `id_col`;
+    `adjust`: the adjusted models' covariates, `base`: the clinical model's (added value)."""
+    wanted = list(dict.fromkeys([*adjust, *base]))
     pred, out = read_csv(predictions, "predictions"), read_csv(outcomes, "outcomes")
     if exposure not in EXPOSURES:
         raise CohortError(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     score = "raw" if exposure == "predicted" else exposure
     require_columns(pred, [id_col, score, *(["predicted"] if exposure == "predicted" and threshold is None else [])],
                     predictions)
-    require_columns(out, [id_col, *events, *adjust], outcomes)
+    require_columns(out, [id_col, *events, *wanted], outcomes)
     if reader and reader not in out.columns and reader not in pred.columns:
         raise CohortError(f"no reader column '{reader}' in {outcomes} or {predictions}")
     for frame, path in ((pred, predictions), (out, outcomes)):
@@ -168,6 +189,8 @@ def load_cohort(predictions, outcomes, id_col: str = "image_id", exposure: str =
     missing = joined["time"].isna() | joined[list(events)].isna().any(axis=1) | joined["score"].isna()
     _exclude(excluded, outcomes, joined, missing, id_col, "missing follow-up time, event or score")
     joined = joined[~missing].reset_index(drop=True)
+    before = len(excluded)
+    joined = _complete_cases(joined, wanted, excluded, id_col, outcomes)
     if joined.empty:
         raise CohortError(f"no row of {outcomes} matches a row of {predictions} on '{id_col}' with complete data")
     if exposure == "predicted" and threshold is None:
@@ -176,10 +199,12 @@ def load_cohort(predictions, outcomes, id_col: str = "image_id", exposure: str =
         threshold = 0.5 if threshold is None else float(threshold)
         joined["exposure"] = (joined["score"] >= threshold).astype(int)
     joined["score_sd"] = (joined["score"] - joined["score"].mean()) / joined["score"].std(ddof=1)
-    covs, names = _covariates(joined, adjust, outcomes)
+    covs, names = _covariates(joined, wanted, outcomes)
     frame = pd.concat([joined[[id_col, "_line", "time", "exposure", "score", "score_sd", *events]]
                        .rename(columns={id_col: "id"}), covs], axis=1)
+    adjust_cols, base_cols = ([n for c in cols for n in names[c]] for cols in (adjust, base))
     if reader:
         frame["reader"] = joined[reader].str.strip()
     _check_events(frame, events, code, outcomes)
-    return Cohort(frame, list(events), names, exposure, threshold, code, excluded, reader)
+    return Cohort(frame, list(events), adjust_cols, exposure, threshold, code, excluded, reader, base_cols,
+                  len(excluded) - before)

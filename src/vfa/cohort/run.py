@@ -9,7 +9,10 @@ fine_gray: rows of the same keys, hr the subdistribution HR (Fine–Gray, the co
 competing; none, and a warning, for an outcome without a competing event); cumulative_incidence:
 [{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
 c_index: {outcome, score, estimate, ci_low, ci_high} of the first outcome (c_index_all: every
-outcome); ph_check; agreement (with --reader); excluded (count) and warnings.
+outcome); ph_check; agreement (with --reader); excluded (count of rows left out, all listed in
+exclusions.csv), excluded_missing_covariate (of those, rows missing an --adjust or --base covariate:
+left out of every model, so all models use the same complete cases), base (the clinical model's
+columns) and warnings.
 """
 from __future__ import annotations
 
@@ -89,14 +92,15 @@ def labelled(result: dict) -> list[dict]:
 def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str = "predicted",
             threshold: float | None = None, time: str = "time", events=("event",), codes=(0, 1, 2), adjust=(),
             horizon: float = 5.0, reader: str | None = None, start: str | None = None, end: str | None = None,
-            force: bool = False, log=print) -> dict:
+            force: bool = False, log=print, base=()) -> dict:
     """Every analysis of `vfa cohort` into `out`; returns cohort.json's dict."""
     out = Path(out)
     with lock(out):
         prepare_run_dir(out, force, [predictions, outcomes], "cohort")
         c = load_cohort(predictions, outcomes, id_col, exposure, threshold, time, events, codes, adjust, start, end,
-                        reader)
-        log(f"cohort: {len(c.frame)} subjects analysed, {len(c.excluded)} rows left out (exclusions.csv)")
+                        reader, base)
+        log(f"cohort: {len(c.frame)} subjects analysed, the same complete cases in every model; {len(c.excluded)} "
+            f"rows left out (exclusions.csv), {c.missing_covariates} of them for a missing covariate")
         warnings: list[str] = []
         cox_rows, fg_rows, ph, incidence, cindex, figures = [], [], {}, [], [], {}
         for outcome in c.outcomes:
@@ -143,6 +147,7 @@ def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> di
     return {"n": len(c.frame), "events": events, "exposure": c.exposure, "exposure_text": text,
             "threshold": c.threshold, "cox": cox_rows, "fine_gray": fg_rows, "cumulative_incidence": incidence,
             "c_index": cindex[0], "c_index_all": cindex, "ph_check": ph, "excluded": len(c.excluded),
+            "excluded_missing_covariate": c.missing_covariates, "base": c.base,
             "warnings": warnings, "methods": METHODS}
 
 

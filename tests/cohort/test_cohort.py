@@ -17,18 +17,36 @@ from vfa.cohort.data import Cohort, CohortError, load_cohort
 CODES = {"censored": 0, "event": 1, "competing": 2}
 
 
+BASE = ["age", "sex", "bmd_tscore", "prior_fracture", "glucocorticoids"]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_planted_hazard_ratio_is_recovered(tmp_path, seed):
-    c = load_cohort(*_files(tmp_path, seed=seed), adjust=["age", "sex", "bmd_tscore"])
+def test_planted_hazard_ratios_are_recovered(tmp_path, seed):
+    c = load_cohort(*_files(tmp_path, seed=seed), adjust=BASE)
     rows, _ = survival.cox(c, "event", adjusted=True)
-    hr = rows[0]
-    assert hr["term"] == "exposure" and hr["ci_low"] <= 1.85 <= hr["ci_high"]
+    planted = {"exposure": 1.85, "prior_fracture": 1.8, "glucocorticoids": 1.6, "age": 1.5 ** 0.1}
+    for r in rows:
+        if r["term"] in planted:
+            assert r["ci_low"] <= planted[r["term"]] <= r["ci_high"], r
+
+
+def test_synth_cohort_keeps_the_draws_of_the_older_columns():
+    """prior_fracture and glucocorticoids are drawn last: age, sex and BMD are a seed's, and a subject
+    with neither keeps its time (fixed numbers of draw_outcomes(seed 0) before the two were added)."""
+    from vfa.cohort.synth import draw_outcomes
+
+    d = draw_outcomes(np.array([0, 1, 0, 0, 1, 0]), 1.85, seed=0)
+    assert (d[["prior_fracture", "glucocorticoids"]] == 0).all().all()
+    assert d["time"].tolist() == [3.0185, 6.114, 0.6201, 2.7879, 7.05, 5.442]
+    assert d["event"].tolist() == [1, 0, 1, 1, 1, 0] and d["sex"].tolist() == ["F", "F", "F", "M", "F", "F"]
+    assert d["age"].tolist() == [72.9, 75.1, 76.5, 72.7, 72.3, 74.5]
+    assert d["bmd_tscore"].tolist() == [-3.83, -2.32, -2.75, -2.23, -2.64, -1.82]
 
 
 def test_cox_matches_statsmodels_efron(tmp_path):
     import statsmodels.api as sm
 
-    c = load_cohort(*_files(tmp_path, n=1000, seed=5), adjust=["age", "sex", "bmd_tscore"])
+    c = load_cohort(*_files(tmp_path, n=1000, seed=5), adjust=BASE)
     d = c.frame
     for adjusted, cols in ((False, ["exposure"]), (True, ["exposure", *c.covariates])):
         ours, _ = survival.cox(c, "event", adjusted)

@@ -124,16 +124,18 @@ def cmd_synth_cohort(args) -> None:
     frame = synth_cohort(args.predictions, args.out, hr=args.hr, seed=args.seed, id_col=args.id,
                          threshold=args.threshold, force=args.force)
     print(f"wrote {args.out}: {len(frame)} rows, events {frame['event'].value_counts().sort_index().to_dict()} "
-          f"(0 censored, 1 fracture, 2 death); planted HR {args.hr} given age, sex, bmd_tscore")
+          f"(0 censored, 1 fracture, 2 death); planted HR {args.hr} given age, sex, bmd_tscore, prior_fracture, "
+          "glucocorticoids")
 
 
 def add_synth_cohort(sub) -> None:
     p = sub.add_parser("synth-cohort", help="synthetic follow-up with a known hazard ratio for a predictions file")
-    p.add_argument("--predictions", required=True)
+    p.add_argument("--predictions", required=True,
+                   help="vfa predict / evaluate output: one outcome row is drawn for each of its rows")
     p.add_argument("--out", required=True, help="outcomes CSV to write")
     p.add_argument("--hr", type=float, default=1.85, help="the planted HR of the model's finding (default 1.85)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--id", default="image_id")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same file (default 0)")
+    p.add_argument("--id", default="image_id", help="join key copied from the predictions (default image_id)")
     p.add_argument("--threshold", type=float, help="finding = raw >= this (default: the 'predicted' column)")
     force_arg(p, "replace --out")
     p.set_defaults(func=cmd_synth_cohort)

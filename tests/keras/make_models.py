@@ -25,6 +25,7 @@ import tf_keras as keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 H, W = 107, 75  # small and non-square (Inception-ResNet-v2 needs >= 75): catches H/W mix-ups
+N_FILES = 8  # PNGs for the file-level check (issue 29's case: default `vfa predict` on 8 PNGs)
 # name: (head, save format, number of throw-away layers created first: offsets conv2d_N like an
 # earlier model in the session; 1 gives Keras 2.1.5's conv2d_1.. naming, 0 tf-keras' conv2d, conv2d_1..)
 CASES = {
@@ -108,7 +109,7 @@ def main(out):
     x[1] = x[1].mean(-1, keepdims=True)  # one gray input, as DXA scans are
     np.save(os.path.join(out, "inputs.npy"), x)
     paths = []
-    for i in range(3):  # gray scans larger than the input: the resize is part of the check
+    for i in range(N_FILES):  # gray scans larger than the input: the resize is part of the check
         img = (rng.random((H * 3 + i, W * 2 + 5)) * 255).astype("uint8")
         paths.append(os.path.join(out, "files", f"scan_{i}.png"))
         Image.fromarray(img).save(paths[-1])

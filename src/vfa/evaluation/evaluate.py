@@ -116,7 +116,8 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
                       keep_identifiers)
         num_workers = default_workers(len(samples.paths), batch_size) if num_workers is None else num_workers
         frame, backend = predictions_frame(model, samples, tta, tta_preset, seed, batch_size, num_workers, progress,
-                                           backend, id_regex, id_column, keep_identifiers)  # Grad-CAM stays fp32
+                                           backend, id_regex, id_column, keep_identifiers, log)  # Grad-CAM: fp32
+        checks = frame.attrs.get("backend_checks", [])
         if frame["image_id"].duplicated().any():
             log(f"warning: {frame['image_id'].duplicated().sum()} duplicate image IDs (check --id-regex)")
         scores = [s for s in SCORES if s in frame]
@@ -124,7 +125,7 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
         frame["predicted"] = (frame[score] >= thresholds[score]).astype(int)
         result = metrics_dict(frame, score, thresholds, source)
         result.update({"tta": {"n": tta, "preset": tta_used, "seed": seed}, "temperature": model.temperature,
-                       "backend": backend, "data": public(str(data)),
+                       "backend": backend, "backend_checks": checks, "data": public(str(data)),
                        "model": public(str(models[0])) if len(models) == 1 else [public(str(m)) for m in models],
                        "skipped": len(samples.skipped), "id_regex": id_regex})
         result = _ordered(result)
@@ -151,10 +152,11 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
 
 def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batch_size: int, num_workers: int,
                       progress: bool, backend: str, id_regex: str | None, id_column: str | None,
-                      keep_identifiers: bool = False) -> tuple[pd.DataFrame, str]:
+                      keep_identifiers: bool = False, log=None) -> tuple[pd.DataFrame, str]:
     """(image_id, file, label, raw (and tta_mean, tta_max; each member's with an ensemble) for
-    labelled `samples`, the backend used); DICOM UIDs in file names are hashed unless `keep_identifiers`."""
-    scorer = Scorer(model, backend, len(samples.paths), samples.paths, tta, tta_preset, seed)
+    labelled `samples`, the backend used); DICOM UIDs in file names are hashed unless `keep_identifiers`.
+    frame.attrs["backend_checks"]: per member, what ran and auto's check. `log`: auto's fallback line."""
+    scorer = Scorer(model, backend, len(samples.paths), samples.paths, tta, tta_preset, seed, log=log)
     rows, late = score_paths(scorer, samples.paths, batch_size, num_workers, progress)
     if late:
         raise DataError(f"{len(late)} file(s) changed while being evaluated, e.g. {late[0][1]}: {late[0][2]}")
@@ -162,6 +164,7 @@ def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batc
     # float64 throughout, so `p >= threshold` is the same in memory, in the CSV and in metrics
     for col in [c for c in rows.columns if c.startswith(SCORES)]:
         frame[col] = rows[col].to_numpy(np.float64)
+    frame.attrs["backend_checks"] = scorer.checks
     return frame, scorer.backend
 
 
@@ -180,8 +183,8 @@ def metrics_dict(frame: pd.DataFrame, score: str, thresholds: dict, source: str)
 
 
 # metrics.json's key order, kept as it was written before the split into functions
-_ORDER = ("tta", "temperature", "backend", "model", "data", "n_norm", "n_frac", "skipped", "id_regex", "scores",
-          "operating_points")
+_ORDER = ("tta", "temperature", "backend", "backend_checks", "model", "data", "n_norm", "n_frac", "skipped",
+          "id_regex", "scores", "operating_points")
 
 
 def _ordered(result: dict) -> dict:

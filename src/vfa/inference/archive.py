@@ -108,16 +108,18 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
         if not good and not summary.before:
             raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
                             + (f", all {len(summary.skipped)} unusable" if summary.skipped else ""))
-        scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed)
-        summary.backend = scorer.backend
+        scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed, log=log)
         writer = output.RowWriter(part)
         try:
             for rows, late in iter_rows(scorer, good, positions, batch_size, workers, progress):
                 writer.write(output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers))
+                if not summary.now:  # the first batch decided auto's backend: into the job record
+                    output.record_backend(out, job, scorer.backend, scorer.checks)
                 summary.now += len(rows)
                 summary.skipped += [(p, r) for _, p, r in late]
         finally:
             writer.close()
+        summary.backend = scorer.backend
         finish(summary, part, keep_identifiers, log)
     summary.seconds = time.perf_counter() - t0
     return summary

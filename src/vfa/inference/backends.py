@@ -15,13 +15,21 @@
   openvino     the same ONNX export compiled by Intel's OpenVINO runtime for the CPU (bf16 inference
                where the CPU has AMX/AVX512-BF16, else fp32); optional (pip install 'vfa[openvino]')
   auto         per device and job size (`resolve_backend`): bf16 where the hardware has it, compiled
-               once the job repays the compile, else fp32 (onnxruntime for long CPU jobs)
+               once the job repays the compile, else fp32 (onnxruntime for long CPU jobs); verified
+               (`Checked`): the candidate is used only once it reproduces fp32's P(fracture) to
+               AGREEMENT_TOL on the job's first batch (topped up by a fixed probe when that batch is
+               small), else the job runs in fp32 and says so. A model that declares exactness (preset
+               keras215, which `vfa import-keras` gives every imported .h5) gets fp32 from auto
 
 `with_backend(model, name)` returns a module that keeps `config`, `threshold`, `temperature` and
-`parameters()` of the wrapped VFANet, so `predict_loader` and `tta_predict` take it unchanged.
-Grad-CAM always runs on the eager fp32 model (it needs gradients).
+`parameters()` of the wrapped VFANet, so `predict_loader` and `tta_predict` take it unchanged;
+`backend_record(runner)` says what ran and why. Every command that scores (predict, evaluate, cv,
+ensembles per member, the `vfa.predict` API) gets its runner from `with_backend`. Grad-CAM (heatmap,
+evaluate's gallery) and calibrate always run the eager fp32 model: they take no --backend.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -39,6 +47,15 @@ AUTO_COMPILE_MIN = 1000       # CPU with native bf16: compile vs torch-bf16
 AUTO_COMPILE_MIN_GPU = 20000  # GPU: compile vs torch-bf16 (eager bf16 is already fast there)
 AUTO_ONNX_MIN = 256           # CPU without native bf16: onnxruntime fp32 vs torch fp32
 _ATTRS = ("config", "threshold", "temperature", "threshold_source")
+# `auto` keeps a reduced-precision or compiled candidate only where it reproduces fp32's P(fracture) to
+# this (absolute) on every input checked: a decision at a threshold t can then flip only for an image
+# whose fp32 P lies within 1e-3 of t. Issue 29: bf16 moved a random-BN Keras import by 0.97.
+AGREEMENT_TOL = 1e-3
+PROBE_MIN = 8        # a first batch smaller than this is topped up with the fixed probe (tiny jobs)
+PROBE_SEED = 29
+# presets whose point is to reproduce a computation exactly (keras215: what Keras 2.1.5 computed, in
+# fp32; `vfa import-keras` gives it to every imported .h5): `auto` runs them in fp32
+EXACT_PRESETS = ("keras215",)
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -54,9 +71,9 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 class Backend(nn.Module):
-    def __init__(self, model: nn.Module, name: str, fn=None):
+    def __init__(self, model: nn.Module, name: str, fn=None, record: dict | None = None):
         super().__init__()
-        self.model, self.name = model, name
+        self.model, self.name, self.record = model, name, record
         self._fn = fn or model
         for attr in _ATTRS:
             if hasattr(model, attr):
@@ -70,9 +87,10 @@ class Backend(nn.Module):
 
 
 def resolve_backend(name: str, n_images: int | None = None, device: str | torch.device = "cpu") -> str:
-    """`auto` -> the fastest checked backend for a job of `n_images` forward passes on `device`:
+    """`auto` -> the fastest candidate backend for a job of `n_images` forward passes on `device`:
     bf16 where the hardware has it (compiled once the job repays the compile), else fp32 (through
-    onnxruntime for a long CPU job when it is installed). int8 is never chosen for the user."""
+    onnxruntime for a long CPU job when it is installed). int8 is never chosen for the user. The
+    candidate is only a proposal: `auto_backend` verifies it against fp32 before a job relies on it."""
     REGISTRY.check(name, "backend")
     if name != "auto":
         return name
@@ -109,14 +127,107 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def with_backend(model: nn.Module, name: str = "torch", n_images: int | None = None, calibration=None) -> nn.Module:
+def with_backend(model: nn.Module, name: str = "torch", n_images: int | None = None, calibration=None,
+                 log=None) -> nn.Module:
     """`model` wrapped to run on backend `name` (see the module docstring); 'torch' returns it as is.
-    `calibration`: image paths or a preprocessed batch, for onnxruntime-int8."""
+    `auto` goes through `auto_backend` (exact models: fp32; else a verified candidate); a name
+    asked for explicitly is used as asked. `calibration`: image paths or a preprocessed batch, for
+    onnxruntime-int8. `log`: where auto's one fallback line goes (default stderr)."""
     if isinstance(model, Backend):
         model = model.model
     device = next(model.parameters()).device
+    if name == "auto":
+        return auto_backend(model, n_images, device, calibration, log)
     name = resolve_backend(name, n_images, device)
     return REGISTRY.get(name)(model, device, calibration)
+
+
+def declares_exact(model: nn.Module) -> bool:
+    """Whether `model` exists to reproduce a computation exactly (its preset is in EXACT_PRESETS)."""
+    return getattr(getattr(model, "config", None), "preset", None) in EXACT_PRESETS
+
+
+def auto_backend(model: nn.Module, n_images: int | None, device, calibration=None, log=None) -> nn.Module:
+    """`--backend auto` for one model (one ensemble member): fp32 for a model that declares exactness,
+    else `resolve_backend`'s candidate on probation (`Checked`), or fp32 where that is the candidate."""
+    REGISTRY.check("auto", "backend")
+    if declares_exact(model):
+        why = f"preset {model.config.preset} declares exactness: auto runs fp32"
+        return Backend(model, "torch", record={"backend": "torch", "auto": why})
+    candidate = resolve_backend("auto", n_images, device)
+    if candidate == "torch":
+        return model
+    return Checked(model, candidate, REGISTRY.get(candidate)(model, device, calibration), log)
+
+
+def backend_record(runner: nn.Module) -> dict:
+    """What a runner from `with_backend` ran as: {"backend": name, ...auto's check or reason}."""
+    return dict(getattr(runner, "record", None) or {"backend": getattr(runner, "name", "torch")})
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Checked(Backend):
+    """auto's candidate on probation. The first call scores its batch in fp32 and in the candidate
+    (plus the fixed probe when the batch has fewer than PROBE_MIN inputs) and returns the fp32 logits:
+    the check costs one extra pass of the batch that had to be scored anyway. Later calls run the
+    candidate if every P agreed within AGREEMENT_TOL, else fp32, announced in one `log` line."""
+
+    def __init__(self, model: nn.Module, candidate: str, fast: nn.Module, log=None, tol: float = AGREEMENT_TOL):
+        super().__init__(model, candidate, fast)
+        self.candidate, self.tol, self.log = candidate, tol, log or _stderr
+
+    @property
+    def record(self) -> dict:  # before the first call: the candidate, not yet checked
+        return self._record or {"backend": self.candidate, "candidate": self.candidate, "checked_on": 0}
+
+    @record.setter
+    def record(self, value) -> None:
+        self._record = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._record is None:
+            return self._check(x)
+        return self._fn(x)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        batches = [x, *probe_batches(x, PROBE_MIN - len(x))]
+        ref = [self.model(b).float() for b in batches]
+        got = [self._fn(b).float() for b in batches]
+        t = float(getattr(self.model, "temperature", 1.0))
+        dp = (torch.sigmoid(torch.cat(got).cpu() / t) - torch.sigmoid(torch.cat(ref).cpu() / t)).abs().max().item()
+        n = sum(len(b) for b in batches)
+        ok = dp <= self.tol  # False for NaN too
+        self._record = {"backend": self.candidate if ok else "torch", "candidate": self.candidate,
+                        "max_dp": dp, "tolerance": self.tol, "checked_on": n, "fallback": not ok}
+        if not ok:
+            self.name, self._fn = "torch", self.model  # the candidate (and any compiled graph) is dropped
+            self.log(f"backend auto: {self.candidate} differs from fp32 by max |dP| {dp:.3g} > {self.tol:g} "
+                     f"on the first {n} inputs; running this model in fp32 (torch)")
+        return ref[0]
+
+
+def probe_batches(x: torch.Tensor, need: int) -> list[torch.Tensor]:
+    """The fixed probe: `need` smooth gray images (rounded up to whole batches of len(x), so a
+    shape-specialised backend such as `compile` sees only the shape it was built for), the same in
+    every run, spread over x's per-channel value range so that they look preprocessed like x."""
+    if need <= 0 or x.dim() != 4 or len(x) == 0:
+        return []
+    b, (h, w) = len(x), x.shape[-2:]
+    k = -(-need // b) * b
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    coarse = torch.rand(k, 1, 9, 7, generator=g)
+    img = 0.8 * nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    img = img + 0.2 * torch.rand(k, 1, h, w, generator=g)
+    lo, hi = _ranges(x)
+    return list((lo + (hi - lo) * img).to(x.device, x.dtype).split(b))
+
+
+def _ranges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = x.detach().float().cpu().transpose(0, 1).reshape(x.shape[1], -1)
+    return flat.min(1).values.view(1, -1, 1, 1), flat.max(1).values.view(1, -1, 1, 1)
 
 
 @REGISTRY.register("torch")

@@ -7,6 +7,7 @@ rows per batch, so a caller can append it to an output (`vfa predict`), collect 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from vfa.data.augment import Augment
 from vfa.data.stream import FileViews, view_loader
 from vfa.data.transforms import create_transform
-from vfa.inference.backends import resolve_backend, with_backend
+from vfa.inference.backends import backend_record, with_backend
 from vfa.inference.ensemble import Ensemble
 from vfa.inference.tta import tta_batch, tta_config, tta_name
 from vfa.io.identifiers import public_path
@@ -26,15 +27,17 @@ KINDS = ("raw", "tta_mean", "tta_max")
 
 
 class Scorer:
-    """Each member of `ens` on `backend` (resolved per job size and device), TTA with `tta` passes."""
+    """Each member of `ens` on `backend` (resolved per job size, device and member: `auto` verifies its
+    candidate per member, vfa.inference.backends.auto_backend), TTA with `tta` passes. `log` takes
+    auto's fallback line."""
 
     def __init__(self, ens: Ensemble, backend: str = "auto", n_images: int | None = None, calibration=None,
-                 tta: int = 0, tta_preset: str = "auto", seed: int = 0):
+                 tta: int = 0, tta_preset: str = "auto", seed: int = 0, log=None):
         self.ens, self.tta, self.seed = ens, tta, seed
         self.device = model_device(ens.members[0])
         work = None if n_images is None else n_images * (1 + tta) * len(ens)
-        self.backend = resolve_backend(backend, work, self.device)
-        self.runners = [with_backend(m, self.backend, work, calibration) for m in ens.members]
+        self.runners = [with_backend(m, backend, work, calibration, _member_log(log, name, len(ens)))
+                        for m, name in zip(ens.members, ens.names)]
         # each member its own TTA (tta_preset "auto"/"train" follow each one's training augmentation)
         self.tta_preset = tta_name(tta_preset, ens.members) if tta else None
         self.augments = [Augment(tta_config(tta_preset, m.config)) for m in ens.members]
@@ -45,6 +48,20 @@ class Scorer:
             if not same:
                 self.transforms.append(t)
             self.view_of.append(same[0] if same else len(self.transforms) - 1)
+
+    @property
+    def checks(self) -> list[dict]:
+        """Per member, what ran: {"backend", and for auto its check (candidate, max_dp, tolerance,
+        checked_on, fallback) or why it chose fp32}. Final once the first batch is scored."""
+        return [{"member": name, **backend_record(r)} for name, r in zip(self.ens.names, self.runners)]
+
+    @property
+    def backend(self) -> str:
+        """The backend that ran: one name, or member:name pairs where the members' differ."""
+        used = [c["backend"] for c in self.checks]
+        if len(set(used)) == 1:
+            return used[0]
+        return ", ".join(f"{c['member']}:{c['backend']}" for c in self.checks)
 
     def kinds(self) -> tuple[str, ...]:
         return KINDS if self.tta else KINDS[:1]
@@ -66,6 +83,14 @@ class Scorer:
                 for name, col in zip(self.ens.names, values):
                     cols[f"{k}_{name}"] = col.astype(np.float64)
         return cols
+
+
+def _member_log(log, name: str, members: int):
+    """An ensemble member's log: its lines name it."""
+    if members == 1:
+        return log
+    base = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    return lambda message: base(f"{name}: {message}")
 
 
 def iter_rows(scorer: Scorer, paths: list[str], positions: list[int] | None = None, batch_size: int = 16,

@@ -41,6 +41,18 @@ def job_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.vfa-job.json")
 
 
+# job-record keys that describe how a run went, not settings its rows depend on: a resume may differ
+RECORD_ONLY = ("backend", "backend_checks")
+
+
+def record_backend(out: Path, job: dict, backend: str, checks: list[dict]) -> None:
+    """Add to OUT's job record the backend that ran and, per member, `auto`'s check (or fallback)."""
+    from vfa.runs import atomic_write
+
+    record = {**job, "backend": backend, "backend_checks": checks}
+    atomic_write(job_path(out), json.dumps(record, indent=1, sort_keys=True))
+
+
 def check_format(out: Path) -> None:
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"--out must end in .csv or .parquet, got {out.name}")
@@ -63,7 +75,7 @@ def check_job(out: Path, job: dict, resume: bool) -> None:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         before = {}
-    changed = sorted(k for k in set(before) | set(job) if before.get(k) != job.get(k))
+    changed = sorted(k for k in set(before) | set(job) if k not in RECORD_ONLY and before.get(k) != job.get(k))
     if changed:
         raise ConfigError(f"{out} was written with other settings ({', '.join(changed)} differ); "
                           f"use --force to start again, or write to another --out")

@@ -185,13 +185,14 @@ def predict_files(model, inputs, tta: int = 0, tta_preset: str = "auto", seed: i
     if not good:
         raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
                         + (f", all {len(skipped)} unusable" if skipped else ""))
-    scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed)
+    scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed, log=log)
     rows, late = score_paths(scorer, good, batch_size, workers, progress)
     skipped += [(p, r) for _, p, r in late]
     for path, reason in skipped:
         (log or (lambda m: None))(f"skipped {path if keep_identifiers else public_path(path)}: {reason}")
     frame = output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers, fingerprint=False)
     frame.attrs["skipped"], frame.attrs["backend"] = skipped, scorer.backend
+    frame.attrs["backend_checks"] = scorer.checks
     return frame
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from vfa.evaluation.evaluate import evaluate
 from vfa.registry import FAMILIES
 from vfa.runs import is_secondary_rank, lock
+from vfa.training.checkpointing import training_summary
 from vfa.training.tracking import log_results
 
 
@@ -23,6 +24,7 @@ def train(cfg, out: str | Path, force: bool = False, resume: bool = False, log=p
                                on_bad_file=cfg.data.on_bad_file, progress=cfg.trainer.progress, split="test", log=log)
             log(f"held-out test metrics written to {run / 'test_metrics.json'}")
         log_results(cfg, run, metrics)
+        log(training_summary(run, metrics))
     return run
 
 

@@ -102,6 +102,14 @@ def test_two_readers_with_the_keyboard(browser_oracle, server, tmp_path):
         alice.keyboard.press("1")
         alice.keyboard.press("s")
         alice.wait_for_selector("body[data-saved='2']")
+        # the history follows the save without a reload, and ? opens the keys in a dialog, not an alert()
+        assert alice.locator("#history li").count() == 2 and alice.inner_text("#history-count") == "2"
+        assert "grade 1" in alice.locator("#history li").nth(1).text_content()
+        alice.on("dialog", lambda d: pytest.fail(f"native dialog: {d.message}"))
+        alice.keyboard.press("?")
+        assert alice.locator("#keys").is_visible() and "Genant grade" in alice.inner_text("#keys")
+        alice.keyboard.press("Escape")
+        assert alice.locator("#keys").is_hidden() and "/case/2" in alice.url
         alice.reload()
         assert alice.input_value("#grade") == "1" and alice.locator("#history li").count() == 2
 

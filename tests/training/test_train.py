@@ -204,3 +204,37 @@ def test_deterministic_is_warn_only_on_cuda():
     assert determinism(cfg) is True
     cfg.trainer.deterministic = False
     assert determinism(cfg) is False
+
+
+@pytest.mark.slow
+def test_train_console_is_vfa_lines_and_one_summary(tiny_phantom, tmp_path):
+    """What a user reads from `vfa train` in a terminal: no third-party tip, warning with a site-packages
+    path or hardware line, no `v_num` in the bar, one summary line at the end; after --resume the epoch
+    numbers go on the way history.csv and the bar count them (from 0)."""
+    run = tmp_path / "run"
+
+    def vfa_cli(*args):
+        cmd = [sys.executable, "-m", "vfa.cli", "train", *args]
+        for item in TINY:
+            cmd += ["--set", item]
+        done = subprocess.run(cmd + ["--set", "trainer.progress=true"], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout, done.stdout + done.stderr
+
+    out, text = vfa_cli("--preset", "cpu-demo", "--train", str(tiny_phantom / "train"), "--val",
+                        str(tiny_phantom / "val"), "--out", str(run), "--epochs", "2")
+    for noise in ("litlogger", "Tip:", "site-packages", "log_every_n_steps", "v_num", "GPU available",
+                  "TPU available", "Automatic Mixed Precision", "No CUDA runtime"):
+        assert noise not in text, noise
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    best = run / "checkpoints" / "best.ckpt"
+    assert last.startswith("trained: best epoch ") and str(best) in last and "next: vfa evaluate" in last, last
+    epoch = int(last.split("best epoch ")[1].split(",")[0])
+    history = pd.read_csv(run / "history.csv")
+    assert epoch in set(history["epoch"]) and history["epoch"].tolist() == [0, 1]
+
+    _, text = vfa_cli("--resume", str(run), "--epochs", "3")
+    assert f"resuming {run} at epoch 2 (epochs 0-1 done" in text
+    assert "Epoch 2 " in text and "Epoch 3 " not in text
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]

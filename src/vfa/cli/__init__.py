@@ -65,8 +65,20 @@ def _one_line(exc: BaseException) -> str:
     return str(exc)
 
 
+def _quiet_libraries() -> None:
+    """Third-party info lines a user cannot act on: Lightning's hardware lines and its advertisement,
+    torch's CUDA_HOME note on a machine without CUDA. vfa says what matters itself; warnings still show.
+    (Lightning sets its package logger's level when imported, so the loggers that print are set.)"""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     from vfa.io import BadImageError
     from vfa.data.samples import DataError  # torch-free
     from vfa.errors import RunInterrupted, raise_on_signals, received_signal

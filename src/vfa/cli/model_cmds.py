@@ -29,7 +29,9 @@ def add_train(sub) -> None:
     p.add_argument("--test", help="optional held-out folder or manifest: checked for leakage before training, "
                                   "best.ckpt evaluated there after")
     p.add_argument("--out", help="run directory")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the preset's optim.epochs). The SGDR "
+                                              "schedule keeps its own cycle (optim.sgdr_steps): --epochs 2 trains "
+                                              "the cycle's first 2 epochs; --set optim.sgdr_steps=N changes it")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
     p.add_argument("--init", metavar="CKPT", help="start from this vfa checkpoint's weights (e.g. from "
                                                   "vfa import-keras); its architecture replaces the preset's")

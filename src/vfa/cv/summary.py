@@ -125,4 +125,6 @@ def summarize(cfg, out: Path, rows: Samples, checkpoint: str = "last", progress:
         f"{pooled['auc_ci'][1]:.3f}), per fold {a['mean']:.3f} ± {a['sd']:.3f}"
         + (f"; fold ensemble on the test rows: AUC {test['auc']:.3f} ({test['auc_ci'][0]:.3f}-"
            f"{test['auc_ci'][1]:.3f})" if test else ""))
+    log(f"wrote cv_report.html, cv_summary.json, cv_folds.csv, oof_predictions.csv and ensemble.yaml to {out}; "
+        f"open {out / 'cv_report.html'} in a browser")
     return summary

@@ -95,7 +95,7 @@ def check_data(source: str | Path, classes=("norm", "frac"), frame: int | None =
     patients_from = None if is_manifest(source) else patients_beside(source, sets)
     paths = [p for s in sets.values() for p in s.paths]
     workers = workers or os.cpu_count() or 1
-    results = dict(zip(paths, inspect_all(paths, frame, workers)))
+    results = dict(zip(paths, inspect_all(paths, frame, workers, progress="check files")))
     unusable = [{"file": p, "reason": r} for p, r in problems]
     ok_sets: dict[str, Samples] = {}
     rows = []

@@ -81,6 +81,20 @@ def completed_epochs_in(run_dir: Path) -> int:
         return 0
 
 
+def training_summary(run_dir: Path, test_metrics: dict | None = None) -> str:
+    """The line `vfa train` ends with: best.ckpt's epoch (from 0, as history.csv) and its monitored
+    metric, the held-out test AUC when there is one, the checkpoint, and the next command."""
+    best = Path(run_dir) / "checkpoints" / "best.ckpt"
+    ckpt = checkpoint.load(best, "best checkpoint", mmap=True)
+    state = next((v for v in ckpt.get("callbacks", {}).values() if v.get("monitor")), {})
+    score = state.get("best_model_score")
+    metric = f", {state['monitor']} {float(score):.3f}" if score is not None else ""
+    test = (test_metrics or {}).get("auc")
+    held_out = f"; held-out test AUC {test:.3f}" if isinstance(test, float) and test == test else ""
+    return (f"trained: best epoch {ckpt.get('epoch', '?')}{metric}{held_out}; {best}; next: "
+            f"vfa evaluate --model {best} --data DATA --out {Path(run_dir) / 'eval'}")
+
+
 def completed_epochs(ckpt: dict) -> int:
     """Epochs whose training and validation a Lightning checkpoint holds (its fit loop's processed
     count: the same whether it was saved at an epoch's end or at the end of training)."""

@@ -28,6 +28,8 @@ from vfa.training.schedule import build_scheduler
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")  # ours, on purpose
+# fewer batches than trainer.log_every_n_steps: the epoch's loss is logged at its end all the same
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 HISTORY_KEYS = ("epoch", "train_loss", "lr", *SCALAR_KEYS)
 

@@ -28,6 +28,13 @@ from vfa.training.module import VFAModule, keep_history_before
 from vfa.registry import FAMILIES
 from vfa.training.tracking import make_loggers, remember
 
+class Bar(TQDMProgressBar):
+    """Lightning's bar without `v_num` (the logger's version: "oard", the tail of "tensorboard")."""
+
+    def get_metrics(self, trainer, pl_module):
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+
+
 def load_data(cfg, train: bool = True, log=print, image_labels: bool = True):
     """Scan and fully decode the training/validation (and --test) sets before any work starts;
     refuse bad files (per data.on_bad_file), an image or a patient in two splits, a validation
@@ -91,7 +98,7 @@ def make_trainer(cfg, run_dir: Path, extra_callbacks=(), monitor=("val_auc", "ma
     t = cfg.trainer
     callbacks = [*checkpoint_callbacks(run_dir / "checkpoints", monitor), *extra_callbacks]
     if t.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=5))
+        callbacks.append(Bar(refresh_rate=5))
     loggers = make_loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -229,7 +236,8 @@ def fit(cfg, out: str | Path, recipe: Recipe, force: bool = False, resume: bool 
     data = recipe.load(cfg, log)  # every file decoded and checked before the disk is touched
     _prepare(run_dir, cfg, data, force, resume, inputs, done, last, log)
     pos_weight = positive_weight(cfg, data)
-    log(f"positive-class weight: {pos_weight:.3f}")
+    log(f"positive-class weight: {pos_weight:.3f}; training on {_training_device(cfg)}, precision "
+        f"{cfg.trainer.precision}")
     module = recipe.module(config_mod.to_dict(cfg), pos_weight)
     if init_state is not None:
         module.model.load_state_dict(init_state)
@@ -283,7 +291,8 @@ def _prepare(run_dir: Path, cfg, data: TrainingData, force: bool, resume: bool, 
         runs.atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
         runs.remove_temporaries(run_dir, "checkpoints")  # what a killed write left behind
         dropped = keep_history_before(run_dir / "history.csv", done)
-        log(f"resuming {run_dir} after epoch {done} ({last.name})"
+        # epochs are numbered from 0, as in history.csv and the progress bar
+        log(f"resuming {run_dir} at epoch {done} (epochs 0-{done - 1} done, {last.name})"
             + (f"; {dropped} history row(s) of the unfinished epoch dropped" if dropped else ""))
     write_skipped(data.train, run_dir / "skipped_train.csv")
     write_skipped(data.val, run_dir / "skipped_val.csv")

@@ -71,10 +71,22 @@
       if (!r.ok) throw new Error(body.error || r.statusText);
       status.textContent = `saved (version ${body.version})`; status.className = "ok";
       document.body.dataset.saved = String(body.version);
+      if (!body.duplicate) addHistory(body, read);
       if (thenNext && data.next) go(`/case/${data.next}${qs(data.query)}`);
       else if (thenNext) go(`/worklist${qs(data.query)}`);
       saving = thenNext;  // stays set while the next page loads
     } catch (err) { status.textContent = "not saved: " + err.message; status.className = "error"; saving = false; }
+  }
+  // the history list follows a save made on this page (s), as the server would render it on reload
+  function addHistory(saved, read) {
+    const list = document.getElementById("history");
+    if (!list) return;
+    const li = document.createElement("li");
+    li.textContent = `v${saved.version} ${saved.created_at}: ${read.fracture ? "fracture" : "no fracture"}` +
+      (read.grade === null ? "" : `, grade ${read.grade}`);
+    list.appendChild(li);
+    const count = document.getElementById("history-count");
+    if (count) count.textContent = String(list.children.length);
   }
   fill(data.read);
   form.addEventListener("submit", (e) => { e.preventDefault(); save(true); });
@@ -152,6 +164,7 @@
   document.addEventListener("keydown", (e) => {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key;
+    if (document.getElementById("keys").open && k !== "?") return;  // Esc closes the dialog (the browser's own)
     if (k === "h") toggleHeat();
     else if (k === "o") svg.classList.toggle("hidden");
     else if (k === "y") setFracture(1);
@@ -176,9 +189,7 @@
     else if (k === "_" || k === "/") zoom(0.8);
     else if (k === "r") fit();
     else if (k === "z") { const r = viewport.getBoundingClientRect(); zoom(1 / scale, r.width / 2, r.height / 2); }
-    else if (k === "?") alert("y / n: fracture yes / no;  0-3: Genant grade (overall, or the chosen level);  l / L: next / previous level;\n" +
-      "w b c: shape;  - =: confidence;  Enter: save and next;  s: save;  a: accept the model's call;\n" +
-      "j / k: next / previous case;  Esc: worklist;  h: heatmap;  o: outlines;  + / (slash): zoom;  z: full resolution;  r: fit");
+    else if (k === "?") { const d = document.getElementById("keys"); if (d.open) d.close(); else d.showModal(); }
     else return;
     e.preventDefault();
   });

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from vfa import config as config_mod
-from vfa.cli import data_cmds, eval_cmds, model_cmds, review_cmds, study_cmds
+from vfa.cli import data_cmds, eval_cmds, model_cmds, node_cmds, review_cmds, study_cmds
 
 DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images with CNNs.
 
@@ -34,6 +34,7 @@ DESCRIPTION = """vfa: vertebral fracture assessment on DXA lateral-spine images 
   vfa cohort --predictions P.csv --outcomes O.csv --out DIR [--adjust age,sex]   KM, Cox, Fine-Gray, C, kappa
   vfa review --predictions P.csv --db review.sqlite [--heatmaps DIR]   readers' web worklist (docs/review.md)
   vfa review export --db review.sqlite --out reads.csv [--agreement agreement.json]
+  vfa node --model CKPT --aet VFA --port 11112 --send-to PACS@HOST:104 --store DIR   DICOM node (docs/node.md)
 """
 
 
@@ -43,7 +44,7 @@ _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_ke
              model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
              model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs,
-             study_cmds.add_cohort, study_cmds.add_synth_cohort, review_cmds.add_review)
+             study_cmds.add_cohort, study_cmds.add_synth_cohort, review_cmds.add_review, node_cmds.add_node)
 
 
 def build_parser() -> argparse.ArgumentParser:

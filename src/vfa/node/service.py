@@ -1,0 +1,147 @@
+"""`vfa node`: the long-running loop that ties the receiver, the queue, the warm model and the sender.
+
+The SCP answers in pynetdicom's threads; this (main) thread promotes quiet studies to `complete`,
+reads one, sends one, and sleeps when there is nothing to do. SIGTERM or SIGINT lets the study in
+hand finish (its read or send), closes the port, and leaves with RunInterrupted (the CLI exits
+128 + signal, 143 for SIGTERM); whatever is still queued is taken up by the next start. Logs name
+studies and instances only by hashed UIDs (vfa.node.queue.study_id)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from vfa.errors import RunInterrupted
+from vfa.node import scp
+from vfa.node.config import NodeConfig
+from vfa.node.queue import Queue, study_id
+from vfa.node.results import WarmModel
+from vfa.node.sender import send_files
+
+LOG = logging.getLogger("vfa.node")
+
+
+def setup_logging() -> None:
+    """One line per event on stderr (time, level, message); pynetdicom's own per-message lines off:
+    they carry AE titles and UIDs that do not belong in a log."""
+    import sys
+
+    from pynetdicom import _config
+
+    _config.LOG_HANDLER_LEVEL = "none"
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if not LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s vfa node: %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class Node:
+    """One node over `cfg`: `run()` serves until a signal; `step()` does one unit of work (tests)."""
+
+    def __init__(self, cfg: NodeConfig, model: WarmModel | None = None):
+        self.cfg, self.queue = cfg, Queue(cfg.store)
+        self.model = model
+        self.stop_signal: int | None = None
+
+    def results_dir(self, study_uid: str) -> Path:
+        return Path(self.cfg.store) / "results" / study_id(study_uid)
+
+    def step(self) -> bool:
+        """Promote quiet studies, then read one or send one; whether there was work."""
+        self.queue.promote(self.cfg.quiet_time)
+        study = self.queue.due("complete")
+        if study is not None:
+            self.read(study)
+            return True
+        study = self.queue.due("read")
+        if study is not None:
+            self.send(study)
+            return True
+        return False
+
+    def _failed(self, study, what: str, exc: BaseException) -> None:
+        cfg = self.cfg
+        state = self.queue.fail(study, _one_line(exc), cfg.max_attempts, cfg.retry_base, cfg.retry_max)
+        tail = "dead-lettered" if state == "dead" else f"retried later (attempt {int(study['attempts']) + 1} " \
+                                                        f"of {cfg.max_attempts})"
+        LOG.error("%s of study %s failed, %s: %s", what, study_id(study["study_uid"]), tail, _one_line(exc))
+
+    def read(self, study) -> None:
+        paths = self.queue.images(study["study_uid"])
+        started = time.time()
+        try:
+            files, rows = self.model.read(paths, self.results_dir(study["study_uid"]))
+            if not rows:
+                raise RuntimeError(f"none of the study's {len(paths)} image(s) could be decoded")
+        except Exception as exc:  # a study that cannot be read: retried, then dead-lettered; the node goes on
+            self._failed(study, "read", exc)
+            return
+        moved = self.queue.advance(study, "read", read_at=time.time(), results="\n".join(map(str, files)))
+        p = max(float(r["p_fracture"]) for r in rows)
+        LOG.info("read study %s: %d image(s) in %.2f s, max P(fracture) %.4f, %d object(s)%s",
+                 study_id(study["study_uid"]), len(rows), time.time() - started, p, len(files),
+                 "" if moved else "; a new instance came meanwhile, it is read again")
+
+    def send(self, study) -> None:
+        files = [Path(p) for p in (study["results"] or "").split("\n") if p]
+        try:
+            missing = [f for f in files if not f.is_file()]
+            if missing or not files:
+                raise FileNotFoundError(f"{len(missing)} result file(s) missing; `vfa node resend` reads it again")
+            send_files(files, self.cfg.send_to, self.cfg.aet)
+        except Exception as exc:  # a destination down or refusing: back-off and retry, then dead-letter
+            self._failed(study, "send", exc)
+            return
+        now = time.time()
+        if self.queue.advance(study, "sent", sent_at=now):
+            LOG.info("sent study %s: %d object(s) to %s, %.2f s after its last instance (quiet time %.1f s)",
+                     study_id(study["study_uid"]), len(files), ", ".join(map(str, self.cfg.send_to)),
+                     now - float(study["last_instance_at"]), self.cfg.quiet_time)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is None:
+            LOG.info("%s: finishing the study in hand, then stopping", signal.Signals(signum).name)
+        self.stop_signal = signum
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; then RunInterrupted with that signal."""
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        server, receiver = scp.start(self.cfg, self.queue)
+        LOG.info("listening as %s on %s:%d; quiet time %.1f s; sending to %s; queue %s", self.cfg.aet,
+                 self.cfg.host, self.cfg.port, self.cfg.quiet_time, ", ".join(map(str, self.cfg.send_to)),
+                 _counts(self.queue))
+        try:
+            while self.stop_signal is None:
+                if not self.step():
+                    time.sleep(self.cfg.poll)
+        finally:
+            server.shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+        LOG.info("stopped; received %s; queue %s", receiver.counts, _counts(self.queue))
+        raise RunInterrupted(self.stop_signal, "the study in hand was finished; queued studies resume at the "
+                                               "next start")
+
+
+def _counts(queue: Queue) -> str:
+    return ", ".join(f"{k} {v}" for k, v in queue.counts().items() if v) or "empty"
+
+
+def serve(cfg: NodeConfig) -> None:
+    """Load the model once, then serve (vfa node)."""
+    setup_logging()
+    started = time.time()
+    model = WarmModel(cfg.model, cfg.device, log=LOG.info)
+    LOG.info("model loaded in %.1f s: %s (threshold %.3f)", time.time() - started, model.info.name, model.threshold)
+    Node(cfg, model).run()

@@ -80,6 +80,15 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _risk_cuts(text: str) -> tuple[float, ...]:
+    from vfa.cohort.data import CohortError
+
+    try:
+        return tuple(float(v) for v in _csv_list(text))
+    except ValueError:
+        raise CohortError(f"--risk-cuts: numbers separated by commas, e.g. 0.1,0.2; got {text!r}") from None
+
+
 def cmd_cohort(args) -> None:
     from vfa.cohort.run import analyze
 
@@ -87,7 +96,8 @@ def cmd_cohort(args) -> None:
     analyze(args.predictions, args.outcomes, args.out, id_col=args.id, exposure=args.exposure,
             threshold=args.threshold, time=args.time, events=_csv_list(args.event), codes=codes,
             adjust=_csv_list(args.adjust or ""), horizon=args.horizon, reader=args.reader, start=args.start_date,
-            end=args.end_date, force=args.force, base=_csv_list(args.base or ""))
+            end=args.end_date, force=args.force, base=_csv_list(args.base or ""),
+            risk_cuts=_risk_cuts(args.risk_cuts), bootstrap=args.bootstrap, seed=args.seed)
     print(f"wrote cohort.json, cohort.xlsx, figures and cohort_report.html to {args.out}")
 
 
@@ -112,7 +122,13 @@ def add_cohort(sub) -> None:
     p.add_argument("--base", help="the clinical model for the added value of the finding and the score, e.g. "
                                   "age,sex,bmd_tscore,prior_fracture,glucocorticoids. Rows missing any --adjust or "
                                   "--base covariate are left out of every model (listed in exclusions.csv)")
-    p.add_argument("--horizon", type=float, default=5.0, help="years for the cumulative incidence (default 5)")
+    p.add_argument("--horizon", type=float, default=5.0,
+                   help="years for the cumulative incidence, and for the AUC, Uno's C (tau) and NRI (default 5)")
+    p.add_argument("--risk-cuts", default="0.1,0.2",
+                   help="risk cut-offs at the horizon for the NRI of --base (default 0.1,0.2)")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="resamples for every bootstrap CI (C-index, added value; default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--reader", help="column with a reader's call (0/1): kappa and PABAK against the model")
     force_arg(p, "replace the outputs in --out")
     p.set_defaults(func=cmd_cohort)

@@ -105,6 +105,36 @@ def _plain_ticks(ax, values: list[float]) -> None:
     ax.set_xticklabels([f"{v:g}" for v in ticks])
 
 
+ADDED_VALUE_NOTE = ("Each row is a Cox model on the same patients; differences (Δ) are from the base model, with "
+                    "paired bootstrap 95 % CIs (the same resampled patients for both models). Uno's C: pairs whose "
+                    "earlier time is before the horizon, weighted by the inverse squared probability of still being "
+                    "followed. AUC: cumulative/dynamic at the horizon. LR: likelihood-ratio test against the base "
+                    "model (1 df). NRI: categorical net reclassification at the risk cut-offs, events + non-events "
+                    "(subjects censored before the horizon left out). cohort.json and cohort.xlsx have every figure.")
+
+
+def _with_ci(r: dict, key: str, digits: int = 3) -> str:
+    if r.get(key) is None:
+        return ""
+    lo, hi = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+    ci = f" ({lo:.{digits}f} to {hi:.{digits}f})" if lo is not None and hi is not None else ""
+    return f"{r[key]:.{digits}f}{ci}"
+
+
+def added_value_table(rows: list[dict]) -> pd.DataFrame:
+    """The added-value rows as the report shows them: each figure with its CI in one cell."""
+    out = []
+    for r in rows:
+        horizon = f"{r['horizon']:g}"
+        lr = "" if r["lr_chi2"] is None else f"{r['lr_chi2']:.1f} (p {r['lr_p']:.2g})"
+        out.append({"outcome": r["outcome"], "model": r["model"], "Harrell's C": _with_ci(r, "harrell_c"),
+                    "Δ Harrell's C": _with_ci(r, "delta_harrell_c"), "Uno's C": _with_ci(r, "uno_c"),
+                    "Δ Uno's C": _with_ci(r, "delta_uno_c"), f"AUC at {horizon} y": _with_ci(r, "auc"),
+                    "Δ AUC": _with_ci(r, "delta_auc"), "LR χ² (1 df)": lr,
+                    f"NRI at {r['risk_cuts']}": _with_ci(r, "nri"), "not estimable": r["not_estimable"] or ""})
+    return pd.DataFrame(out)
+
+
 def write_excel(path: Path, tables: dict[str, pd.DataFrame]) -> None:
     buf = io.BytesIO()
     with pd.ExcelWriter(buf, engine="openpyxl") as xl:
@@ -121,17 +151,21 @@ def write_html(path: Path, result: dict, tables: dict[str, pd.DataFrame], figure
              f"{e(result['exposure_text'])}. {result['n']} subjects analysed.</p>"]
     for w in result.get("warnings", []):
         parts.append(f"<p class='warn'>Warning: {e(w)}</p>")
-    order = ("subjects", "cox", "cumulative_incidence", "c_index", "agreement", "ph_check", "excluded")
+    order = ("subjects", "cox", "cumulative_incidence", "c_index", "added_value", "agreement", "ph_check", "excluded")
     titles = {"subjects": "Who entered the analysis",
               "cox": "Hazard ratios (Cox HR, Efron ties; Fine–Gray sHR, death competing)",
               "cumulative_incidence": "Cumulative incidence at the horizon (Aalen–Johansen)",
               "c_index": "Discrimination (Harrell's C)", "agreement": "Agreement with the reader",
+              "added_value": "Added value over the clinical model (--base)",
               "ph_check": "Proportional hazards (scaled Schoenfeld residuals)",
               "excluded": "Rows left out"}
     for name in order:
         if name in tables and not tables[name].empty:
-            parts += [f"<h2>{titles[name]}</h2>", tables[name].to_html(index=False, na_rep="",
-                                                                    float_format=lambda v: f"{v:.4g}")]
+            table = added_value_table(result["added_value"]) if name == "added_value" else tables[name]
+            parts += [f"<h2>{titles[name]}</h2>", table.to_html(index=False, na_rep="",
+                                                             float_format=lambda v: f"{v:.4g}")]
+            if name == "added_value":
+                parts.append(f"<p>{e(ADDED_VALUE_NOTE)}</p>")
             if name == "excluded" and result.get("excluded_more"):
                 parts.append(f"<p>... and {result['excluded_more']} more (exclusions.csv)</p>")
     for name, png in figures.items():

@@ -8,11 +8,16 @@ not_estimable: null, or why hr, CI and p are null: vfa.cohort.estimable);
 fine_gray: rows of the same keys, hr the subdistribution HR (Fine–Gray, the competing code, death,
 competing; none, and a warning, for an outcome without a competing event); cumulative_incidence:
 [{outcome, group, horizon, estimate, ci_low, ci_high, one_minus_km}];
-c_index: {outcome, score, estimate, ci_low, ci_high} of the first outcome (c_index_all: every
-outcome); ph_check; agreement (with --reader); excluded (count of rows left out, all listed in
-exclusions.csv), excluded_missing_covariate (of those, rows missing an --adjust or --base covariate:
-left out of every model, so all models use the same complete cases), base (the clinical model's
-columns) and warnings.
+c_index: {outcome, score, estimate, ci_low, ci_high, method} of the first outcome (c_index_all: every
+outcome); added_value (with --base): per outcome, a row per model (model: base | base + finding |
+base + score; terms, n, events, horizon, tau, risk_cuts, bootstrap, loglik; harrell_c, uno_c, auc (at the
+horizon); delta_harrell_c, delta_uno_c, delta_auc (minus the base model's); nri, nri_events,
+nri_nonevents; each of these with _ci_low and _ci_high (paired percentile bootstrap); lr_chi2, lr_df,
+lr_p (against the base model); not_estimable; base rows have no delta, NRI or LR test)
+(vfa.cohort.added_value); bootstrap, seed (of every bootstrap CI); ph_check; agreement (with --reader);
+excluded (count of rows left out, all listed in exclusions.csv), excluded_missing_covariate (of
+those, rows missing an --adjust or --base covariate: left out of every model, so all models use the
+same complete cases), base (the clinical model's columns) and warnings.
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from vfa.cohort import survival
+from vfa.cohort.added_value import RISK_CUTS, added_value
 from vfa.cohort.agreement import agreement
-from vfa.cohort.data import Cohort, load_cohort
+from vfa.cohort.data import Cohort, CohortError, load_cohort
 from vfa.cohort.estimable import MIN_EVENTS_PER_TERM
 from vfa.cohort.report import forest_figure, incidence_figure, km_figure, write_excel, write_html
 from vfa.runs import atomic_write, lock, prepare_run_dir, write_json
@@ -32,10 +38,21 @@ METHODS = ("Kaplan–Meier with Greenwood variance and log(-log) CIs; cumulative
            "delta-method CIs on the log(-log) scale; events at the horizon count); Cox proportional "
            "hazards with Efron ties (lifelines, converged to 1e-10), Wald CIs; proportional hazards checked on "
            "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = "
-           "higher risk) with a percentile bootstrap CI; Fine–Gray subdistribution hazard ratios with death "
-           "competing, as R's cmprsk::crr computes them (censoring weights from the Kaplan–Meier of the "
-           "censoring times, Breslow ties, crr's robust sandwich SE, Wald CIs); Cohen's kappa with the "
+           "higher risk) with a percentile bootstrap CI (scikit-survival's definition); Fine–Gray subdistribution "
+           "hazard ratios with death competing, as R's cmprsk::crr computes them (censoring weights from the "
+           "Kaplan–Meier of the censoring times, Breslow ties, crr's robust sandwich SE, Wald CIs); Cohen's kappa with the "
            "Fleiss-Cohen-Everitt SE and PABAK with a Wilson CI.")
+ADDED_VALUE_METHODS = (
+    "Added value over the clinical model (--base): Cox models base, base + finding and base + score on the same "
+    "complete cases; Harrell's C, Uno's C (IPCW 1/G(t)^2, G the Kaplan–Meier of the censoring times, deaths "
+    "censored, tau = the horizon) and the cumulative/dynamic AUC at the horizon, as scikit-survival defines them "
+    "(computed for all subjects, no subsampling); their differences from the base model with paired percentile "
+    "bootstrap CIs (the same resampled rows for every model; models as fitted on all subjects, so apparent "
+    "performance without optimism correction); the likelihood-ratio test of the nested models (chi-square, 1 df); "
+    "categorical NRI at the risk cut-offs of the predicted risk at the horizon (1 - S0(h)^exp(lp) of each "
+    "cause-specific Cox model) on subjects whose status at the horizon is known (events: the outcome by then; "
+    "non-events: followed past it or dead before it without the outcome; censored before it: left out), "
+    "with paired bootstrap CIs.")
 
 
 def _models(c: Cohort, outcome: str, warnings: list) -> tuple[list, dict]:
@@ -92,9 +109,15 @@ def labelled(result: dict) -> list[dict]:
 def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str = "predicted",
             threshold: float | None = None, time: str = "time", events=("event",), codes=(0, 1, 2), adjust=(),
             horizon: float = 5.0, reader: str | None = None, start: str | None = None, end: str | None = None,
-            force: bool = False, log=print, base=()) -> dict:
-    """Every analysis of `vfa cohort` into `out`; returns cohort.json's dict."""
+            force: bool = False, log=print, base=(), risk_cuts=RISK_CUTS, bootstrap: int = survival.BOOTSTRAP,
+            seed: int = 0) -> dict:
+    """Every analysis of `vfa cohort` into `out`; returns cohort.json's dict. `bootstrap` resamples
+    (drawn with `seed`) give every bootstrap CI; `base`, `risk_cuts`: the added-value analysis."""
     out = Path(out)
+    if bootstrap < 1:
+        raise CohortError(f"--bootstrap must be at least 1, got {bootstrap}")
+    if not all(0 < v < 1 for v in risk_cuts) or list(risk_cuts) != sorted(set(risk_cuts)):
+        raise CohortError(f"--risk-cuts must be increasing risks between 0 and 1, got {','.join(map(str, risk_cuts))}")
     with lock(out):
         prepare_run_dir(out, force, [predictions, outcomes], "cohort")
         c = load_cohort(predictions, outcomes, id_col, exposure, threshold, time, events, codes, adjust, start, end,
@@ -102,24 +125,18 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
         log(f"cohort: {len(c.frame)} subjects analysed, the same complete cases in every model; {len(c.excluded)} "
             f"rows left out (exclusions.csv), {c.missing_covariates} of them for a missing covariate")
         warnings: list[str] = []
-        cox_rows, fg_rows, ph, incidence, cindex, figures = [], [], {}, [], [], {}
+        parts = {"cox": [], "fine_gray": [], "cumulative_incidence": [], "c_index_all": [], "ph_check": {},
+                 "added_value": [], "figures": {}}
         for outcome in c.outcomes:
-            rows, checks = _models(c, outcome, warnings)
-            cox_rows, ph = cox_rows + rows, {**ph, **checks}
-            fg_rows += _fine_gray(c, outcome, warnings)
-            ci_rows, aj = survival.cumulative_incidence(c, outcome, horizon)
-            incidence += ci_rows
-            cindex.append(survival.c_index(c, outcome))
-            km = survival.kaplan_meier(c, outcome)
-            suffix = "" if len(c.outcomes) == 1 else f"_{outcome}"  # title -> (file, png)
-            figures[f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
-            figures[f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
-                                                           incidence_figure(aj, km, outcome, horizon))
+            _outcome(c, outcome, parts, warnings, log, horizon=horizon, risk_cuts=risk_cuts, bootstrap=bootstrap,
+                     seed=seed)
         for outcome in c.outcomes:
             line = _not_estimable(outcome, int((c.frame[outcome] == c.codes["event"]).sum()), len(c.frame),
-                                  labelled({"cox": cox_rows, "fine_gray": fg_rows}))
+                                  labelled(parts))
             warnings[:0] = [line] if line else []  # first: it changes how everything below reads
-        result = _result(c, cox_rows, fg_rows, incidence, cindex, ph, warnings)
+        figures = parts.pop("figures")
+        result = _result(c, parts, warnings, bootstrap, seed)
+        log("cohort: figures and tables")
         figures["Hazard ratios"] = ("forest.png", forest_figure(labelled(result)))
         if reader:
             result["agreement"] = agreement(_binary(c.frame["reader"]), c.frame["exposure"])
@@ -129,26 +146,51 @@ def analyze(predictions, outcomes, out, id_col: str = "image_id", exposure: str 
     return result
 
 
+def _outcome(c: Cohort, outcome: str, parts: dict, warnings: list, log, horizon: float, risk_cuts, bootstrap: int,
+             seed: int) -> None:
+    """Every analysis of one outcome, added to `parts` (lists of rows, figures), with progress lines."""
+    log(f"cohort: '{outcome}': Cox models and proportional-hazards checks")
+    rows, checks = _models(c, outcome, warnings)
+    parts["cox"] += rows
+    parts["ph_check"].update(checks)
+    log(f"cohort: '{outcome}': Fine–Gray models")
+    parts["fine_gray"] += _fine_gray(c, outcome, warnings)
+    ci_rows, aj = survival.cumulative_incidence(c, outcome, horizon)
+    parts["cumulative_incidence"] += ci_rows
+    log(f"cohort: '{outcome}': C-index of the score, {bootstrap} bootstrap resamples")
+    parts["c_index_all"].append(survival.c_index(c, outcome, seed, bootstrap))
+    if c.base:
+        parts["added_value"] += added_value(c, outcome, horizon, risk_cuts, bootstrap, seed, log)
+    km = survival.kaplan_meier(c, outcome)
+    suffix = "" if len(c.outcomes) == 1 else f"_{outcome}"  # title -> (file, png)
+    parts["figures"][f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
+    parts["figures"][f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
+                                                            incidence_figure(aj, km, outcome, horizon))
+
+
 def _binary(values: pd.Series) -> pd.Series:
     """A reader's call as 0/1: numbers, or norm/frac, no/yes, false/true."""
     text = values.astype(str).str.strip().str.lower()
     mapping = {"0": 0, "1": 1, "norm": 0, "frac": 1, "no": 0, "yes": 1, "false": 0, "true": 1}
     bad = ~text.isin(list(mapping))
     if bad.any():
-        from vfa.cohort.data import CohortError
         raise CohortError(f"reader column: values other than 0/1 (or norm/frac, no/yes): {sorted(set(text[bad]))[:5]}")
     return text.map(mapping)
 
 
-def _result(c: Cohort, cox_rows, fg_rows, incidence, cindex, ph, warnings) -> dict:
+def _result(c: Cohort, parts: dict, warnings, bootstrap: int, seed: int) -> dict:
     events = {o: {str(k): int(v) for k, v in c.frame[o].value_counts().sort_index().items()} for o in c.outcomes}
     text = ("the model's finding (the predictions' 'predicted' column)" if c.threshold is None else
             f"score >= {c.threshold:g} ('{'raw' if c.exposure == 'predicted' else c.exposure}')")
+    cindex = parts["c_index_all"]
+    methods = METHODS + (" " + ADDED_VALUE_METHODS if parts["added_value"] else "") + \
+        f" Bootstrap CIs: {bootstrap} resamples, seed {seed} (--bootstrap, --seed)."
     return {"n": len(c.frame), "events": events, "exposure": c.exposure, "exposure_text": text,
-            "threshold": c.threshold, "cox": cox_rows, "fine_gray": fg_rows, "cumulative_incidence": incidence,
-            "c_index": cindex[0], "c_index_all": cindex, "ph_check": ph, "excluded": len(c.excluded),
-            "excluded_missing_covariate": c.missing_covariates, "base": c.base,
-            "warnings": warnings, "methods": METHODS}
+            "threshold": c.threshold, "cox": parts["cox"], "fine_gray": parts["fine_gray"],
+            "cumulative_incidence": parts["cumulative_incidence"], "c_index": cindex[0], "c_index_all": cindex,
+            "ph_check": parts["ph_check"], "added_value": parts["added_value"], "excluded": len(c.excluded),
+            "excluded_missing_covariate": c.missing_covariates, "base": c.base, "bootstrap": bootstrap, "seed": seed,
+            "warnings": warnings, "methods": methods}
 
 
 def _subjects(c: Cohort, events: dict) -> pd.DataFrame:
@@ -166,6 +208,8 @@ def _write(out: Path, c: Cohort, result: dict, figures: dict) -> None:
               "ph_check": pd.DataFrame([{"model": m, "term": t, "p": p} for m, d in result["ph_check"].items()
                                         for t, p in d.items()]),
               "excluded": pd.DataFrame(c.excluded[:50], columns=["file", "line", "id", "reason"])}
+    if result["added_value"]:
+        tables["added_value"] = pd.DataFrame(result["added_value"])
     if "agreement" in result:
         a = result["agreement"]
         tables["agreement"] = pd.DataFrame([{

@@ -7,7 +7,8 @@
 - Cox proportional hazards, Efron ties, converged to 1e-10; the proportional-hazards check on
   scaled Schoenfeld residuals (rank time transform), with a warning when p < 0.05.
 - Harrell's C-index of the score (higher score = higher risk; competing events count as censored),
-  with a percentile bootstrap CI.
+  with a percentile bootstrap CI (`replicates` resamples, `seed`: the options --bootstrap, --seed);
+  vfa.cohort.concordance computes scikit-survival's C for any row weights, fast enough for 100,000.
 - Fine–Gray subdistribution hazard ratios of the outcome, death (the competing code) competing:
   vfa.cohort.finegray (cmprsk::crr's estimator and robust SE; lifelines has no Fine–Gray).
 - A Cox or Fine–Gray model that cannot be estimated (too few events per term, separation, no
@@ -21,11 +22,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from vfa.cohort import estimable, finegray, incidence
+from vfa.cohort import concordance, estimable, finegray, incidence
 from vfa.cohort.data import Cohort
 
 FIT_OPTIONS = {"precision": 1e-10, "max_steps": 500}
-BOOTSTRAP = 200
+BOOTSTRAP = 200      # resamples of the bootstrap CIs (--bootstrap), seeded by --seed (default 0)
 
 
 def event_of(c: Cohort, outcome: str) -> np.ndarray:
@@ -85,7 +86,7 @@ def _row(outcome: str, cols: list[str], adjusted: bool, term: str, est: dict | N
             "not_estimable": reason}
 
 
-def _before_fit(data: pd.DataFrame, cols: list[str], event, stays=None) -> str | None:
+def before_fit(data: pd.DataFrame, cols: list[str], event, stays=None) -> str | None:
     """Why the model cannot be estimated, found without fitting it (too few events, separation)."""
     reasons = [estimable.too_few_events(int(np.sum(event)), len(cols))]
     split = estimable.separated(data["time"], event, data[cols], cols, stays)
@@ -103,9 +104,9 @@ def cox(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tupl
     cols = [term, *(c.covariates if adjusted else [])]
     data = c.frame[["time", *cols]].assign(E=event_of(c, outcome)).dropna()
     n, events = len(data), int(data["E"].sum())
-    reason = _before_fit(data, cols, data["E"].to_numpy(bool))
+    reason = before_fit(data, cols, data["E"].to_numpy(bool))
     if not reason:
-        cph = _fit_cox(data)
+        cph = fit_cox(data)
         if isinstance(cph, str):
             reason = cph
         else:
@@ -119,7 +120,7 @@ def cox(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -> tupl
     return rows, _ph_check(cph, data)
 
 
-def _fit_cox(data: pd.DataFrame):
+def fit_cox(data: pd.DataFrame):
     """The fitted CoxPHFitter, or why there is none. lifelines' own warnings (with code and a link) are
     caught: the ones that mean the fit did not settle become the reason, said once by vfa."""
     from lifelines import CoxPHFitter
@@ -157,7 +158,7 @@ def fine_gray(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -
                        [finegray.EVENT, finegray.COMPETING], finegray.CENSORED)
     data = c.frame[["time", *cols]].assign(status=status).dropna()
     n, events = len(data), int((data["status"] == finegray.EVENT).sum())
-    reason = _before_fit(data, cols, data["status"] == finegray.EVENT, data["status"] == finegray.COMPETING)
+    reason = before_fit(data, cols, data["status"] == finegray.EVENT, data["status"] == finegray.COMPETING)
     rows = []
     if not reason:
         try:
@@ -173,28 +174,13 @@ def fine_gray(c: Cohort, outcome: str, adjusted: bool, term: str = "exposure") -
     return [_row(outcome, cols, adjusted, k, None, n, events, reason) for k in cols] if reason else rows
 
 
-def _harrell(t, s, e) -> float:
-    """Harrell's C, NaN where no pair is comparable (a small cohort, or a bootstrap sample of one,
-    can have every event after every censoring)."""
-    from lifelines.utils import concordance_index
-
-    try:
-        return float(concordance_index(t, -s, e))  # lifelines: higher prediction = longer survival
-    except ZeroDivisionError:
-        return float("nan")
-
-
-def c_index(c: Cohort, outcome: str, seed: int = 0) -> dict:
-    """Harrell's C of the score for the outcome (higher score = higher risk), percentile bootstrap CI."""
+def c_index(c: Cohort, outcome: str, seed: int = 0, replicates: int = BOOTSTRAP) -> dict:
+    """Harrell's C of the score for the outcome (higher score = higher risk), percentile bootstrap CI
+    of `replicates` resamples drawn with `seed` (vfa.cohort.concordance: sksurv's definition, fast)."""
     t, s, e = c.frame["time"].to_numpy(float), c.frame["score"].to_numpy(float), event_of(c, outcome)
-    est = _harrell(t, s, e)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(BOOTSTRAP):
-        i = rng.integers(0, len(t), len(t))
-        boot.append(_harrell(t[i], s[i], e[i]))
-    boot = [b for b in boot if np.isfinite(b)]
-    lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (np.nan, np.nan)
+    pairs = concordance.Concordance(t, e, s)
+    est = pairs.c_index()
+    lo, hi = concordance.percentile_ci([pairs.c_index(m) for m in concordance.bootstrap_weights(len(t), replicates,
+                                                                                                  seed)])
     return {"outcome": outcome, "score": c.exposure if c.exposure != "predicted" else "raw", "estimate": float(est),
-            "ci_low": float(lo), "ci_high": float(hi), "method": f"Harrell, percentile bootstrap ({BOOTSTRAP})"}
-
+            "ci_low": lo, "ci_high": hi, "method": f"Harrell, percentile bootstrap ({replicates}, seed {seed})"}

@@ -118,7 +118,7 @@ def test_tiny_job_is_checked_on_the_fixed_probe(env, fake_bf16):
 
     model = load_model(env["ckpt"])
     x = torch.rand(1, 3, 64, 40, generator=torch.Generator().manual_seed(0))
-    runner = backends.with_backend(model, "auto", n_images=1)
+    runner = backends.with_backend(model, "auto", n_images=6)  # e.g. one image and TTA x5
     with torch.inference_mode():
         z = runner(x)
         ref = model(x)
@@ -130,3 +130,9 @@ def test_tiny_job_is_checked_on_the_fixed_probe(env, fake_bf16):
     assert all(torch.equal(a, b) for a, b in zip(probe, again))  # fixed: the same in every run
     assert float(torch.cat(probe).min()) >= float(x.min()) and float(torch.cat(probe).max()) <= float(x.max())
     assert backends.probe_batches(torch.rand(8, 3, 64, 40), 0) == []
+
+
+def test_a_job_of_one_forward_pass_runs_fp32_without_a_check(env, fake_bf16):
+    got = predict_files(env["ckpt"], [env["data"]], batch_size=16, backend="auto", **KW)  # 10 images, 1 batch
+    assert got.attrs["backend"] == "torch" and fake_bf16["n"] == 0
+    assert got.attrs["backend_checks"][0]["checked_on"] == 0

@@ -157,7 +157,7 @@ def auto_backend(model: nn.Module, n_images: int | None, device, calibration=Non
     candidate = resolve_backend("auto", n_images, device)
     if candidate == "torch":
         return model
-    return Checked(model, candidate, REGISTRY.get(candidate)(model, device, calibration), log)
+    return Checked(model, candidate, REGISTRY.get(candidate)(model, device, calibration), log, n_images)
 
 
 def backend_record(runner: nn.Module) -> dict:
@@ -173,11 +173,14 @@ class Checked(Backend):
     """auto's candidate on probation. The first call scores its batch in fp32 and in the candidate
     (plus the fixed probe when the batch has fewer than PROBE_MIN inputs) and returns the fp32 logits:
     the check costs one extra pass of the batch that had to be scored anyway. Later calls run the
-    candidate if every P agreed within AGREEMENT_TOL, else fp32, announced in one `log` line."""
+    candidate if every P agreed within AGREEMENT_TOL, else fp32, announced in one `log` line. A first
+    call that is the whole job (`n_images` forward passes, e.g. one batch without TTA) just runs fp32:
+    no later call could use the candidate."""
 
-    def __init__(self, model: nn.Module, candidate: str, fast: nn.Module, log=None, tol: float = AGREEMENT_TOL):
+    def __init__(self, model: nn.Module, candidate: str, fast: nn.Module, log=None, n_images: int | None = None,
+                 tol: float = AGREEMENT_TOL):
         super().__init__(model, candidate, fast)
-        self.candidate, self.tol, self.log = candidate, tol, log or _stderr
+        self.candidate, self.tol, self.log, self.n_images = candidate, tol, log or _stderr, n_images
 
     @property
     def record(self) -> dict:  # before the first call: the candidate, not yet checked
@@ -193,6 +196,11 @@ class Checked(Backend):
         return self._fn(x)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_images is not None and len(x) >= self.n_images:
+            self.name, self._fn = "torch", self.model
+            self._record = {"backend": "torch", "candidate": self.candidate, "checked_on": 0, "fallback": False,
+                            "auto": "the whole job was one forward pass: fp32, nothing left for the candidate"}
+            return self.model(x)
         batches = [x, *probe_batches(x, PROBE_MIN - len(x))]
         ref = [self.model(b).float() for b in batches]
         got = [self._fn(b).float() for b in batches]

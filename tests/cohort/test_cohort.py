@@ -226,3 +226,29 @@ def test_rows_missing_a_covariate_are_left_out_of_every_model_and_listed(tmp_pat
     assert result["n"] == 396 and result["excluded"] == result["excluded_missing_covariate"] == 4
     assert {r["n"] for r in result["cox"] + result["fine_gray"]} == {396}
     assert result["base"] == ["age", "prior"]
+
+
+def test_figures_for_every_outcome_by_finding_and_score_quartile(tmp_path, monkeypatch):
+    """Plumbing only: each outcome gets its cumulative-incidence figures (by finding, by quartile of
+    the score, with the numbers at risk of each group), the forest plot has the Cox and Fine–Gray rows
+    of every outcome."""
+    from vfa.cohort import report, run
+
+    pred_csv, out_csv = _files(tmp_path, n=600, seed=4)
+    out = pd.read_csv(out_csv)
+    out["hip"] = np.where(np.arange(len(out)) % 2 == 0, out["event"], np.where(out["event"] == 2, 2, 0))
+    out.to_csv(out_csv, index=False)
+    at_risk, forest = [], []
+    monkeypatch.setattr("lifelines.plotting.add_at_risk_counts",
+                        lambda *fits, **kw: at_risk.append([len(f.durations) for f in fits]))
+    monkeypatch.setattr(run, "forest_figure", lambda rows: forest.append(rows) or report.forest_figure(rows))
+    run.analyze(pred_csv, out_csv, tmp_path / "c", events=("event", "hip"), adjust=["age"], bootstrap=5)
+    for name in ("cumulative_incidence_event.png", "cumulative_incidence_quartiles_event.png",
+                 "cumulative_incidence_hip.png", "cumulative_incidence_quartiles_hip.png", "forest.png"):
+        assert (tmp_path / "c" / name).stat().st_size > 10_000, name
+    n_finding = int(pd.read_csv(pred_csv)["predicted"].sum())
+    assert [600 - n_finding, n_finding] in at_risk and [150, 150, 150, 150] in at_risk
+    shown = {(r["outcome"], r["estimate"]) for r in forest[0] if r["term"] == "exposure"}
+    assert shown == {(o, e) for o in ("event", "hip") for e in ("Cox HR", "Fine–Gray sHR")}
+    html = (tmp_path / "c" / "cohort_report.html").read_text()
+    assert "Cumulative incidence by score quartile: hip" in html

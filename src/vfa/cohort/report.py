@@ -47,18 +47,24 @@ def km_figure(km_fits: dict, outcome: str, horizon: float) -> bytes:
     return _png(fig)
 
 
-def incidence_figure(aj_fits: dict, km_fits: dict, outcome: str, horizon: float) -> bytes:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for group, color in ((0, "C0"), (1, "C1")):
-        aj = aj_fits[group]
-        ax.step(aj.time, aj.estimate, where="post", color=color, label=f"{aj.label}: Aalen–Johansen")
-        km = km_fits[group].survival_function_
-        ax.step(km.index, 1 - km.iloc[:, 0], where="post", color=color, ls="--", lw=0.8,
-                label=f"{aj.label}: 1 − KM (ignores death; contrast only)")
+def incidence_figure(aj: dict, km: dict, outcome: str, horizon: float, by: str, contrast: bool = False) -> bytes:
+    """Aalen–Johansen curves {label: Incidence} with the numbers at risk of each group under the plot
+    (lifelines' add_at_risk_counts, from the groups' Kaplan–Meier fits {label: fitter}); `contrast`:
+    1 − KM beside each curve, dashed (it ignores death: a contrast, not an estimate)."""
+    from lifelines.plotting import add_at_risk_counts
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for k, (label, est) in enumerate(aj.items()):
+        ax.step(est.time, est.estimate, where="post", color=f"C{k}", label=f"{label}: Aalen–Johansen")
+        if contrast:
+            surv = km[label].survival_function_
+            ax.step(surv.index, 1 - surv.iloc[:, 0], where="post", color=f"C{k}", ls="--", lw=0.8,
+                    label=f"{label}: 1 − KM (ignores death; contrast only)")
     ax.axvline(horizon, color="gray", ls=":", lw=1)
     ax.set(xlabel="years since the scan", ylabel="cumulative incidence",
-           title=f"Cumulative incidence of {outcome_label(outcome)}, death as a competing risk")
+           title=f"Cumulative incidence of {outcome_label(outcome)} by {by}, death competing")
     ax.legend(fontsize=7)
+    add_at_risk_counts(*km.values(), ax=ax, rows_to_show=["At risk"])
     return _png(fig)
 
 
@@ -73,6 +79,10 @@ def forest_figure(hr_rows: list[dict]) -> bytes:
     """The finding's and the score's HRs, each row labelled by its model's terms and its "estimate"
     (Cox HR, Fine–Gray sHR); a model that is not estimable is a row that says so, with no point."""
     rows = [r for r in hr_rows if r["term"] in ("exposure", "score_sd")]
+    # each outcome's models together, the Cox HR and the sHR of a model on adjacent lines
+    outcomes = list(dict.fromkeys(r["outcome"] for r in rows))
+    models = list(dict.fromkeys(r["terms"] for r in rows))
+    rows.sort(key=lambda r: (outcomes.index(r["outcome"]), models.index(r["terms"])))
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
     for i, r in enumerate(rows):
         y = len(rows) - 1 - i

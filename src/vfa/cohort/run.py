@@ -164,8 +164,14 @@ def _outcome(c: Cohort, outcome: str, parts: dict, warnings: list, log, horizon:
     km = survival.kaplan_meier(c, outcome)
     suffix = "" if len(c.outcomes) == 1 else f"_{outcome}"  # title -> (file, png)
     parts["figures"][f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))
-    parts["figures"][f"Cumulative incidence: {outcome}"] = (f"cumulative_incidence{suffix}.png",
-                                                            incidence_figure(aj, km, outcome, horizon))
+    labels = {group: survival.group_label(group) for group in (0, 1)}
+    parts["figures"][f"Cumulative incidence by finding: {outcome}"] = (
+        f"cumulative_incidence{suffix}.png",
+        incidence_figure({labels[g]: aj[g] for g in aj}, {labels[g]: km[g] for g in km}, outcome, horizon,
+                         "the model's finding", contrast=True))
+    parts["figures"][f"Cumulative incidence by score quartile: {outcome}"] = (
+        f"cumulative_incidence_quartiles{suffix}.png",
+        incidence_figure(*survival.by_quartile(c, outcome), outcome, horizon, "quartile of the score"))
 
 
 def _binary(values: pd.Series) -> pd.Series:

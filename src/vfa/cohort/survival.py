@@ -42,11 +42,11 @@ def kaplan_meier(c: Cohort, outcome: str) -> dict:
     fits = {}
     for group in (0, 1):
         mask = (c.frame["exposure"] == group).to_numpy()
-        fits[group] = KaplanMeierFitter(label=_group_label(group)).fit(c.frame["time"][mask], e[mask])
+        fits[group] = KaplanMeierFitter(label=group_label(group)).fit(c.frame["time"][mask], e[mask])
     return fits
 
 
-def _group_label(group: int) -> str:
+def group_label(group: int) -> str:
     return "model: fracture" if group else "model: no fracture"
 
 
@@ -54,7 +54,7 @@ def aalen_johansen(c: Cohort, outcome: str, group: int) -> incidence.Incidence:
     """The Aalen–Johansen cumulative incidence of the outcome in one exposure group (cuminc's)."""
     mask = (c.frame["exposure"] == group).to_numpy()
     return incidence.aalen_johansen(c.frame.loc[mask, "time"], c.frame.loc[mask, outcome].astype(int),
-                                    event=c.codes["event"], censored=c.codes["censored"], label=_group_label(group))
+                                    event=c.codes["event"], censored=c.codes["censored"], label=group_label(group))
 
 
 def cumulative_incidence(c: Cohort, outcome: str, horizon: float) -> tuple[list[dict], dict]:
@@ -68,6 +68,24 @@ def cumulative_incidence(c: Cohort, outcome: str, horizon: float) -> tuple[list[
                      "ci_low": lower, "ci_high": upper,
                      "one_minus_km": float(1 - km[group].survival_function_at_times(horizon).iloc[0])})
     return rows, fits
+
+
+def by_quartile(c: Cohort, outcome: str) -> tuple[dict, dict]:
+    """Aalen–Johansen {label: Incidence} and Kaplan–Meier {label: fitter} by quartile of the score
+    (fewer groups where tied scores merge quartiles)."""
+    from lifelines import KaplanMeierFitter
+
+    quartile = pd.qcut(c.frame["score"], 4, labels=False, duplicates="drop").to_numpy()
+    last = int(quartile.max())
+    aj, km = {}, {}
+    for q in range(last + 1):
+        mask = quartile == q
+        label = f"score Q{q + 1}" + (" (lowest)" if q == 0 else " (highest)" if q == last else "")
+        codes = c.frame.loc[mask, outcome].astype(int)
+        aj[label] = incidence.aalen_johansen(c.frame.loc[mask, "time"], codes, event=c.codes["event"],
+                                             censored=c.codes["censored"], label=label)
+        km[label] = KaplanMeierFitter(label=label).fit(c.frame.loc[mask, "time"], codes == c.codes["event"])
+    return aj, km
 
 
 def model_name(adjusted: bool) -> str:

@@ -174,11 +174,45 @@ def _remove_emptied_dirs(top: Path, removed: list[Path]) -> None:
             d.rmdir()
 
 
+# The lock descriptors this process holds. A flock belongs to the open file, which a fork shares:
+# a DataLoader worker forked while a run holds its lock would keep it held after a kill -9 of the
+# run, for the seconds the orphan takes to notice, and refuse an immediate --resume. So every forked
+# child closes them at once (exec'd children never get them: os.open's descriptors are not inheritable).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):  # another user's, or not a PID we can test
+        return True
+    return True
+
+
 class lock:
     """`with lock(out):` refuses a second vfa process writing the same output (a folder or a file),
     with an advisory `flock` on a file beside it (`.NAME.vfa-lock`, holding the owner's PID, host
     and start time for the message). The kernel releases it when its process ends, however it ends,
-    so a killed run leaves no lock to clear. `ddp=True` (training only): secondary DDP ranks skip it."""
+    and no forked child keeps it (`_HELD`), so a killed run leaves no lock to clear. `ddp=True`
+    (training only): secondary DDP ranks skip it."""
+
+    # A lock still held although its recorded owner has ended (on this host) is held by something
+    # that process started; such orphans end within seconds, so wait that long before refusing.
+    ORPHAN_GRACE_S = 10.0
 
     def __init__(self, target: str | Path, ddp: bool = False):
         target = Path(target).absolute()
@@ -186,48 +220,72 @@ class lock:
             from vfa.errors import ConfigError
             raise ConfigError(f"--out {target} is not a place for outputs")
         self.path = target.with_name(f".{target.name}.vfa-lock")  # beside it: a folder's lock is not in it
-        self.target, self.ddp, self.fd = target, ddp, None
+        self.target, self.ddp, self.fd, self.pid = target, ddp, None, None
 
     def __enter__(self):
-        import fcntl
+        import time
 
         if self.ddp and is_secondary_rank():
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = None
+        while (fd := self._try()) is None:
+            owner = self._owner()
+            if not self._orphaned(owner):
+                raise FileExistsError(f"{self.target} is being written by another vfa process (PID "
+                                      f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
+                                      "wait for it to finish")
+            deadline = deadline or time.monotonic() + self.ORPHAN_GRACE_S
+            if time.monotonic() >= deadline:
+                raise FileExistsError(
+                    f"{self.target} is locked by {self.path} for vfa process PID {owner.get('pid')} (since "
+                    f"{owner.get('started')}), which is no longer running: a process it started still holds the "
+                    f"lock (find it with: fuser -v {self.path}); end that process, or wait for it, and rerun")
+            time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "started": _now()}).encode())
+        self.fd, self.pid = fd, os.getpid()
+        _HELD.add(fd)
+        return self
+
+    def _try(self) -> int | None:
+        """The locked descriptor of the lock file, or None while another holds it."""
+        import fcntl
+
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                owner = self._owner()
                 os.close(fd)
-                raise FileExistsError(f"{self.target} is being written by another vfa process (PID "
-                                      f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
-                                      "wait for it to finish") from None
+                return None
             try:  # the file may have been removed by its previous holder between our open and flock
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                break
+                return fd
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "started": _now()}).encode())
-        self.fd = fd
-        return self
 
     def __exit__(self, *exc):
-        if self.fd is not None:
+        # only in the process that took it: a forked child's copy of this object holds nothing
+        if self.fd is not None and self.pid == os.getpid():
             self.path.unlink(missing_ok=True)  # while still held: a waiting opener then sees it gone
+            _HELD.discard(self.fd)
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
         return False
+
+    def _orphaned(self, owner: dict) -> bool:
+        """Whether the recorded owner is a process of this host that has ended."""
+        return owner.get("host") == platform.node() and owner.get("pid") is not None and not _alive(owner["pid"])
 
     def _owner(self) -> dict:
         try:
-            return json.loads(self.path.read_text() or "{}")
+            owner = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             return {}
+        return owner if isinstance(owner, dict) else {}
 
 
 def _now() -> str:

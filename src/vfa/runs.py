@@ -75,6 +75,9 @@ def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
         r = _input_path(item)
         if r is None:
             continue
+        if not r.exists() and _is_glob(item):
+            _check_glob(out, o, str(item), kind)
+            continue
         if o == r or r.is_relative_to(o):
             raise ConfigError(f"--out {out} {'is' if o == r else 'contains'} the input {item}; "
                               "outputs never go where their inputs are")
@@ -85,6 +88,31 @@ def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
     if kind == "file" and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; this command writes a file")
     return out
+
+
+def _is_glob(item) -> bool:
+    return any(c in str(item) for c in "*?[")
+
+
+def _check_glob(out: Path, o: Path, pattern: str, kind: str) -> None:
+    """check_out for an input glob (the command expands it to files): --out must not be one of
+    them, now or once written (a rerun or --resume would read it back as an input); a folder
+    --out must not hold any of them. `*` crosses folders in a `**` pattern here: when in doubt, refuse."""
+    import fnmatch
+    import glob
+
+    from vfa.errors import ConfigError
+
+    absolute = os.path.join(os.getcwd(), pattern)  # as expand_inputs globs it
+    for path in {o, out.absolute()}:
+        hit = fnmatch.fnmatchcase(str(path), absolute) if "**" in pattern else path.match(absolute)
+        if hit:
+            raise ConfigError(f"--out {out} matches the input {pattern}; outputs never go where their inputs are")
+    if kind == "folder":
+        for match in glob.iglob(pattern, recursive=True):
+            if Path(match).resolve().is_relative_to(o):
+                raise ConfigError(f"--out {out} contains {match}, an input ({pattern}); "
+                                  "outputs never go where their inputs are")
 
 
 def refuse_existing(path: str | Path, force: bool, inputs=()) -> Path:

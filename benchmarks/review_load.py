@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the load driver lives with the tests
-from tests.app.loadtest import check_db, run_load, start_review  # noqa: E402
+from tests.app.loadtest import check_db, make_readers, run_load, start_review  # noqa: E402
 
 
 def make_set(root: Path, n: int) -> Path:
@@ -42,9 +42,10 @@ def main() -> None:
         tmp = Path(tmp)
         pred = make_set(tmp, args.cases)
         db = tmp / "review.sqlite"
+        secrets = make_readers(db, args.clients)  # one account per reader: logins check scrypt secrets
         proc, port = start_review(["--predictions", pred, "--db", db], output=False)
         try:
-            result = run_load("127.0.0.1", port, args.cases, args.clients, args.seconds)
+            result = run_load("127.0.0.1", port, args.cases, secrets, args.clients, args.seconds)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -47,6 +47,17 @@ def make_set(tmp: Path) -> Path:
     return tmp / "predictions.csv"
 
 
+def make_one(db: Path, name: str) -> str:
+    from vfa.app import accounts
+    from vfa.app.db import open_db
+
+    conn = open_db(db)
+    try:
+        return accounts.add_reader(conn, name)
+    finally:
+        conn.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs")
@@ -54,13 +65,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pred = make_set(tmp)
+        secrets = {name: make_one(tmp / "r.sqlite", name) for name in ("alice", "bob")}
         proc, port = start_review(["--predictions", pred, "--images", tmp / "ph", "--heatmaps", tmp / "hm",
                                    "--vertebrae", tmp / "ph" / "vertebrae.csv", "--db", tmp / "r.sqlite"], output=False)
         try:
             frame = pd.read_csv(pred)
             for reader, flip in (("alice", 7), ("bob", 5)):
                 c = Client("127.0.0.1", port)
-                csrf = c.login(reader)
+                csrf = c.login(reader, secrets[reader])
                 for i, row in enumerate(frame.head(14).itertuples(), start=1):
                     call = int(row.label) if i % flip else 1 - int(row.label)
                     c.request("POST", "/api/reads", json.dumps({"idx": i, "fracture": call, "grade": 2 * call}).encode(),
@@ -71,6 +83,7 @@ def main() -> None:
                 page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
                 page.goto(f"http://127.0.0.1:{port}/login")
                 page.fill("#reader-name", "alice")
+                page.fill("#secret", secrets["alice"])
                 with page.expect_navigation():
                     page.click("#start")
                 page.goto(f"http://127.0.0.1:{port}/worklist?sort=discordance&per_page=16")

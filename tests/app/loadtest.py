@@ -43,22 +43,35 @@ class Client:
                 self.cookies[k] = morsel.value
         return resp.status, data
 
-    def login(self, reader: str) -> str:
+    def login(self, reader: str, secret: str) -> str:
         _, page = self.request("GET", "/login")
         csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
-        status, _ = self.request("POST", "/login", urlencode({"reader": reader, "csrf": csrf}).encode(),
+        form = {"reader": reader, "secret": secret, "csrf": csrf}
+        status, _ = self.request("POST", "/login", urlencode(form).encode(),
                                  {"Content-Type": "application/x-www-form-urlencoded"})
         if status != 303:
             raise RuntimeError(f"login failed: HTTP {status}")
         return json.loads(self.request("GET", "/api/me")[1])["csrf"]
 
 
-def _client(host, port, k, n_cases, deadline, out, lock, seed, stop):
+def make_readers(db, n: int) -> dict[str, str]:
+    """Accounts load000 .. for `n` clients in `db` (created if missing): {name: secret}."""
+    from vfa.app import accounts
+    from vfa.app.db import open_db
+
+    conn = open_db(db)
+    try:
+        return {f"load{k:03d}": accounts.add_reader(conn, f"load{k:03d}") for k in range(n)}
+    finally:
+        conn.close()
+
+
+def _client(host, port, k, n_cases, deadline, out, lock, seed, stop, secrets):
     rng = random.Random(seed * 1000 + k)
     stats = {"latency": [], "errors": [], "acked": [], "sent": []}
     try:
         c = Client(host, port)
-        csrf = c.login(f"load{k:03d}")
+        csrf = c.login(f"load{k:03d}", secrets[f"load{k:03d}"])
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the figure counts it
         stats["errors"].append(f"login: {type(exc).__name__}: {exc}")
         deadline = 0
@@ -89,14 +102,14 @@ def _client(host, port, k, n_cases, deadline, out, lock, seed, stop):
         out.append(stats)
 
 
-def run_load(host: str, port: int, n_cases: int, clients: int = 50, seconds: float = 30.0, seed: int = 0,
-             stop: threading.Event | None = None) -> dict:
-    """`clients` concurrent readers for `seconds`; returns requests, errors, acknowledged request_ids and
-    latency percentiles (ms). `stop` ends it early (the kill test)."""
+def run_load(host: str, port: int, n_cases: int, secrets: dict[str, str], clients: int = 50, seconds: float = 30.0,
+             seed: int = 0, stop: threading.Event | None = None) -> dict:
+    """`clients` concurrent readers (accounts from `make_readers`) for `seconds`; returns requests, errors,
+    acknowledged request_ids and latency percentiles (ms). `stop` ends it early (the kill test)."""
     out, lock, stop = [], threading.Lock(), stop or threading.Event()
     deadline = time.monotonic() + seconds
     t0 = time.monotonic()
-    threads = [threading.Thread(target=_client, args=(host, port, k, n_cases, deadline, out, lock, seed, stop),
+    threads = [threading.Thread(target=_client, args=(host, port, k, n_cases, deadline, out, lock, seed, stop, secrets),
                                 daemon=True) for k in range(clients)]
     for t in threads:
         t.start()

@@ -66,12 +66,32 @@ def prepared_app(data: dict, db: Path, **settings):
     return create_app(db, Settings(**settings))
 
 
-def login(client, reader: str, blinded: bool = False) -> str:
-    """Log `client` in as `reader`; returns the session's CSRF token."""
+def add_reader(db: Path, reader: str, blinded: bool = False, role: str = "reader") -> str:
+    """A reader account in `db`; returns its secret (plumbing: vfa.app.accounts itself)."""
+    from vfa.app import accounts
+    from vfa.app.db import open_db
+
+    conn = open_db(db)
+    try:
+        return accounts.add_reader(conn, reader, role, blinded)
+    finally:
+        conn.close()
+
+
+SECRETS: dict[tuple[str, str], str] = {}
+
+
+def login(client, reader: str, blinded: bool = False, secret: str | None = None) -> str:
+    """Log `client` in as `reader` (an account made on first use, blinded as asked, in the database
+    the client's app serves); returns the session's CSRF token."""
+    key = (str(client.app.db), reader)
+    if secret is None:
+        if key not in SECRETS:
+            SECRETS[key] = add_reader(client.app.db, reader, blinded)
+        secret = SECRETS[key]
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    form = {"reader": reader, "csrf": csrf, **({"blinded": "1"} if blinded else {})}
-    resp = client.post("/login", data=form, follow_redirects=False)
+    resp = client.post("/login", data={"reader": reader, "secret": secret, "csrf": csrf}, follow_redirects=False)
     assert resp.status_code == 303, resp.text
     return client.get("/api/me").json()["csrf"]
 

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from tests import oracles
-from tests.app.support import free_port, start_server, write_review_set
+from tests.app.support import add_reader, free_port, start_server, write_review_set
 from vfa.cli import main
 
 
@@ -33,24 +33,36 @@ CALLS = {"2": (1, 2), "0": (0, 0), "y": (1, None), "n": (0, 0), "3": (1, 3), "1"
 def server(tmp_path):
     data = write_review_set(tmp_path / "set", n=12)
     db, port = tmp_path / "review.sqlite", free_port()
+    secrets = {"alice": add_reader(db, "alice"), "bob": add_reader(db, "bob", blinded=True)}
     proc = start_server(data, db, port, "--vertebrae", str(data["vertebrae"]))
-    yield {"url": f"http://127.0.0.1:{port}", "db": db, "data": data}
+    yield {"url": f"http://127.0.0.1:{port}", "db": db, "data": data, "secrets": secrets}
     proc.terminate()
     proc.wait(30)
 
 
-def _login(browser, url, reader, blinded=False):
+def _login(browser, url, reader, secret):
     page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
     page.errors = []
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # a script error fails the test
     page.goto(f"{url}/login")
     page.fill("#reader-name", reader)
-    if blinded:
-        page.check("#blind")
+    page.fill("#secret", secret)
     with page.expect_navigation():
         page.click("#start")
     assert page.url.endswith("/worklist")
     return page
+
+
+def _codes(db, reader) -> dict[int, int]:
+    """{case index: the reader's code} (a blinded reader's case numbers)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT c.idx, k.code FROM codes k JOIN cases c ON c.image_id = k.image_id "
+                                 "WHERE k.reader=?", (reader,)).fetchall())
+    finally:
+        conn.close()
 
 
 def _read_cases(page, keys):
@@ -71,7 +83,7 @@ def test_two_readers_with_the_keyboard(browser_oracle, server, tmp_path):
     shots = Path(os.environ.get("VFA_REVIEW_SCREENSHOTS") or tmp_path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        alice = _login(browser, url, "alice")
+        alice = _login(browser, url, "alice", server["secrets"]["alice"])
         assert alice.locator("#worklist tbody tr").count() == 12
         alice.select_option("select[name=sort]", "p")
         with alice.expect_navigation():
@@ -113,10 +125,16 @@ def test_two_readers_with_the_keyboard(browser_oracle, server, tmp_path):
         alice.reload()
         assert alice.input_value("#grade") == "1" and alice.locator("#history li").count() == 2
 
-        bob = _login(browser, url, "bob", blinded=True)
+        bob = _login(browser, url, "bob", server["secrets"]["bob"])  # blinded by his account
         assert "P(fracture)" not in bob.content() and bob.locator("#blinded").is_visible()
-        _read_cases(bob, BOB)
-        bob.goto(f"{url}/case/1")
+        codes = _codes(server["db"], "bob")  # bob reads the cases alice read, under his own codes
+        for i, key in enumerate(BOB, start=1):
+            bob.goto(f"{url}/case/{codes[i]}")
+            bob.wait_for_selector("body[data-ready='1']")
+            bob.keyboard.press(key)
+            bob.keyboard.press("s")
+            bob.wait_for_selector("body[data-saved='1']")
+        bob.goto(f"{url}/case/{codes[1]}")
         assert bob.locator("#heatmap").count() == 0 and bob.locator("#p").count() == 0
         assert bob.input_value("#grade") == "2"
 

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tests.app.support import free_port, start_server, write_review_set
-from tests.app.loadtest import Client, check_db, run_load
+from tests.app.loadtest import Client, check_db, make_readers, run_load
 
 
 @pytest.fixture
@@ -20,9 +20,10 @@ def data(tmp_path):
 
 def test_concurrent_readers_lose_and_duplicate_nothing(data, tmp_path):
     db, port = tmp_path / "review.sqlite", free_port()
+    secrets = make_readers(db, 12)
     proc = start_server(data, db, port)
     try:
-        result = run_load("127.0.0.1", port, n_cases=30, clients=12, seconds=3)
+        result = run_load("127.0.0.1", port, 30, secrets, clients=12, seconds=3)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -34,9 +35,10 @@ def test_concurrent_readers_lose_and_duplicate_nothing(data, tmp_path):
 
 def test_sigkill_mid_load_loses_no_acknowledged_read(data, tmp_path):
     db, port = tmp_path / "review.sqlite", free_port()
+    secrets = make_readers(db, 8)
     proc = start_server(data, db, port)
     stop, box = threading.Event(), {}
-    load = threading.Thread(target=lambda: box.update(run_load("127.0.0.1", port, 30, clients=8, seconds=60,
+    load = threading.Thread(target=lambda: box.update(run_load("127.0.0.1", port, 30, secrets, clients=8, seconds=60,
                                                                stop=stop)))
     load.start()
     time.sleep(2.5)
@@ -52,7 +54,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_read(data, tmp_path):
         assert check["n_missing"] == 0 and check["duplicates"] == 0 and check["gaps"] == 0
         assert check["stored"] <= len(box["sent"])  # at most the in-flight ones besides
         c = Client("127.0.0.1", port)
-        c.login("load000")  # client 0's reader again: its reads, through the restarted server
+        c.login("load000", secrets["load000"])  # client 0's reader again: its reads, through the restarted server
         mine = [r for r in acked if r.startswith("c0-")]
         conn = sqlite3.connect(db)
         images = {r[0] for r in conn.execute(f"SELECT image_id FROM reads WHERE request_id IN "

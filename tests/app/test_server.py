@@ -24,7 +24,7 @@ def test_pages_need_a_session_and_login_needs_its_csrf(client):
     assert client.get("/api/worklist").status_code == 401
     assert client.get("/image/1").status_code == 404
     client.get("/login")
-    assert client.post("/login", data={"reader": "alice", "csrf": "forged"}).status_code == 403
+    assert client.post("/login", data={"reader": "alice", "secret": "x", "csrf": "forged"}).status_code == 403
     assert client.post("/login", data={"reader": "alice", "csrf": "\u00e9t\u00e9"}).status_code == 403
     csrf = login(client, "alice")
     assert client.get("/worklist").status_code == 200 and len(csrf) > 20
@@ -95,25 +95,6 @@ def test_posts_need_the_sessions_csrf_token_and_json(client):
     assert form.status_code == 415
 
 
-def test_blinded_sessions_see_no_model_output_nor_other_readers(data, tmp_path):
-    app = prepared_app(data, tmp_path / "r.sqlite")
-    seer, blind = TestClient(app), TestClient(app)
-    post_read(seer, login(seer, "alice"), 2, fracture=1)
-    login(blind, "bob", blinded=True)
-    rows = blind.get("/api/worklist?sort=p&call=1&reader=alice&status=discordant").json()
-    assert rows["total"] == 12 and rows["rows"][0]["idx"] == 1  # sort, call, reader and status refused
-    assert not {"p", "call", "label", "n_reads", "readers"} & set(rows["rows"][0])
-    page = blind.get("/case/2").text
-    assert "P(fracture)" not in page and "heatmap" not in page.lower().replace("no heatmap", "")
-    case = blind.get("/api/case/2").json()
-    assert "p" not in case and "heatmap" not in case and case["history"] == []
-    assert all("grade" not in v for v in case["vertebrae"])
-    assert blind.get("/heatmap/2").status_code == 403
-    assert blind.get("/agreement").status_code == 403 and blind.get("/agreement.json").status_code == 403
-    assert "alice" not in blind.get("/worklist").text
-    assert "0.125" in seer.get("/case/2").text
-
-
 @pytest.mark.parametrize("path", [
     "/image/../../../../etc/passwd", "/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/image/..%2f..%2fetc%2fpasswd",
     "/image/1%2f..%2f..%2fetc%2fpasswd", "/image/1/../../etc/passwd", "/image/-1", "/image/0", "/image/13",
@@ -135,33 +116,6 @@ def test_images_and_heatmaps_are_the_listed_ones(client, data):
     assert client.get("/heatmap/1").content == (data["heatmaps"] / "norm" / "heatmap_004_img_000.png").read_bytes()
     assert client.get("/heatmap/12").status_code == 404  # no overlay for this one
     assert client.get("/static/review.js").status_code == 200
-
-
-def test_off_loopback_a_token_is_required_on_every_request(data, tmp_path):
-    app = prepared_app(data, tmp_path / "r.sqlite", token="s3cret-token", hosts=None)
-    c = TestClient(app)
-    assert c.get("/login").status_code == 401 and c.get("/healthz").status_code == 401
-    assert c.get("/login?token=wrong").status_code == 401
-    resp = c.get("/login?token=s3cret-token", follow_redirects=False)
-    assert resp.status_code == 303 and resp.headers["location"] == "/login"  # the token leaves the URL
-    assert c.get("/login").status_code == 200  # now from the cookie
-    assert TestClient(app).get("/healthz", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
-
-
-def test_serve_generates_and_prints_a_token_off_loopback(data, tmp_path, monkeypatch):
-    import uvicorn
-
-    from vfa.app import serve
-
-    seen = {}
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.update(host=self.config.host))
-    lines = []
-    serve(data["predictions"], tmp_path / "r.sqlite", images=data["images"], host="0.0.0.0", port=8123,
-          log=lines.append)
-    assert seen["host"] == "0.0.0.0" and re.search(r"http://0\.0\.0\.0:8123/\?token=[\w-]{20,}", lines[-1])
-    lines.clear()
-    serve(data["predictions"], tmp_path / "r.sqlite", images=data["images"], log=lines.append)
-    assert seen["host"] == "127.0.0.1" and "token" not in lines[-1]
 
 
 def test_foreign_host_headers_and_big_requests_are_refused(client):

@@ -14,6 +14,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vfa.app import accounts, audit
 from vfa.app.cases import LEVELS, Case, ReviewError
 from vfa.spine import FRACTURE_SHAPES
 
@@ -27,8 +28,6 @@ CREATE TABLE IF NOT EXISTS reads(id INTEGER PRIMARY KEY, image_id TEXT NOT NULL,
     UNIQUE(image_id, reader, version));
 CREATE TABLE IF NOT EXISTS latest(image_id TEXT NOT NULL, reader TEXT NOT NULL, read_id INTEGER NOT NULL,
     fracture INTEGER NOT NULL, grade INTEGER, PRIMARY KEY(image_id, reader));
-CREATE TABLE IF NOT EXISTS sessions(sid TEXT PRIMARY KEY, reader TEXT NOT NULL, blinded INTEGER NOT NULL,
-    csrf TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE INDEX IF NOT EXISTS cases_p ON cases(p);
 CREATE INDEX IF NOT EXISTS cases_unc ON cases(unc);
@@ -59,10 +58,24 @@ def open_db(path: str | Path, create: bool = True) -> sqlite3.Connection:
         raise ReviewError(f"--db {path}: folder {path.parent} does not exist")
     try:
         conn = connect(path)
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + audit.SCHEMA)
+        accounts.migrate(conn)
+        _audit_earlier_reads(conn)
     except sqlite3.DatabaseError as exc:
         raise ReviewError(f"{path}: not a usable vfa review database ({exc})") from None
     return conn
+
+
+def _audit_earlier_reads(conn) -> None:
+    """A database from before the audit trail: its reads enter the chain once, as found (client
+    "migration"), so the chain covers every read from here on."""
+    audited = conn.execute("SELECT 1 FROM audit LIMIT 1").fetchone()
+    if audited or not conn.execute("SELECT 1 FROM reads LIMIT 1").fetchone():
+        return
+    with audit.transaction(conn):
+        for r in conn.execute("SELECT * FROM reads ORDER BY id").fetchall():
+            audit.record(conn, "read" if r["version"] == 1 else "amendment", r["reader"], "migration",
+                         audit.read_detail(dict(r)))
 
 
 class Local:
@@ -136,9 +149,10 @@ def clean_read(data: dict) -> dict:
             "confidence": _int(data.get("confidence"), "confidence", 1, 5), "note": note, "request_id": request_id}
 
 
-def add_read(conn: sqlite3.Connection, image_id: str, reader: str, read: dict, blinded: bool) -> dict:
-    """Store one read (a new version if the reader read this image before) in one transaction;
-    returns {"id", "version", "created_at", "duplicate"}. A repeated request_id returns the first."""
+def add_read(conn: sqlite3.Connection, image_id: str, reader: str, read: dict, blinded: bool, client: str = "") -> dict:
+    """Store one read (a new version if the reader read this image before) and its audit entry in one
+    transaction; returns {"id", "version", "created_at", "duplicate"}. A repeated request_id returns
+    the first."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         if read["request_id"]:
@@ -156,6 +170,8 @@ def add_read(conn: sqlite3.Connection, image_id: str, reader: str, read: dict, b
                             read["shape"], read["confidence"], read["note"], int(blinded), created, read["request_id"]))
         conn.execute("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?)",
                      (image_id, reader, cur.lastrowid, read["fracture"], overall_grade(read)))
+        stored = conn.execute("SELECT * FROM reads WHERE id=?", (cur.lastrowid,)).fetchone()
+        audit.record(conn, "read" if version == 1 else "amendment", reader, client, audit.read_detail(dict(stored)))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -187,14 +203,3 @@ def current_reads(conn) -> list[dict]:
                         "FROM latest l JOIN reads r ON r.id = l.read_id LEFT JOIN cases c ON c.image_id = l.image_id "
                         "ORDER BY COALESCE(c.idx, 1e18), r.image_id, r.reader").fetchall()
     return [{**dict(r), "grades": json.loads(r["grades"] or "{}")} for r in rows]
-
-
-def new_session(conn, sid: str, reader: str, blinded: bool, csrf: str) -> None:
-    conn.execute("INSERT INTO sessions VALUES (?,?,?,?,?)", (sid, reader, int(blinded), csrf, now()))
-
-
-def get_session(conn, sid: str | None) -> dict | None:
-    if not sid:
-        return None
-    row = conn.execute("SELECT * FROM sessions WHERE sid=?", (sid,)).fetchone()
-    return dict(row) if row else None

@@ -1,15 +1,12 @@
-"""The server's guards, as one ASGI middleware run before any route: the request-size cap, the
-Host check (a page on another site cannot reach a loopback server through DNS rebinding), and
-the access token (off loopback always; on loopback when one is given). The token arrives once
-as ?token=... (then kept in an HttpOnly cookie and dropped from the URL) or as a Bearer header.
-CSRF tokens (per session, checked on every POST) are the routes' (vfa.app.server)."""
+"""The server's guards, as one ASGI middleware run before any route: the request-size cap and the
+Host check (a page on another site cannot reach a loopback server through DNS rebinding). Who may
+read is each reader's account (vfa.app.accounts): every page but the login form, the health check
+and the static files needs a session; CSRF tokens (per session, checked on every POST) are the
+routes' (vfa.app.server)."""
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import secrets
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlencode
 
 MAX_BODY = 64 * 1024       # a read is < 3 kB; there are no uploads
 MAX_URL = 4096
@@ -22,10 +19,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def same(a: str | None, b: str | None) -> bool:
@@ -41,10 +34,10 @@ async def _reply(send, status: int, text: str, headers=()) -> None:
 
 
 class Guard:
-    """ASGI middleware: size cap, Host check, token."""
+    """ASGI middleware: size cap, Host check."""
 
-    def __init__(self, app, token: str | None, hosts: set[str] | None, cookie: str, max_body: int = MAX_BODY):
-        self.app, self.token, self.hosts, self.cookie, self.max_body = app, token, hosts, cookie, max_body
+    def __init__(self, app, hosts: set[str] | None, max_body: int = MAX_BODY):
+        self.app, self.hosts, self.max_body = app, hosts, max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -60,19 +53,6 @@ class Guard:
             return await _reply(send, 400, "bad Content-Length")
         if length > self.max_body:
             return await _reply(send, 413, f"request body over {self.max_body} bytes")
-        if self.token:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            cookies = SimpleCookie(headers.get("cookie", ""))
-            cookie = cookies[self.cookie].value if self.cookie in cookies else None
-            bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if same(query.get("token"), self.token) and scope["method"] == "GET":
-                rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
-                where = scope["path"] + (f"?{rest}" if rest else "")
-                set_cookie = f"{self.cookie}={self.token}; HttpOnly; SameSite=Strict; Path=/"
-                return await _reply(send, 303, "token accepted", [(b"location", where.encode("latin-1")),
-                                                                  (b"set-cookie", set_cookie.encode())])
-            if not (same(cookie, self.token) or same(bearer, self.token)):
-                return await _reply(send, 401, "a token is required: open the URL vfa review printed")
         seen = 0
 
         async def capped():

@@ -1,12 +1,12 @@
-"""The review web app (FastAPI + Jinja2): login (reader name, blinded or not), the worklist, the
-case view, reads posted as JSON, the agreement page. Every route takes integers or fixed names
-only: an image is the file resolved at start-up for case N, never a path from the request."""
+"""The review web app (FastAPI + Jinja2): login (a reader's account and secret, vfa.app.accounts),
+the worklist, the case view, reads posted as JSON, the agreement page. Every route takes integers
+or fixed names only: an image is the file resolved at start-up for case N, never a path from the
+request. A blinded session's case numbers are its reader's codes, never the list index."""
 from __future__ import annotations
 
 import io
 import json
 import mimetypes
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from vfa.app import accounts, audit
 from vfa.app import db as dbm
 from vfa.app import worklist as wl
 from vfa.app.cases import LEVELS
@@ -28,16 +29,15 @@ from vfa.spine import FRACTURE_SHAPES
 
 HERE = Path(__file__).parent
 STATIC = {p.name: p.read_bytes() for p in (HERE / "static").iterdir() if p.is_file()}
-READER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,39}$")
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 
 
 @dataclass
 class Settings:
-    token: str | None = None
     hosts: set[str] | None = field(default_factory=lambda: {"127.0.0.1", "localhost", "::1", "testserver"})
     cookie: str = "vfa"              # cookie name prefix (the port is added: two servers, two sessions)
+    secure: bool = False             # served over TLS: Secure, __Host- cookies
     reader: str = ""                 # the login form's default name
     blind: bool = False              # every session blinded
     keep_identifiers: bool = False
@@ -73,10 +73,17 @@ class AppContext:
     png: Callable[[str], bytes]
 
     def session(self, request: Request) -> dict | None:
-        sess = dbm.get_session(self.local.get(), request.cookies.get(self.session_cookie))
+        sess = accounts.get_session(self.local.get(), request.cookies.get(self.session_cookie))
         if sess:
             sess["blinded"] = bool(sess["blinded"]) or self.settings.blind
         return sess
+
+    def case_idx(self, sess: dict, number: int) -> int | None:
+        """The case behind the number a session uses: a blinded reader's code, else the index."""
+        return accounts.case_of_code(self.local.get(), sess["reader"], number) if sess["blinded"] else number
+
+    def set_cookie(self, resp: Response, name: str, value: str) -> None:
+        resp.set_cookie(name, value, httponly=True, samesite="strict", secure=self.settings.secure, path="/")
 
     def case_row(self, idx: int):
         return self.local.get().execute("SELECT * FROM cases WHERE idx=?", (idx,)).fetchone()
@@ -85,13 +92,15 @@ class AppContext:
         meta = dbm.get_meta(self.local.get())
         return self.templates.TemplateResponse(request, name, {"sess": sess, "meta": meta, **ctx})
 
-    def case_data(self, row, sess) -> dict:
+    def case_data(self, row, sess, number: int) -> dict:
+        """A case as its page and /api/case show it; a blinded session gets no outline either (the
+        six points encode the model's heights, hence its grades) and its own case number."""
         blind = sess["blinded"]
-        verts = json.loads(row["vertebrae"] or "[]")
-        if blind:
-            verts = [{"level": v["level"], "outline": v["outline"], "box": v["box"]} for v in verts]
+        verts = [] if blind else json.loads(row["vertebrae"] or "[]")
         mine = dbm.history(self.local.get(), row["image_id"], sess["reader"])
-        data = {"idx": row["idx"], "image": f"/image/{row['idx']}", "vertebrae": verts, "levels": LEVELS,
+        if blind:
+            mine = [{k: v for k, v in r.items() if k not in ("image_id", "id", "request_id")} for r in mine]
+        data = {"idx": number, "image": f"/image/{number}", "vertebrae": verts, "levels": LEVELS,
                 "read": mine[-1] if mine else None, "history": mine, "blinded": blind}
         if not blind:
             meta = dbm.get_meta(self.local.get())
@@ -104,12 +113,15 @@ def create_app(db_path: str | Path, settings: Settings | None = None) -> FastAPI
     """The ASGI app serving the review database at `db_path` (its cases stored by `serve`). The
     routes are small closures over one AppContext, registered group by group in a fixed order."""
     s = settings or Settings()
+    prefix = f"__Host-{s.cookie}" if s.secure else s.cookie  # __Host-: Secure, this host only, Path=/
     ctx = AppContext(s, dbm.Local(db_path), Jinja2Templates(directory=str(HERE / "templates")),
-                     f"{s.cookie}_session", f"{s.cookie}_login", lru_cache(maxsize=s.image_cache)(_png))
+                     f"{prefix}_session", f"{prefix}_login", lru_cache(maxsize=s.image_cache)(_png))
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     for add_routes in (_add_basics, _add_login, _add_worklist, _add_cases, _add_reads):
         add_routes(app, ctx)
-    return Guard(app, s.token, s.hosts, f"{s.cookie}_token")
+    guard = Guard(app, s.hosts)
+    guard.db = Path(db_path)  # which database this app serves (readers are added to it beside the app)
+    return guard
 
 
 def _add_basics(app: FastAPI, ctx: AppContext) -> None:
@@ -132,42 +144,61 @@ def _add_basics(app: FastAPI, ctx: AppContext) -> None:
         return Response(STATIC[name], media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 def _add_login(app: FastAPI, ctx: AppContext) -> None:
-    """Login (a CSRF cookie on the form, then a session cookie) and logout."""
+    """Login (a CSRF cookie on the form, then the reader's secret checked against the account and a
+    session cookie), logout, each in the audit trail."""
     s, local, page = ctx.settings, ctx.local, ctx.page
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):
         csrf = secrets.token_urlsafe(16)
-        resp = page(request, "login.html", None, csrf=csrf, reader=s.reader, force_blind=s.blind, error="")
-        resp.set_cookie(ctx.login_cookie, csrf, httponly=True, samesite="strict")
+        resp = page(request, "login.html", None, csrf=csrf, reader=s.reader, error="")
+        ctx.set_cookie(resp, ctx.login_cookie, csrf)
         return resp
 
     @app.post("/login")
     async def login(request: Request):
         form = await request.form()
-        reader = str(form.get("reader", "")).strip()
+        reader, secret = str(form.get("reader", "")).strip()[:40], str(form.get("secret", ""))[:200]
         if not same(str(form.get("csrf", "")), request.cookies.get(ctx.login_cookie)):
             return Response("CSRF check failed: reload the login page", 403)
-        if not READER.match(reader):
+        account = await run_in_threadpool(lambda: accounts.check_login(local.get(), reader, secret))  # scrypt
+        if account is None:
+            await run_in_threadpool(lambda: audit.record(local.get(), "login refused", reader, _client(request), {}))
             return page(request, "login.html", None, csrf=request.cookies.get(ctx.login_cookie), reader=reader,
-                        force_blind=s.blind, error="a reader name: 1-40 letters, digits, space, _ . @ -")
+                        error="unknown reader, wrong secret or revoked account")
         sid, csrf = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        blinded = bool(form.get("blinded")) or s.blind
-        await run_in_threadpool(lambda: dbm.new_session(local.get(), sid, reader, blinded, csrf))  # off the loop
+        blinded = bool(account["blinded"]) or s.blind
+
+        def start():
+            conn = local.get()
+            with audit.transaction(conn):
+                accounts.new_session(conn, sid, reader, blinded, csrf)
+                audit.record(conn, "login", reader, _client(request), {"blinded": blinded})
+            if blinded:
+                accounts.ensure_codes(conn, reader)
+        await run_in_threadpool(start)  # off the loop
         resp = RedirectResponse("/worklist", 303)
-        resp.set_cookie(ctx.session_cookie, sid, httponly=True, samesite="strict")
-        resp.delete_cookie(ctx.login_cookie)
+        ctx.set_cookie(resp, ctx.session_cookie, sid)
+        resp.delete_cookie(ctx.login_cookie, path="/", secure=s.secure, httponly=True, samesite="strict")
         return resp
 
     @app.post("/logout")
     async def logout(request: Request):
+        """Always ends the session it is sent with (SameSite=Strict keeps other sites from sending it)."""
         sess = ctx.session(request)
-        form = await request.form()
-        if sess and same(str(form.get("csrf", "")), sess["csrf"]):
-            local.get().execute("DELETE FROM sessions WHERE sid=?", (sess["sid"],))
+        if sess:
+            def end():
+                with audit.transaction(local.get()):
+                    local.get().execute("DELETE FROM sessions WHERE sid=?", (sess["sid"],))
+                    audit.record(local.get(), "logout", sess["reader"], _client(request), {})
+            await run_in_threadpool(end)
         resp = RedirectResponse("/login", 303)
-        resp.delete_cookie(ctx.session_cookie)
+        resp.delete_cookie(ctx.session_cookie, path="/", secure=s.secure, httponly=True, samesite="strict")
         return resp
 
 
@@ -187,7 +218,8 @@ def _add_worklist(app: FastAPI, ctx: AppContext) -> None:
         q = wl.Query.parse(request.query_params, sess["blinded"])
         rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
         for r in rows:
-            r["shown_id"] = r["image_id"] if s.keep_identifiers else public_path(r["image_id"])
+            if not sess["blinded"]:
+                r["shown_id"] = r["image_id"] if s.keep_identifiers else public_path(r["image_id"])
         return ctx.page(request, "worklist.html", sess, rows=rows, total=total, q=q,
                         pages=max(1, -(-total // q.per_page)), splits=wl.splits(local.get()),
                         readers=wl.readers(local.get()), sorts=wl.SORTS,
@@ -200,7 +232,7 @@ def _add_worklist(app: FastAPI, ctx: AppContext) -> None:
             return JSONResponse({"error": "log in first"}, 401)
         q = wl.Query.parse(request.query_params, sess["blinded"])
         rows, total = wl.page(local.get(), q, sess["reader"], sess["blinded"])
-        if not s.keep_identifiers:
+        if not s.keep_identifiers and not sess["blinded"]:
             for r in rows:
                 r["image_id"], r["file"] = public_path(r["image_id"]), public_path(r["file"])
         return {"total": total, "page": q.page, "per_page": q.per_page, "rows": rows}
@@ -210,36 +242,40 @@ def _add_cases(app: FastAPI, ctx: AppContext) -> None:
     """One case: its page, its JSON, its image and its heatmap (never to a blinded reader)."""
     s, session, case_row = ctx.settings, ctx.session, ctx.case_row
 
-    @app.get("/case/{idx:int}", response_class=HTMLResponse)
-    def case_page(request: Request, idx: int):
+    def listed(request: Request, number: int):
+        """(session, case row) of case `number` as this session numbers cases; None for either."""
         sess = session(request)
+        idx = ctx.case_idx(sess, number) if sess else None
+        return sess, (case_row(idx) if idx is not None else None)
+
+    @app.get("/case/{number:int}", response_class=HTMLResponse)
+    def case_page(request: Request, number: int):
+        sess, row = listed(request, number)
         if not sess:
             return RedirectResponse("/login", 303)
-        row = case_row(idx)
         if row is None:
             return Response("no such case", 404)
         q = wl.Query.parse(request.query_params, sess["blinded"])
-        prev, nxt = wl.neighbours(ctx.local.get(), q, sess["reader"], idx)
-        data = ctx.case_data(row, sess)
+        prev, nxt = wl.neighbours(ctx.local.get(), q, sess["reader"], number, sess["blinded"])
+        data = ctx.case_data(row, sess, number)
         shown = row["image_id"] if s.keep_identifiers else public_path(row["image_id"])
-        idents = json.loads(row["identifiers"] or "{}") if s.keep_identifiers else {}
+        idents = json.loads(row["identifiers"] or "{}") if s.keep_identifiers and not sess["blinded"] else {}
         return ctx.page(request, "case.html", sess, case=data, shown_id=shown, identifiers=idents, q=q, prev=prev,
                         next=nxt, data_json=_script_json({**data, "csrf": sess["csrf"], "prev": prev, "next": nxt,
                                                           "query": q.params(page=None)}), types=FRACTURE_SHAPES)
 
-    @app.get("/api/case/{idx:int}")
-    def case_api(request: Request, idx: int):
-        sess = session(request)
+    @app.get("/api/case/{number:int}")
+    def case_api(request: Request, number: int):
+        sess, row = listed(request, number)
         if not sess:
             return JSONResponse({"error": "log in first"}, 401)
-        row = case_row(idx)
-        return JSONResponse({"error": "no such case"}, 404) if row is None else ctx.case_data(row, sess)
+        return JSONResponse({"error": "no such case"}, 404) if row is None else ctx.case_data(row, sess, number)
 
-    @app.get("/image/{idx:int}")
-    def image(request: Request, idx: int):
+    @app.get("/image/{number:int}")
+    def image(request: Request, number: int):
         from vfa.io import BadImageError
 
-        row = case_row(idx) if session(request) else None
+        row = listed(request, number)[1]
         if row is None:
             return Response("not found", 404)
         try:
@@ -247,14 +283,13 @@ def _add_cases(app: FastAPI, ctx: AppContext) -> None:
         except BadImageError as exc:
             return Response(f"cannot read the image: {exc.reason}", 422)
 
-    @app.get("/heatmap/{idx:int}")
-    def heatmap(request: Request, idx: int):
-        sess = session(request)
-        row = case_row(idx) if sess else None
+    @app.get("/heatmap/{number:int}")
+    def heatmap(request: Request, number: int):
+        sess, row = listed(request, number)
+        if sess and sess["blinded"]:
+            return Response("blinded: the model's output is hidden", 403)
         if row is None or not row["heatmap"]:
             return Response("not found", 404)
-        if sess["blinded"]:
-            return Response("blinded: the model's output is hidden", 403)
         try:
             body = Path(row["heatmap"]).read_bytes()
         except OSError:
@@ -278,14 +313,18 @@ def _add_reads(app: FastAPI, ctx: AppContext) -> None:
         try:
             data = json.loads(await request.body())
             read = dbm.clean_read(data)
-            row = ctx.case_row(int(data.get("idx")))
+            number = int(data.get("idx"))
+            idx = ctx.case_idx(sess, number)
+            row = ctx.case_row(idx) if idx is not None else None
         except (ValueError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": str(exc) or "bad read"}, 422)
         if row is None:
             return JSONResponse({"error": "no such case"}, 404)
         saved = await run_in_threadpool(  # in a worker thread, with that thread's connection
-            lambda: dbm.add_read(local.get(), row["image_id"], sess["reader"], read, sess["blinded"]))
-        return {"ok": True, "idx": row["idx"], **saved}
+            lambda: dbm.add_read(local.get(), row["image_id"], sess["reader"], read, sess["blinded"], _client(request)))
+        if sess["blinded"]:
+            saved.pop("id", None)
+        return {"ok": True, "idx": number, **saved}
 
     @app.get("/api/me")
     def me(request: Request):

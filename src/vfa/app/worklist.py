@@ -1,14 +1,15 @@
 """The worklist query: sorted, filtered and paged in SQL, so 10,000 cases cost one indexed query
-per page. A blinded session sees neither the model's output nor other readers' reads: its
-sorts and filters on them are refused (ignored), its rows carry none of them."""
+per page. A blinded session sees neither the model's output nor other readers' reads nor file
+names: its sorts and filters on them are refused (ignored), its rows carry none of them, and its
+cases are numbered and ordered by the reader's own shuffled codes (vfa.app.accounts)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 # sort key -> ORDER BY (ties broken by the list's order)
 SORTS = {"index": "c.idx", "p": "c.p DESC, c.idx", "p_asc": "c.p ASC, c.idx", "uncertainty": "c.unc ASC, c.idx",
-         "discordance": "COALESCE(a.discord, 0) DESC, COALESCE(a.n_reads, 0) DESC, c.idx"}
-BLIND_SORTS = ("index",)
+         "discordance": "COALESCE(a.discord, 0) DESC, COALESCE(a.n_reads, 0) DESC, c.idx", "code": "k.code"}
+BLIND_SORTS = ("code",)
 STATUSES = ("", "unread", "read", "unread_any", "read_any", "discordant")
 BLIND_STATUSES = ("", "unread", "read")
 PER_PAGE = 50
@@ -40,7 +41,8 @@ class Query:
             per_page = min(MAX_PER_PAGE, max(1, int(params.get("per_page", PER_PAGE))))
         except (TypeError, ValueError):
             page, per_page = 1, PER_PAGE
-        q = cls(sort=get("sort", BLIND_SORTS if blinded else SORTS) or "index", call=get("call", ("", "0", "1")),
+        sorts = BLIND_SORTS if blinded else [k for k in SORTS if k not in BLIND_SORTS]
+        q = cls(sort=get("sort", sorts) or sorts[0], call=get("call", ("", "0", "1")),
                 status=get("status", BLIND_STATUSES if blinded else STATUSES), split=get("split"),
                 reader=get("reader"), page=page, per_page=per_page)
         if blinded:
@@ -71,28 +73,37 @@ def _where(q: Query) -> tuple[str, dict]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def _cases(blinded: bool) -> str:
+    """The FROM clause: the cases with their reads, and a blinded reader's codes."""
+    codes = "JOIN codes k ON k.image_id = c.image_id AND k.reader = :me " if blinded else ""
+    return f"FROM cases c {codes}{_AGG}"
+
+
 def page(conn, q: Query, me: str, blinded: bool) -> tuple[list[dict], int]:
-    """(rows of the page, total rows matching the filters)."""
+    """(rows of the page, total rows matching the filters); a blinded reader's rows are numbered by
+    code (`idx` is the code) and carry no image name."""
     where, args = _where(q)
     args["me"] = me
-    total = conn.execute(f"SELECT COUNT(*) FROM cases c {_AGG}{where}", args).fetchone()[0]
-    sql = (f"SELECT c.idx, c.image_id, c.file, c.p, c.call, c.label, c.split, c.unc, a.n_reads, a.discord, a.readers, "
-           f"m.fracture AS my_fracture, m.grade AS my_grade FROM cases c {_AGG}{where} ORDER BY {SORTS[q.sort]} "
-           f"LIMIT :limit OFFSET :offset")
+    total = conn.execute(f"SELECT COUNT(*) {_cases(blinded)}{where}", args).fetchone()[0]
+    sql = (f"SELECT {'k.code' if blinded else 'c.idx'} AS idx, c.image_id, c.file, c.p, c.call, c.label, c.split, "
+           f"c.unc, a.n_reads, a.discord, a.readers, m.fracture AS my_fracture, m.grade AS my_grade "
+           f"{_cases(blinded)}{where} ORDER BY {SORTS[q.sort]} LIMIT :limit OFFSET :offset")
     rows = conn.execute(sql, {**args, "limit": q.per_page, "offset": (q.page - 1) * q.per_page}).fetchall()
     out = [dict(r) for r in rows]
     if blinded:
         for r in out:
-            for k in ("p", "call", "label", "unc", "n_reads", "discord", "readers"):
+            for k in ("image_id", "file", "p", "call", "label", "unc", "n_reads", "discord", "readers"):
                 r.pop(k)
     return out, total
 
 
-def neighbours(conn, q: Query, me: str, idx: int) -> tuple[int | None, int | None]:
-    """The cases before and after `idx` in the worklist's order and filters (ignoring paging)."""
+def neighbours(conn, q: Query, me: str, idx: int, blinded: bool = False) -> tuple[int | None, int | None]:
+    """The cases before and after `idx` (a blinded reader's: the code) in the worklist's order and
+    filters (ignoring paging)."""
     where, args = _where(q)
     args["me"] = me
-    order = [r[0] for r in conn.execute(f"SELECT c.idx FROM cases c {_AGG}{where} ORDER BY {SORTS[q.sort]}", args)]
+    number = "k.code" if blinded else "c.idx"
+    order = [r[0] for r in conn.execute(f"SELECT {number} {_cases(blinded)}{where} ORDER BY {SORTS[q.sort]}", args)]
     try:
         i = order.index(idx)
     except ValueError:  # the case left the filter (e.g. now read): continue from the list's start

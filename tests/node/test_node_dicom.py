@@ -1,0 +1,170 @@
+"""`vfa node` against real DICOM software (issue 28): DCMTK's echoscu/storescu send to the node, its
+SR + SC arrive in DCMTK's storescp or in Debian's Orthanc, reference the source instance, pass
+dciodvfy and carry the P(fracture) `vfa predict` gives on the same file; unknown callers are refused
+at association; SIGTERM exits 143; kill -9 mid-read and restart leaves exactly one SR per study."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import warnings
+
+import highdicom as hd
+import pandas as pd
+import pydicom
+import pytest
+
+from tests import oracles
+from tests.node.conftest import Node, Orthanc, wait_for
+from vfa.cli import main
+from vfa.io.identifiers import IDENTIFIER_KEYWORDS
+
+pytestmark = pytest.mark.slow
+SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
+
+
+def dcmread(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def probability(sr) -> float:
+    report = hd.sr.srread(sr.filename)  # read back through highdicom
+    group = report.content.get_image_measurement_groups()[0]
+    item = group.get_measurements(name=pydicom.sr.codedict.codes.DCM.Probability)[0]
+    return float(item[0].MeasuredValueSequence[0].get("FloatingPointValue", item.value))
+
+
+def predicted(ckpt, image, tmp_path) -> float:
+    """P(fracture) of `vfa predict` on the same file."""
+    out = tmp_path / f"predict-{image.stem}.csv"
+    assert main(["predict", "--model", str(ckpt), str(image), "--out", str(out), "--device", "cpu"]) == 0
+    return float(pd.read_csv(out)["raw"].iloc[0])
+
+
+def validate(path) -> list[str]:
+    res = subprocess.run([oracles.dciodvfy(), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+
+
+def source_of(ds) -> str:
+    if "SourceImageSequence" in ds:
+        return str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)
+    ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    return str(ref.ReferencedSOPInstanceUID)
+
+
+def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([oracles.dcmtk(tool), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def received(folder) -> list:
+    return [dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def check_results(objects, image, p_predict: float) -> None:
+    """One SR and one SC for `image` in `objects`: its study, referencing it, the same P as predict."""
+    src = dcmread(image)
+    mine = [ds for ds in objects if source_of(ds) == src.SOPInstanceUID]
+    assert sorted(str(ds.SOPClassUID) for ds in mine) == sorted([SR_CLASS, SC_CLASS])
+    for ds in mine:
+        assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+    sr = next(ds for ds in mine if str(ds.SOPClassUID) == SR_CLASS)
+    assert probability(sr) == pytest.approx(p_predict, abs=1e-6)
+
+
+def test_storescu_to_node_to_storescp(node_inputs, storescp, tmp_path):
+    """echoscu and storescu (allowed callers) -> the node -> SR + SC in storescp: valid, the source
+    referenced, predict's P(fracture); an unknown caller refused; a non-VFA instance recorded and
+    skipped; resend gives the same UIDs; no identifier in the log; SIGTERM exits 143."""
+    dest, folder = storescp
+    node = Node(tmp_path, node_inputs["ckpt"], dest, quiet_time=1.0, allow="ECHOSCU,STORESCU").start()
+    image = node_inputs["images"][0]
+    assert run_tool("echoscu", "-aet", "ECHOSCU", "-aec", "VFA", "127.0.0.1", node.port).returncode == 0
+    stranger = run_tool("echoscu", "-aet", "STRANGER", "-aec", "VFA", "127.0.0.1", node.port)
+    assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stderr + stranger.stdout
+    assert run_tool("storescu", "-aet", "STRANGER", "127.0.0.1", node.port, image).returncode != 0
+    small = tmp_path / "small.dcm"  # a 8x8 SC: not a spine image, recorded and skipped
+    from vfa.io.dicom import write_dicom
+    import numpy as np
+    write_dicom(small, np.zeros((8, 8), np.uint8), patient_id="PHANTOM-SMALL")
+    sent = run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image, small)
+    assert sent.returncode == 0, sent.stderr
+    study = str(dcmread(image).StudyInstanceUID)
+    wait_for(lambda: node.states().get(study) == "sent", 120, "the SR and SC in storescp")  # storescp answered
+    objects = received(folder)
+    check_results(objects, image, predicted(node_inputs["ckpt"], image, tmp_path))
+    for p in folder.iterdir():
+        assert validate(p) == [], p.name
+    status = subprocess.run([*node.args[:4], "status", "--store", str(node.store)], capture_output=True, text=True)
+    assert "sent 1" in status.stdout and "skipped 1" in status.stdout and "image too small" in status.stdout
+    uids = {str(ds.SOPInstanceUID) for ds in objects}
+    resent = subprocess.run([*node.args[:4], "resend", study, "--store", str(node.store)], capture_output=True,
+                            text=True)
+    assert resent.returncode == 0 and "sent again" in resent.stdout, resent.stderr
+    wait_for(lambda: node.log().count("sent study") == 2, 60, "the resent objects")
+    # the same objects again (storescp names its files by SOP Instance UID: replaced, none added)
+    assert len(list(folder.iterdir())) == 2 and {str(ds.SOPInstanceUID) for ds in received(folder)} == uids
+    assert node.stop() == 128 + signal.SIGTERM
+    log, src = node.log(), dcmread(image)
+    assert "stopped by SIGTERM" in log
+    for key in IDENTIFIER_KEYWORDS:
+        value = str(src.get(key) or "")
+        if len(value) > 4:
+            assert value not in log, key
+    assert not any(str(ds.SOPInstanceUID) in log for ds in objects)
+
+
+def test_orthanc_sends_to_node_and_gets_results(node_inputs, tmp_path):
+    """Orthanc's REST /modalities/vfa/store sends a phantom study to the node; the SR and SC come
+    back into Orthanc, referencing the source, with predict's P(fracture), valid per dciodvfy."""
+    node_port_holder = Node(tmp_path, node_inputs["ckpt"], "X@127.0.0.1:1")  # only for its free port
+    orthanc = Orthanc(tmp_path, node_port_holder.port)
+    try:
+        node = Node(tmp_path, node_inputs["ckpt"], orthanc.aet, quiet_time=1.0, allow="ORTHANC")
+        node.port = node_port_holder.port
+        node.args[node.args.index("--port") + 1] = str(node.port)
+        node.start()
+        image = node_inputs["images"][1]
+        instance = orthanc.post("/instances", image.read_bytes())["ID"]
+        orthanc.post("/modalities/vfa/store", {"Resources": [instance], "Synchronous": True})
+        wait_for(lambda: len(orthanc.get("/instances")) >= 3, 120, "the SR and SC in Orthanc")
+        objects = []
+        for iid in orthanc.get("/instances"):
+            path = tmp_path / f"{iid}.dcm"
+            path.write_bytes(orthanc.get(f"/instances/{iid}/file"))
+            ds = dcmread(path)
+            if ds.SOPInstanceUID != dcmread(image).SOPInstanceUID:  # the node's objects, not the phantom source
+                objects.append(ds)
+                assert validate(path) == [], str(ds.SOPClassUID)
+        check_results(objects, image, predicted(node_inputs["ckpt"], image, tmp_path))
+        assert node.stop() == 128 + signal.SIGTERM
+    finally:
+        orthanc.stop()
+
+
+@pytest.mark.parametrize("kill_in", ["complete", "read"])
+def test_kill9_then_restart_gives_exactly_one_sr(node_inputs, tmp_path, kill_in):
+    """kill -9 of the node while a study is being read (state complete) or sent (state read), then a
+    restart: the study ends in Orthanc with exactly one SR and one SC."""
+    orthanc = Orthanc(tmp_path, 1)
+    try:
+        node = Node(tmp_path, node_inputs["ckpt"], orthanc.aet, quiet_time=0.5).start()
+        image = node_inputs["images"][2]
+        study = str(dcmread(image).StudyInstanceUID)
+        assert run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image).returncode == 0
+        wait_for(lambda: node.states().get(study) == kill_in, 120, f"state {kill_in}", poll=0.002)
+        node.stop(signal.SIGKILL)
+        assert node.states()[study] == kill_in  # killed before that step was recorded as done
+        node.start()
+        wait_for(lambda: node.states().get(study) == "sent", 120, "the study sent after the restart")
+        after = (node.tmp / "node-2.log").read_text()
+        assert ("read study" in after) == (kill_in == "complete") and "sent study" in after
+        time.sleep(1)
+        classes = [c for c, _ in orthanc.sop_classes()]
+        assert classes.count(SR_CLASS) == 1 and classes.count(SC_CLASS) == 1, classes
+        node.stop()
+    finally:
+        orthanc.stop()

@@ -72,3 +72,16 @@ def test_uno_c_near_r_concordance_n_over_g2(tmp_path):
     ours = _uno(t, e, s, 1500.0)
     print(f"Uno's C: vfa {ours:.5f}, R concordance n/G2 {ref:.5f}, diff {ours - ref:.1e}")
     assert ours == pytest.approx(ref, abs=5e-4)
+
+
+def test_censoring_km_equals_sksurv_censoring_distribution():
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    t, e, _ = _data(1000, 5)
+    at = np.unique(t)[:-1]
+    ref = CensoringDistributionEstimator().fit(Surv.from_arrays(e, t)).predict_proba(at)
+    assert np.allclose(censoring_survival(t, e, at), ref, rtol=0, atol=1e-14)
+    idx = np.random.default_rng(6).integers(0, len(t), len(t))
+    at = np.unique(t[idx])[:-1]
+    ref = CensoringDistributionEstimator().fit(Surv.from_arrays(e[idx], t[idx])).predict_proba(at)
+    assert np.allclose(censoring_survival(t, e, at, np.bincount(idx, minlength=len(t))), ref, rtol=0, atol=1e-14)

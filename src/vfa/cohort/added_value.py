@@ -70,13 +70,14 @@ class _Statistics:
         self.aucs = [conc.DynamicAUC(self.t, self.e, m.lp, horizon) for m in models]
         self.uno_times = self.pairs[0].time                      # the events, sorted (the same for every model)
         self.case_times = self.t[self.aucs[0].cases]
+        self.km = conc.CensoringKM(self.t, self.e, np.r_[self.uno_times, self.case_times])
         # NRI: status at the horizon known (the outcome by then, or not: followed past it, or dead before it)
         self.event_by = self.e & (self.t <= horizon)
         self.nonevent = (self.t > horizon) | ((self.t <= horizon) & (code == c.codes["competing"]))
         self.category = [np.digitize(m.risk, cuts) for m in models]
 
     def compute(self, weights=None) -> dict:
-        g = conc.censoring_survival(self.t, self.e, np.r_[self.uno_times, self.case_times], weights)
+        g = self.km.at(weights)
         g_uno, g_case = g[:len(self.uno_times)], g[len(self.uno_times):]
         ok = np.all(g_uno[self.uno_times < self.horizon] > 0) and np.all(g_case > 0)
         with np.errstate(divide="ignore"):

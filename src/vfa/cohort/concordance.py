@@ -9,7 +9,7 @@ so a bootstrap of three models is out of reach. This module computes the same su
 - a pair is concordant when i's score is higher (higher score = higher risk), and counts 1/2 when
   the scores tie (sksurv: within 1e-8; here: equal, the case for linear predictors of equal rows);
 - Harrell's C: concordant / comparable; Uno's C: each pair weighted by 1/G(t_i)^2 for t_i < tau,
-  G the Kaplan–Meier of the censoring times (sksurv's `CensoringDistributionEstimator`, used here);
+  G the Kaplan–Meier of the censoring times (sksurv's `CensoringDistributionEstimator`: CensoringKM);
 - cumulative/dynamic AUC at t: cases (event by t, weighted 1/G(t_i)) against controls (time > t).
 
 A bootstrap replicate is the original rows with multiplicities (np.bincount of the drawn indices),
@@ -102,17 +102,30 @@ class DynamicAUC:
         return float(np.sum(w * (cw[self.lt] + 0.5 * (cw[self.le] - cw[self.lt]))) / den) if den > 0 else float("nan")
 
 
-def censoring_survival(time, event, at, weights=None) -> np.ndarray:
-    """G(at): the Kaplan–Meier of the censoring times (sksurv's CensoringDistributionEstimator, the
-    G of its Uno's C and AUC), fitted on the rows repeated by `weights` (a bootstrap replicate)."""
-    from sksurv.nonparametric import CensoringDistributionEstimator
-    from sksurv.util import Surv
+class CensoringKM:
+    """G, the Kaplan–Meier of the censoring times, as sksurv's CensoringDistributionEstimator (the G of
+    its Uno's C and AUC: at a tied time the events leave the risk set first; G right-continuous), read
+    at fixed times for any row weights (sksurv counts the rows in a Python loop: 0.3 s for 100,000,
+    once per bootstrap resample)."""
 
-    time, event = np.asarray(time, float), np.asarray(event, bool)
-    if weights is not None:
-        rows = np.repeat(np.arange(len(time)), np.asarray(weights, int))
-        time, event = time[rows], event[rows]
-    return CensoringDistributionEstimator().fit(Surv.from_arrays(event, time)).predict_proba(np.asarray(at, float))
+    def __init__(self, time, event, at):
+        time, self.censored = np.asarray(time, float), ~np.asarray(event, bool)
+        self.times, self.inverse = np.unique(time, return_inverse=True)
+        self.lookup = np.searchsorted(self.times, np.asarray(at, float), side="right") - 1
+
+    def at(self, weights=None) -> np.ndarray:
+        m = np.ones(len(self.inverse)) if weights is None else np.asarray(weights, float)
+        total = np.bincount(self.inverse, weights=m, minlength=len(self.times))
+        cens = np.bincount(self.inverse, weights=m * self.censored, minlength=len(self.times))
+        at_risk = np.cumsum(total[::-1])[::-1] - (total - cens)
+        ratio = np.divide(cens, at_risk, out=np.zeros(len(total)), where=cens > 0)
+        g = np.cumprod(1 - ratio)
+        return np.where(self.lookup >= 0, g[np.maximum(self.lookup, 0)], 1.0)
+
+
+def censoring_survival(time, event, at, weights=None) -> np.ndarray:
+    """G(at), fitted on the rows repeated by `weights` (a bootstrap replicate)."""
+    return CensoringKM(time, event, at).at(weights)
 
 
 def bootstrap_weights(n: int, replicates: int, seed: int):

@@ -147,7 +147,11 @@ def fit_cox(data: pd.DataFrame):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            cph = CoxPHFitter().fit(data, duration_col="time", event_col="E", fit_options=FIT_OPTIONS)
+            # lifelines' batch Efron is 3.5x faster on follow-up in days (100,000 subjects, 3,300 distinct
+            # days: 1.6 s against 5.6 s), and its own choice misses it there; near-unique times keep its choice
+            batch = True if data["time"].nunique() < 0.2 * len(data) else None
+            cph = CoxPHFitter().fit(data, duration_col="time", event_col="E", fit_options=FIT_OPTIONS,
+                                    batch_mode=batch)
         except ConvergenceError as e:
             return f"the fit failed ({str(e).split('.')[0]})"
     failed = ("failed to converge", "still high", "suspiciously close to 0")

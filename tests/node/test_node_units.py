@@ -67,17 +67,17 @@ def test_queue_states_version_guard_backoff_dead_letter(tmp_path):
     assert q.counts()["received"] == 2  # not yet quiet
     q.promote(10, now=111.0)
     assert (q.counts()["complete"], q.counts()["skipped"]) == (1, 1)
-    taken = q.due("complete")
+    taken = q.due("complete")[0]
     q.record("1.2.3.4.5", "1.2.3.4.5.2", str(tmp_path / "b.dcm"), "sc", None, "X", now=112.0)  # arrives mid-read
     assert not q.advance(taken, "read") and q.counts()["received"] == 1  # read again, whole
     assert q.images("1.2.3.4.5") == [str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm")]
     q.promote(0)
-    study = q.due("complete")
+    study = q.due("complete")[0]
     assert q.fail(study, "boom", max_attempts=2, base=60, cap=300) == "complete"
-    assert q.due("complete") is None  # backing off
+    assert q.due("complete") == []  # backing off
     assert q.fail(q.find("1.2.3.4.5"), "boom again", max_attempts=2, base=60, cap=300) == "dead"
     assert q.errors()[0]["study"] == study_id("1.2.3.4.5") and "1.2.3.4.5" not in str(q.errors())
-    assert q.resend(study_id("1.2.3.4.5")) == "complete" and q.due("complete") is not None
+    assert q.resend(study_id("1.2.3.4.5")) == "complete" and q.due("complete") != []
 
 
 def test_result_uids_are_fixed_by_the_source():

@@ -99,12 +99,11 @@ class Queue:
             (f"UPDATE studies SET state='skipped', updated_at=? WHERE state='received' AND "
              f"last_instance_at<=? AND NOT {has_image}", (now, now - quiet_time))])
 
-    def due(self, state: str, now: float | None = None) -> sqlite3.Row | None:
-        """The oldest study in `state` whose back-off has passed."""
+    def due(self, state: str, now: float | None = None, limit: int = 1) -> list[sqlite3.Row]:
+        """The oldest studies (at most `limit`) in `state` whose back-off has passed."""
         now = time.time() if now is None else now
-        rows = self._read("SELECT * FROM studies WHERE state=? AND next_at<=? ORDER BY last_instance_at LIMIT 1",
-                          (state, now))
-        return rows[0] if rows else None
+        return self._read("SELECT * FROM studies WHERE state=? AND next_at<=? ORDER BY last_instance_at LIMIT ?",
+                          (state, now, limit))
 
     def advance(self, study: sqlite3.Row, state: str, **values) -> bool:
         """`study` to `state` (with `values`: read_at, results, ...), unless an instance arrived since

@@ -27,7 +27,7 @@ def derived_uid(*parts: str) -> str:
 
 
 class WarmModel:
-    """The model or ensemble loaded once on `device`; `read(paths, out)` scores and writes a study's results."""
+    """The model or ensemble loaded once on `device`; `read` scores complete studies and writes their results."""
 
     def __init__(self, model, device: str = "auto", log=None):
         from vfa.inference.dicom_results import model_info
@@ -40,21 +40,36 @@ class WarmModel:
         self.info = model_info(self.ens, self.threshold)
         self.log = log or LOG.info
 
-    def read(self, paths: list[str], out: Path) -> tuple[list[Path], list[dict]]:
-        """The study's images -> SR + SC per image in `out` (replaced whole); (files, index rows)."""
+    def read(self, studies: dict[str, list[str]], outs: dict[str, Path]) -> dict[str, tuple | Exception]:
+        """Several complete studies' images scored in one job (batched), then SR + SC per image in each
+        study's folder `outs[key]` (replaced whole); per study (files, index rows), or the error that
+        stopped that study alone (e.g. none of its images decodes)."""
         import torch
 
-        from vfa.inference.dicom_results import write_results
         from vfa.inference.predict import predict_files
 
+        paths = [p for ps in studies.values() for p in ps]
         with torch.inference_mode():
             frame = predict_files(self.ens, paths, num_workers=0, on_bad_file="skip", backend="auto",
                                   log=self.log)
+        done: dict[str, tuple | Exception] = {}
+        for key, study_paths in studies.items():
+            try:
+                done[key] = self._write(frame, study_paths, outs[key])
+            except Exception as exc:  # this study's results could not be written: it alone is retried
+                done[key] = exc
+        return done
+
+    def _write(self, frame, paths: list[str], out: Path) -> tuple[list[Path], list[dict]]:
+        from vfa.inference.dicom_results import write_results
+
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         rows = write_results(frame, paths, tmp, self.info, force=True, frame=self.ens.config.data.frame)
-        files = sorted(p for p in tmp.glob("*.dcm"))
-        for f in files:
+        if not rows:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"none of the study's {len(paths)} image(s) could be decoded")
+        for f in sorted(tmp.glob("*.dcm")):
             fix_uids(f)
         _swap(tmp, out)
         return sorted(out.glob("*.dcm")), rows

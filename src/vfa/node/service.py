@@ -21,6 +21,7 @@ from vfa.node.results import WarmModel
 from vfa.node.sender import send_files
 
 LOG = logging.getLogger("vfa.node")
+BATCH = 16  # complete studies read in one job at most: one scoring pass, then each study's results
 
 
 def setup_logging() -> None:
@@ -57,15 +58,16 @@ class Node:
         return Path(self.cfg.store) / "results" / study_id(study_uid)
 
     def step(self) -> bool:
-        """Promote quiet studies, then read one or send one; whether there was work."""
+        """Promote quiet studies, then read the complete ones (up to BATCH at once) or send one;
+        whether there was work."""
         self.queue.promote(self.cfg.quiet_time)
-        study = self.queue.due("complete")
-        if study is not None:
-            self.read(study)
+        ready = self.queue.due("complete", limit=BATCH)
+        if ready:
+            self.read(ready)
             return True
         study = self.queue.due("read")
-        if study is not None:
-            self.send(study)
+        if study:
+            self.send(study[0])
             return True
         return False
 
@@ -76,21 +78,25 @@ class Node:
                                                         f"of {cfg.max_attempts})"
         LOG.error("%s of study %s failed, %s: %s", what, study_id(study["study_uid"]), tail, _one_line(exc))
 
-    def read(self, study) -> None:
-        paths = self.queue.images(study["study_uid"])
+    def read(self, ready: list) -> None:
+        """Score the ready studies in one job; each one `read` or failed on its own."""
         started = time.time()
+        images = {s["study_uid"]: self.queue.images(s["study_uid"]) for s in ready}
         try:
-            files, rows = self.model.read(paths, self.results_dir(study["study_uid"]))
-            if not rows:
-                raise RuntimeError(f"none of the study's {len(paths)} image(s) could be decoded")
-        except Exception as exc:  # a study that cannot be read: retried, then dead-lettered; the node goes on
-            self._failed(study, "read", exc)
-            return
-        moved = self.queue.advance(study, "read", read_at=time.time(), results="\n".join(map(str, files)))
-        p = max(float(r["p_fracture"]) for r in rows)
-        LOG.info("read study %s: %d image(s) in %.2f s, max P(fracture) %.4f, %d object(s)%s",
-                 study_id(study["study_uid"]), len(rows), time.time() - started, p, len(files),
-                 "" if moved else "; a new instance came meanwhile, it is read again")
+            done = self.model.read(images, {uid: self.results_dir(uid) for uid in images})
+        except Exception as exc:  # the job as a whole failed: every study in it is retried, then dead-lettered
+            done = {uid: exc for uid in images}
+        for study in ready:
+            outcome = done[study["study_uid"]]
+            if isinstance(outcome, Exception):
+                self._failed(study, "read", outcome)
+                continue
+            files, rows = outcome
+            moved = self.queue.advance(study, "read", read_at=time.time(), results="\n".join(map(str, files)))
+            LOG.info("read study %s: %d image(s), max P(fracture) %.4f, %d object(s); %d stud%s in %.2f s%s",
+                     study_id(study["study_uid"]), len(rows), max(float(r["p_fracture"]) for r in rows), len(files),
+                     len(ready), "y" if len(ready) == 1 else "ies", time.time() - started,
+                     "" if moved else "; a new instance came meanwhile, it is read again")
 
     def send(self, study) -> None:
         files = [Path(p) for p in (study["results"] or "").split("\n") if p]

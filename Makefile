@@ -50,7 +50,8 @@ demo: $(STAMP)
 		--boxes $(DEMO_DATA)/manifest.csv --force
 	$(VFA) synth-cohort --predictions $(DEMO_RUN)/test/predictions.csv --out $(DEMO_RUN)/outcomes.csv --force
 	$(VFA) cohort --predictions $(DEMO_RUN)/test/predictions.csv --outcomes $(DEMO_RUN)/outcomes.csv \
-		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label --force
+		--out $(DEMO_RUN)/cohort --adjust age,sex,bmd_tscore --reader label \
+		--base age,sex,bmd_tscore,prior_fracture,glucocorticoids --force
 	@echo "demo done: $(DEMO_RUN)/test_metrics.json, $(DEMO_RUN)/test/report.html, $(DEMO_RUN)/heatmaps/, $(DEMO_RUN)/cohort/cohort_report.html"
 	@echo "read the test predictions in a browser: $(VFA) review --predictions $(DEMO_RUN)/test/predictions.csv --images $(DEMO_DATA)/test --heatmaps $(DEMO_RUN)/heatmaps --vertebrae $(DEMO_DATA)/vertebrae.csv --db $(DEMO_RUN)/review.sqlite"
 

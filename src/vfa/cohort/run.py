@@ -40,8 +40,9 @@ METHODS = ("Kaplan–Meier with Greenwood variance and log(-log) CIs; cumulative
            "scaled Schoenfeld residuals against rank time; Harrell's C (competing events censored, higher score = "
            "higher risk) with a percentile bootstrap CI (scikit-survival's definition); Fine–Gray subdistribution "
            "hazard ratios with death competing, as R's cmprsk::crr computes them (censoring weights from the "
-           "Kaplan–Meier of the censoring times, Breslow ties, crr's robust sandwich SE, Wald CIs); Cohen's kappa with the "
-           "Fleiss-Cohen-Everitt SE and PABAK with a Wilson CI.")
+           "Kaplan–Meier of the censoring times, Breslow ties, crr's robust sandwich SE, Wald CIs); Cohen's kappa "
+           "with the Fleiss-Cohen-Everitt SE and PABAK with a Wilson CI.")
+
 ADDED_VALUE_METHODS = (
     "Added value over the clinical model (--base): Cox models base, base + finding and base + score on the same "
     "complete cases; Harrell's C, Uno's C (IPCW 1/G(t)^2, G the Kaplan–Meier of the censoring times, deaths "

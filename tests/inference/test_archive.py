@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import make_checkpoint, write_folder
+from tests.inference.test_sharded import free_port
 from vfa.cli import main
 from vfa.inference.archive import predict_to_file
 from vfa.inference.predict import predict_files
@@ -128,7 +129,8 @@ def test_two_process_predict_equals_single_process(job, tmp_path):
     base = ["predict", "--model", str(job["ckpt"]), str(data), "--batch-size", "4", "--backend", "torch",
             "--device", "cpu", "--workers", "0", "--tta", "2"]
     assert _vfa([*base, "--out", str(single)]).returncode == 0
-    r = _vfa([*base, "--out", str(sharded), "--set", "trainer.devices=2", "--set", "trainer.accelerator=cpu"])
+    r = _vfa([*base, "--out", str(sharded), "--set", "trainer.devices=2", "--set", "trainer.accelerator=cpu"],
+             extra_env={"MASTER_PORT": str(free_port())})
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = pd.read_csv(single), pd.read_csv(sharded)
     assert len(a) == 31 and b["file"].is_unique
@@ -143,7 +145,7 @@ def test_torchrun_two_processes(job, tmp_path):
     single, sharded = tmp_path / "single.csv", tmp_path / "sharded.csv"
     assert _vfa(_predict_args(job, single)).returncode == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "vfa.cli", *_predict_args(job, sharded), "--set", "trainer.accelerator=cpu",
            "--set", "trainer.devices=2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)

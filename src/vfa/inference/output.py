@@ -240,10 +240,13 @@ def finish(part: Path, out: Path) -> None:
         os.replace(part, out)
 
 
-def merge_shards(part: Path, shards: list[Path]) -> int:
+def merge_shards(part: Path, shards: list[Path], positions: dict[str, int] | None = None) -> int:
     """Fold per-rank shards (rows with their input `position`) into OUT.partial in input order,
     without the duplicates a distributed sampler pads with or rows already there; returns how
-    many rows were added. The shards are removed once their rows are safely in OUT.partial."""
+    many rows were added. With `positions` ({file column value: input position}), rows already in
+    OUT.partial are kept in place and the new ones go between them where their positions fall (a
+    resumed run's rows belong among those of the run it resumes, not after them); without, they
+    are appended. The shards are removed once their rows are safely in OUT.partial."""
     frames = []
     for shard in shards:
         if shard.stat().st_size == 0:
@@ -254,13 +257,48 @@ def merge_shards(part: Path, shards: list[Path]) -> int:
     if frames:
         rows = pd.concat(frames, ignore_index=True).drop_duplicates("position").sort_values("position")
         done = set(done_rows(part))
-        rows = rows[~rows["file"].isin(done)].drop(columns="position")
-        writer = RowWriter(part)
-        try:
-            writer.write(rows)
-        finally:
-            writer.close()
+        rows = rows[~rows["file"].isin(done)]
+        if done and positions is not None:
+            _merge_in_place(part, rows, positions)
+        else:
+            writer = RowWriter(part)
+            try:
+                writer.write(rows.drop(columns="position"))
+            finally:
+                writer.close()
         added = len(rows)
     for shard in shards:
         shard.unlink()
     return added
+
+
+def _merge_in_place(part: Path, rows: pd.DataFrame, positions: dict[str, int]) -> None:
+    """Rewrite OUT.partial (streaming: memory is O(new rows)) with `rows` (sorted by position) each
+    written before the first old row of a later position; old rows keep their order, and an old row
+    of a file no longer among the inputs stays where it is. Atomic: a kill leaves the old file."""
+    import io
+
+    tmp = part.with_name(part.name + ".tmp")
+    with open(part, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        reader = csv.reader(src)
+        header = next(reader)
+        missing = [c for c in header if c not in rows.columns]
+        if missing or len(rows.columns) != len(header) + 1:
+            raise ConfigError(f"{part}: the rows of this run have other columns than those already written "
+                              f"({', '.join(missing) or 'extra columns'}); use --force")
+        # the new rows as RowWriter would have written them (pandas' number formatting), then as fields
+        new = list(csv.reader(io.StringIO(rows[header].to_csv(index=False, header=False))))
+        new_pos, i = rows["position"].tolist(), 0
+        writer = csv.writer(dst, lineterminator="\n")  # pandas' line ending, as RowWriter writes
+        writer.writerow(header)
+        col = header.index("file")
+        for old in reader:
+            at = positions.get(old[col])
+            while at is not None and i < len(new) and new_pos[i] < at:
+                writer.writerow(new[i])
+                i += 1
+            writer.writerow(old)
+        writer.writerows(new[i:])
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, part)

@@ -5,7 +5,10 @@ its share of the files through its distributed sampler. Each rank appends its ro
 position in the input list, to OUT.partial.rankR after every batch (a prediction writer); at the
 end rank 0 merges the shards into OUT.partial in input order, dropping the duplicates the sampler
 pads with, and finishes OUT as a single-process run does. A killed sharded job resumes like a
-single one: rank 0 first folds any shards left behind into OUT.partial.
+single one: rank 0 first folds any shards left behind into OUT.partial. Every merge puts the new
+rows among those already there by input position, so a resumed run's table is in input order too.
+Files that fail to decode (up front, or later in a rank's loader) are gathered from every rank into
+rank 0's OUT_skipped.csv.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from vfa.data.samples import DataError
 from vfa.data.stream import FileViews, check_files, default_workers, view_loader
 from vfa.inference import output
 from vfa.inference.archive import Summary, files_to_do, finish, job_record, out_path
-from vfa.inference.engine import Scorer, batch_rows
+from vfa.inference.engine import Scorer, batch_rows, public_files
 from vfa.inference.predict import prepare_job, model_threshold, output_rows
 from vfa.runs import is_secondary_rank
 
@@ -29,21 +32,38 @@ def shard_path(part: Path, rank: int) -> Path:
     return part.with_name(f"{part.name}.rank{rank}")
 
 
+def shards(part: Path) -> list[Path]:
+    return sorted(part.parent.glob(part.name + ".rank*"))
+
+
+def _gather(items: list, world: int) -> list:
+    """Every rank's `items`, concatenated (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_initialized():
+        return list(items)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
 class _Predict(L.LightningModule):
     def __init__(self, ens, paths, part, settings: dict):
         super().__init__()
         self.members = torch.nn.ModuleList(ens.members)  # Lightning moves them to the rank's device
         self.ens, self.paths, self.part, self.s = ens, paths, part, settings
-        self.scorer, self.skipped, self.before = None, [], 0
+        self.scorer, self.skipped, self.late, self.before = None, [], [], 0
+
+    def positions(self) -> dict[str, int]:
+        """{file column value: input position}: where merged rows go in OUT.partial."""
+        return {f: i for i, f in enumerate(public_files(self.paths, self.s["keep_identifiers"]))}
 
     def predict_dataloader(self):
         """Called once the processes are up: agree on what is left to do, check it, share the work."""
-        import torch.distributed as dist
-
         s, strategy = self.s, self.trainer.strategy
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if rank == 0:
-            output.merge_shards(self.part, sorted(self.part.parent.glob(self.part.name + ".rank*")))
+            output.merge_shards(self.part, shards(self.part), self.positions())
         strategy.barrier()
         # only rank 0 writes OUT.partial (and cuts a torn last row); the others just read it
         todo, stale, self.before = files_to_do(self.paths, output.done_rows(self.part, repair=rank == 0),
@@ -53,9 +73,7 @@ class _Predict(L.LightningModule):
         mine = todo[rank::world]
         bad = [(mine[i], r) for i, r in check_files([self.paths[i] for i in mine], self.ens.config.data.frame,
                                                     self.ens.config.data.min_side, s["workers"], rank == 0)]
-        gathered = [None] * world
-        dist.all_gather_object(gathered, bad) if world > 1 and dist.is_initialized() else gathered.__setitem__(0, bad)
-        bad = sorted(b for part in gathered for b in part)
+        bad = sorted(_gather(bad, world))
         self.skipped = [(self.paths[i], r) for i, r in bad]
         if self.skipped and s["on_bad_file"] == "error":
             raise DataError(f"{len(self.skipped)} unusable file(s) among the inputs, e.g. "
@@ -69,6 +87,7 @@ class _Predict(L.LightningModule):
                            s["batch_size"], s["workers"])
 
     def predict_step(self, batch, batch_idx):
+        self.late += [(self.paths[p], reason) for p, reason in batch[4]]  # fine when checked, not now
         if not batch[1]:
             return None
         s = self.s
@@ -94,7 +113,9 @@ class _ShardWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module):
         if self.writer is not None:
             self.writer.close()
-        trainer.strategy.barrier()  # every shard complete before rank 0 merges
+        late = _gather(pl_module.late, trainer.world_size)  # also the barrier: every shard complete
+        if trainer.global_rank == 0:
+            pl_module.skipped += sorted(late)
 
 
 def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resume: bool = False, tta: int = 0,
@@ -133,7 +154,7 @@ def predict_sharded(model, inputs, out, trainer: dict, force: bool = False, resu
         if pl_trainer.global_rank != 0:  # a launcher made this process a secondary rank
             return None
         summary = Summary(out, before=module.before, skipped=module.skipped, backend=module.scorer.backend)
-        summary.now = output.merge_shards(part, sorted(part.parent.glob(part.name + ".rank*")))
+        summary.now = output.merge_shards(part, shards(part), module.positions())
         finish(summary, part, keep_identifiers, log or (lambda m: None))
     summary.seconds = time.perf_counter() - t0
     return summary

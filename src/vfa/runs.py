@@ -2,6 +2,9 @@
 self-describing; plus the on-disk cache for exported graphs and compiled kernels."""
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import glob
 import json
 import math
 import os
@@ -9,6 +12,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from vfa import config as config_mod
@@ -75,8 +79,18 @@ def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
         r = _input_path(item)
         if r is None:
             continue
-        if not r.exists() and _is_glob(item):
-            _check_glob(out, o, str(item), kind)
+        if not r.exists() and any(c in str(item) for c in "*?["):  # a glob: --out may not be one of its
+            # files, now or once written (a rerun would read it back), nor hold one; `*` crosses folders
+            # in a `**` pattern here (fnmatch): when in doubt, refuse
+            pattern = os.path.join(cwd, str(item))  # as expand_inputs globs it
+            if any(fnmatch.fnmatchcase(str(p), pattern) if "**" in pattern else p.match(pattern)
+                   for p in (o, out.absolute())):
+                raise ConfigError(f"--out {out} matches the input {item}; outputs never go where their inputs are")
+            inside = kind == "folder" and next((m for m in glob.iglob(str(item), recursive=True)
+                                                if Path(m).resolve().is_relative_to(o)), None)
+            if inside:
+                raise ConfigError(f"--out {out} contains {inside}, an input ({item}); outputs never go where "
+                                  "their inputs are")
             continue
         if o == r or r.is_relative_to(o):
             raise ConfigError(f"--out {out} {'is' if o == r else 'contains'} the input {item}; "
@@ -88,31 +102,6 @@ def check_out(out: str | Path, inputs=(), kind: str = "folder") -> Path:
     if kind == "file" and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; this command writes a file")
     return out
-
-
-def _is_glob(item) -> bool:
-    return any(c in str(item) for c in "*?[")
-
-
-def _check_glob(out: Path, o: Path, pattern: str, kind: str) -> None:
-    """check_out for an input glob (the command expands it to files): --out must not be one of
-    them, now or once written (a rerun or --resume would read it back as an input); a folder
-    --out must not hold any of them. `*` crosses folders in a `**` pattern here: when in doubt, refuse."""
-    import fnmatch
-    import glob
-
-    from vfa.errors import ConfigError
-
-    absolute = os.path.join(os.getcwd(), pattern)  # as expand_inputs globs it
-    for path in {o, out.absolute()}:
-        hit = fnmatch.fnmatchcase(str(path), absolute) if "**" in pattern else path.match(absolute)
-        if hit:
-            raise ConfigError(f"--out {out} matches the input {pattern}; outputs never go where their inputs are")
-    if kind == "folder":
-        for match in glob.iglob(pattern, recursive=True):
-            if Path(match).resolve().is_relative_to(o):
-                raise ConfigError(f"--out {out} contains {match}, an input ({pattern}); "
-                                  "outputs never go where their inputs are")
 
 
 def refuse_existing(path: str | Path, force: bool, inputs=()) -> Path:
@@ -202,33 +191,32 @@ def _remove_emptied_dirs(top: Path, removed: list[Path]) -> None:
             d.rmdir()
 
 
-# The lock descriptors this process holds. A flock belongs to the open file, which a fork shares:
-# a DataLoader worker forked while a run holds its lock would keep it held after a kill -9 of the
-# run, for the seconds the orphan takes to notice, and refuse an immediate --resume. So every forked
-# child closes them at once (exec'd children never get them: os.open's descriptors are not inheritable).
+# The lock descriptors this process holds. A flock belongs to the open file, which a fork shares: a
+# DataLoader worker forked by a run would keep its lock held after a kill -9 of the run, for the seconds
+# the orphan takes to notice, and refuse an immediate --resume. So every forked child closes them at
+# once (exec'd children never get them: os.open's descriptors are not inheritable).
 _HELD: set[int] = set()
 
 
 def _close_held_in_child() -> None:
     for fd in _HELD:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD.clear()
 
 
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-def _alive(pid) -> bool:
+def _ended(owner: dict) -> bool:
+    """Whether a lock's recorded owner is a process of this host that has ended."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):  # another user's, or not a PID we can test
-        return True
-    return True
+        return owner.get("host") == platform.node()
+    except (OSError, KeyError, ValueError, TypeError, OverflowError):  # another user's (EPERM), or no PID
+        pass
+    return False
 
 
 class lock:
@@ -238,9 +226,7 @@ class lock:
     and no forked child keeps it (`_HELD`), so a killed run leaves no lock to clear. `ddp=True`
     (training only): secondary DDP ranks skip it."""
 
-    # A lock still held although its recorded owner has ended (on this host) is held by something
-    # that process started; such orphans end within seconds, so wait that long before refusing.
-    ORPHAN_GRACE_S = 10.0
+    ORPHAN_GRACE_S = 10.0  # a lock held though its owner has ended: held by an orphan it left; they end soon
 
     def __init__(self, target: str | Path, ddp: bool = False):
         target = Path(target).absolute()
@@ -251,15 +237,13 @@ class lock:
         self.target, self.ddp, self.fd, self.pid = target, ddp, None, None
 
     def __enter__(self):
-        import time
-
         if self.ddp and is_secondary_rank():
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = None
         while (fd := self._try()) is None:
             owner = self._owner()
-            if not self._orphaned(owner):
+            if not _ended(owner):
                 raise FileExistsError(f"{self.target} is being written by another vfa process (PID "
                                       f"{owner.get('pid')} on {owner.get('host')} since {owner.get('started')}); "
                                       "wait for it to finish")
@@ -288,11 +272,10 @@ class lock:
                 os.close(fd)
                 return None
             try:  # the file may have been removed by its previous holder between our open and flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
             except FileNotFoundError:
-                same = False
-            if same:
-                return fd
+                pass
             os.close(fd)
 
     def __exit__(self, *exc):
@@ -304,16 +287,11 @@ class lock:
         self.fd = None
         return False
 
-    def _orphaned(self, owner: dict) -> bool:
-        """Whether the recorded owner is a process of this host that has ended."""
-        return owner.get("host") == platform.node() and owner.get("pid") is not None and not _alive(owner["pid"])
-
     def _owner(self) -> dict:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return owner if isinstance(owner, dict) else {}
+            return owner if isinstance(owner, dict) else {}
+        return {}
 
 
 def _now() -> str:

@@ -135,3 +135,14 @@ def test_risk_cuts_and_bootstrap_are_checked(tmp_path):
         analyze(pred_csv, out_csv, tmp_path / "c", risk_cuts=(0.2, 1.5))
     with pytest.raises(CohortError, match="--bootstrap"):
         analyze(pred_csv, out_csv, tmp_path / "c", bootstrap=0)
+
+
+def test_a_base_model_that_cannot_be_estimated_leaves_the_rows_empty_with_the_reason(tmp_path):
+    from vfa.cohort.run import analyze
+
+    pred_csv, out_csv = cohort_files(tmp_path, n=90, seed=1)
+    result = analyze(pred_csv, out_csv, tmp_path / "c", base=BASE, bootstrap=5, log=lambda _: None)
+    rows = result["added_value"]
+    assert all(r["harrell_c"] is None and r["not_estimable"].startswith("too few events") for r in rows)
+    assert any(w.startswith("added value for 'event' not estimable") for w in result["warnings"])
+    assert "too few events" in (tmp_path / "c" / "cohort_report.html").read_text()

@@ -161,7 +161,12 @@ def _outcome(c: Cohort, outcome: str, parts: dict, warnings: list, log, horizon:
     log(f"cohort: '{outcome}': C-index of the score, {bootstrap} bootstrap resamples")
     parts["c_index_all"].append(survival.c_index(c, outcome, seed, bootstrap))
     if c.base:
-        parts["added_value"] += added_value(c, outcome, horizon, risk_cuts, bootstrap, seed, log)
+        rows = added_value(c, outcome, horizon, risk_cuts, bootstrap, seed, log)
+        parts["added_value"] += rows
+        empty = [f"{r['model']}: {r['not_estimable']}" for r in rows if r["not_estimable"]]
+        if empty:
+            warnings.append(f"added value for '{outcome}' not estimable ({'; '.join(empty)}); fewer --base terms, "
+                            "or more events, are needed")
     km = survival.kaplan_meier(c, outcome)
     suffix = "" if len(c.outcomes) == 1 else f"_{outcome}"  # title -> (file, png)
     parts["figures"][f"Kaplan–Meier: {outcome}"] = (f"km{suffix}.png", km_figure(km, outcome, horizon))

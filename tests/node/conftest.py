@@ -77,11 +77,15 @@ class Proc:
 class Node:
     """`vfa node` as a subprocess on a free port, restartable over the same store."""
 
-    def __init__(self, tmp: Path, ckpt, send_to: str, quiet_time: float = 1.0, allow: str | None = None):
-        self.port, self.store, self.tmp = free_port(), tmp / "store", tmp
+    def __init__(self, tmp: Path, ckpt, send_to: str, quiet_time: float = 1.0, allow: str | None = None,
+                 settings: dict | None = None, port: int | None = None):
+        self.port, self.store, self.tmp = port or free_port(), tmp / "store", tmp
         self.args = [sys.executable, "-m", "vfa.cli", "node", "--model", str(ckpt), "--aet", "VFA",
                      "--port", str(self.port), "--send-to", send_to, "--store", str(self.store),
                      "--quiet-time", str(quiet_time), "--device", "cpu"] + (["--allow", allow] if allow else [])
+        if settings:  # the rest through a config file, as a site would write it
+            (tmp / "node.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+            self.args += ["--config", str(tmp / "node.yaml")]
         self.runs = 0
         self.proc: Proc | None = None
 
@@ -127,8 +131,8 @@ def _listening(port: int) -> bool:
 class Orthanc:
     """Debian's Orthanc with a temporary storage and a config naming the node as modality `vfa`."""
 
-    def __init__(self, tmp: Path, node_port: int):
-        self.dicom_port, self.http_port = free_port(), free_port()
+    def __init__(self, tmp: Path, node_port: int, dicom_port: int | None = None):
+        self.dicom_port, self.http_port = dicom_port or free_port(), free_port()
         config = {"Name": "vfa-test", "StorageDirectory": str(tmp / "orthanc-db"),
                   "IndexDirectory": str(tmp / "orthanc-db"), "DicomAet": "ORTHANC",
                   "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,

@@ -168,3 +168,68 @@ def test_kill9_then_restart_gives_exactly_one_sr(node_inputs, tmp_path, kill_in)
         node.stop()
     finally:
         orthanc.stop()
+
+
+def test_destination_down_then_back_and_metrics(node_inputs, tmp_path):
+    """Orthanc down when a study's results are ready: the send fails, is retried with back-off, and
+    the results arrive once Orthanc is up; /health and /metrics say so."""
+    import urllib.request
+
+    from tests.node.conftest import free_port
+
+    orthanc_port, metrics_port = free_port(), free_port()
+    node = Node(tmp_path, node_inputs["ckpt"], f"ORTHANC@127.0.0.1:{orthanc_port}", quiet_time=0.5,
+                settings={"retry_base": 0.5, "retry_max": 2, "max_attempts": 100, "metrics_port": metrics_port}).start()
+    image = node_inputs["images"][3]
+    study = str(dcmread(image).StudyInstanceUID)
+    assert run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image).returncode == 0
+    wait_for(lambda: "send of study" in node.log(), 120, "a failed send")
+    status = subprocess.run([*node.args[:4], "status", "--store", str(node.store)], capture_output=True, text=True)
+    assert "read 1" in status.stdout and "association failed" in status.stdout and study not in status.stdout
+    orthanc = Orthanc(tmp_path, node.port, dicom_port=orthanc_port)
+    try:
+        wait_for(lambda: node.states().get(study) == "sent", 120, "the study sent once Orthanc is up")
+        classes = [c for c, _ in orthanc.sop_classes()]
+        assert classes.count(SR_CLASS) == 1 and classes.count(SC_CLASS) == 1
+        base = f"http://127.0.0.1:{metrics_port}"
+        with urllib.request.urlopen(base + "/health", timeout=10) as r:
+            assert r.status == 200 and b'"sent": 1' in r.read()
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert "vfa_node_studies_sent_total 1" in text and 'vfa_node_instances_total{outcome="stored"} 1' in text
+        assert "vfa_node_studies_failed_total 0" not in text and "vfa_node_latency_seconds_count 1" in text
+        assert node.stop() == 128 + signal.SIGTERM
+    finally:
+        orthanc.stop()
+
+
+def test_kill9_mid_receive_and_two_senders(node_inputs, tmp_path):
+    """kill -9 while storescu is sending four studies, a restart, then two senders at once: every
+    study the node acknowledged ends in Orthanc with exactly one SR (and one SC) per image."""
+    import threading
+
+    orthanc = Orthanc(tmp_path, 1)
+    try:
+        node = Node(tmp_path, node_inputs["ckpt"], orthanc.aet, quiet_time=0.5).start()
+        images = node_inputs["images"]
+        sender = threading.Thread(target=run_tool, args=("storescu", "-aet", "STORESCU", "127.0.0.1", node.port,
+                                                         *images))
+        sender.start()
+        wait_for(lambda: node.states(), 60, "the first instance acknowledged", poll=0.002)
+        node.stop(signal.SIGKILL)
+        sender.join()
+        acknowledged = set(node.states())
+        assert acknowledged
+        node.start()
+        twice = [threading.Thread(target=run_tool, args=("storescu", "-aet", f"SENDER{k}", "127.0.0.1", node.port,
+                                                         *images[k::2])) for k in (0, 1)]
+        for t in twice:
+            t.start()
+        for t in twice:
+            t.join()
+        wait_for(lambda: set(node.states().values()) == {"sent"} and len(node.states()) == 4, 180, "all sent")
+        stored = orthanc.sop_classes()
+        assert [c for c, _ in stored].count(SR_CLASS) == 4 and [c for c, _ in stored].count(SC_CLASS) == 4
+        node.stop()
+    finally:
+        orthanc.stop()

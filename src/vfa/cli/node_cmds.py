@@ -8,7 +8,8 @@ def cmd_node(args) -> None:
 
     cfg = config.resolve(args.config, store=args.store, model=args.model, aet=args.aet, host=args.host,
                          port=args.port, send_to=args.send_to, allow=args.allow, quiet_time=args.quiet_time,
-                         device=args.device, max_attempts=args.max_attempts)
+                         device=args.device, max_attempts=args.max_attempts,
+                         metrics_port=args.metrics_port)
     if args.action == "status":
         print(status.format_status(status.status(cfg.store)))
     elif args.action == "resend":
@@ -41,4 +42,6 @@ def add_node(sub) -> None:
     p.add_argument("--max-attempts", type=int, help="reads or sends of a study before it is dead-lettered "
                                                      "(default 6)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--metrics-port", type=int, help="serve GET /health and /metrics (Prometheus) on this port "
+                                                    "(default: off)")
     p.set_defaults(func=cmd_node)

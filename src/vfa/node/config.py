@@ -41,6 +41,7 @@ class NodeConfig:
     retry_max: float = 300.0
     min_side: int = 64            # px: a lateral spine image smaller than this is not VFA
     poll: float = 0.2             # seconds between looks at the queue
+    metrics_port: int = 0         # GET /health and /metrics (Prometheus) on host:metrics_port; 0: off
 
 
 KEYS = {f.name for f in fields(NodeConfig)}
@@ -117,7 +118,7 @@ def _check_numbers(cfg: NodeConfig) -> None:
     checks = (("port", cfg.port, 1, 65535), ("quiet_time", cfg.quiet_time, 0, 86400),
               ("max_attempts", cfg.max_attempts, 1, 1000), ("retry_base", cfg.retry_base, 0, 86400),
               ("retry_max", cfg.retry_max, 0, 86400), ("min_side", cfg.min_side, 1, 100000),
-              ("poll", cfg.poll, 0.01, 60))
+              ("poll", cfg.poll, 0.01, 60), ("metrics_port", cfg.metrics_port, 0, 65535))
     for name, value, low, high in checks:
         try:
             number = float(value)
@@ -126,6 +127,7 @@ def _check_numbers(cfg: NodeConfig) -> None:
         if not low <= number <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value!r}")
     cfg.port, cfg.max_attempts, cfg.min_side = int(cfg.port), int(cfg.max_attempts), int(cfg.min_side)
+    cfg.metrics_port = int(cfg.metrics_port)
     cfg.quiet_time, cfg.retry_base, cfg.retry_max = float(cfg.quiet_time), float(cfg.retry_base), float(cfg.retry_max)
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from vfa.errors import RunInterrupted
-from vfa.node import scp
+from vfa.node import metrics, scp
 from vfa.node.config import NodeConfig
 from vfa.node.queue import Queue, study_id
 from vfa.node.results import WarmModel
@@ -53,6 +53,8 @@ class Node:
         self.cfg, self.queue = cfg, Queue(cfg.store)
         self.model = model
         self.stop_signal: int | None = None
+        self.counters = metrics.Counters()
+        self.in_hand: list[str] = []  # the studies of the last read: SIGTERM lets them be sent before stopping
 
     def results_dir(self, study_uid: str) -> Path:
         return Path(self.cfg.store) / "results" / study_id(study_uid)
@@ -74,6 +76,7 @@ class Node:
     def _failed(self, study, what: str, exc: BaseException) -> None:
         cfg = self.cfg
         state = self.queue.fail(study, _one_line(exc), cfg.max_attempts, cfg.retry_base, cfg.retry_max)
+        self.counters.add(failed=1)
         tail = "dead-lettered" if state == "dead" else f"retried later (attempt {int(study['attempts']) + 1} " \
                                                         f"of {cfg.max_attempts})"
         LOG.error("%s of study %s failed, %s: %s", what, study_id(study["study_uid"]), tail, _one_line(exc))
@@ -82,6 +85,7 @@ class Node:
         """Score the ready studies in one job; each one `read` or failed on its own."""
         started = time.time()
         images = {s["study_uid"]: self.queue.images(s["study_uid"]) for s in ready}
+        self.in_hand = list(images)
         try:
             done = self.model.read(images, {uid: self.results_dir(uid) for uid in images})
         except Exception as exc:  # the job as a whole failed: every study in it is retried, then dead-lettered
@@ -93,6 +97,7 @@ class Node:
                 continue
             files, rows = outcome
             moved = self.queue.advance(study, "read", read_at=time.time(), results="\n".join(map(str, files)))
+            self.counters.add(read=1)
             LOG.info("read study %s: %d image(s), max P(fracture) %.4f, %d object(s); %d stud%s in %.2f s%s",
                      study_id(study["study_uid"]), len(rows), max(float(r["p_fracture"]) for r in rows), len(files),
                      len(ready), "y" if len(ready) == 1 else "ies", time.time() - started,
@@ -110,9 +115,17 @@ class Node:
             return
         now = time.time()
         if self.queue.advance(study, "sent", sent_at=now):
+            self.counters.add(sent=1, latency_sum=now - float(study["last_instance_at"]), latency_count=1)
             LOG.info("sent study %s: %d object(s) to %s, %.2f s after its last instance (quiet time %.1f s)",
                      study_id(study["study_uid"]), len(files), ", ".join(map(str, self.cfg.send_to)),
                      now - float(study["last_instance_at"]), self.cfg.quiet_time)
+
+    def finish_in_hand(self) -> None:
+        """After a stop signal: send the studies of the last read once (a failure stays queued as usual)."""
+        for uid in self.in_hand:
+            row = self.queue.find(uid)
+            if row is not None and row["state"] == "read" and row["next_at"] <= time.time():
+                self.send(row)
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is None:
@@ -124,6 +137,8 @@ class Node:
         main = threading.current_thread() is threading.main_thread()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         server, receiver = scp.start(self.cfg, self.queue)
+        http = metrics.start(self.cfg.host, self.cfg.metrics_port, self.counters, receiver.counts, self.queue) \
+            if self.cfg.metrics_port else None
         LOG.info("listening as %s on %s:%d; quiet time %.1f s; sending to %s; queue %s", self.cfg.aet,
                  self.cfg.host, self.cfg.port, self.cfg.quiet_time, ", ".join(map(str, self.cfg.send_to)),
                  _counts(self.queue))
@@ -131,8 +146,11 @@ class Node:
             while self.stop_signal is None:
                 if not self.step():
                     time.sleep(self.cfg.poll)
+            self.finish_in_hand()
         finally:
             server.shutdown()
+            if http is not None:
+                http.shutdown()
             for s, h in old.items():
                 signal.signal(s, h)
         LOG.info("stopped; received %s; queue %s", receiver.counts, _counts(self.queue))

@@ -7,7 +7,28 @@ import sys
 from vfa.cli.options import bad_file_arg, floats_arg, force_arg, size_arg
 
 
+def _synth_clinical(args) -> None:
+    """`vfa synth --preset clinical [--vendor ...]`: the clinical phantom (vfa.phantom.clinical_synth)."""
+    from vfa.config import ConfigError
+    from vfa.phantom.clinical_synth import PRESET, clinical_config, synthesize_clinical
+
+    if args.preset not in (None, PRESET) or args.settle is not None:
+        raise ConfigError(f"--vendor goes with --preset {PRESET} (which has no --settle), got --preset {args.preset}")
+    try:
+        cfg = clinical_config(n=args.n, prevalence=args.prevalence, size=args.size, splits=args.splits,
+                              seed=args.seed, grades=args.grades, bit_depth=args.bit_depth, format=args.format,
+                              vendor=args.vendor)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"phantom: {exc}") from None
+    frame = synthesize_clinical(args.out, cfg, force=args.force)
+    counts = frame.groupby(["split", "vendor", "label"]).size().unstack(fill_value=0)
+    print(f"wrote {len(frame)} clinical phantom images to {args.out} (manifest.csv, vertebrae.csv)\n"
+          f"{counts.to_string()}")
+
+
 def cmd_synth(args) -> None:
+    if args.preset == "clinical" or args.vendor:
+        return _synth_clinical(args)
     from vfa.phantom.synth import phantom_config, synthesize
 
     cfg = phantom_config(args.preset, n=args.n, prevalence=args.prevalence, size=args.size, splits=args.splits,
@@ -21,7 +42,10 @@ def cmd_synth(args) -> None:
 def add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic VFA phantom dataset")
     p.add_argument("--out", required=True, help="output folder (OUT/{train,val,test}/{norm,frac}, manifest.csv)")
-    p.add_argument("--preset", help="take phantom defaults from a training preset (e.g. cpu-demo)")
+    p.add_argument("--preset", help="take phantom defaults from a training preset (e.g. cpu-demo); clinical: "
+                                    "two vendor looks, shoulders, mimics and readability (docs/phantom.md)")
+    p.add_argument("--vendor", choices=("hologic", "lunar", "mixed"),
+                   help="the clinical phantom's device look (default mixed: either, evenly)")
     p.add_argument("--n", type=int, help="number of images (default 1000)")
     p.add_argument("--prevalence", type=float, help="share of fractured images (default 0.25)")
     p.add_argument("--size", type=size_arg, help="HxW (default 1024x614)")

@@ -12,8 +12,7 @@ from lifelines.utils import concordance_index
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.util import Surv
 
-from tests.cohort.helpers import cohort_files
-from tests.cohort.test_ties import r_oracle
+from tests.cohort.helpers import cohort_files, r_oracle
 from vfa.cli import main as cli_main
 from vfa.cohort.added_value import added_value
 from vfa.cohort.data import CohortError, load_cohort

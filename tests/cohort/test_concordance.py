@@ -8,7 +8,7 @@ from lifelines.utils import concordance_index
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.util import Surv
 
-from tests.cohort.test_ties import r_oracle
+from tests.cohort.helpers import r_oracle
 from vfa.cohort.concordance import Concordance, DynamicAUC, censoring_survival
 
 

@@ -10,27 +10,11 @@ import pandas as pd
 import pytest
 
 from tests import oracles
-from tests.cohort.helpers import cohort_files
+from tests.cohort.helpers import cohort_files, day_level_cohort
 from vfa.cli import main as cli_main
 from vfa.cohort import finegray
 
 CRR = Path(__file__).with_name("finegray_crr.R")
-
-
-def _cohort(n: int, seed: int) -> pd.DataFrame:
-    """time in days (ceil, so no zero), status 0 censored / 1 fracture / 2 death, finding, age, sex:
-    a planted subdistribution-like effect of the finding and of age, deaths rising with age."""
-    rng = np.random.default_rng(seed)
-    finding = (rng.random(n) < 0.3).astype(int)
-    age = np.round(rng.normal(72, 7, n), 1)
-    sex = (rng.random(n) < 0.7).astype(int)
-    fracture = rng.exponential(1 / (0.05 * np.exp(0.6 * finding + 0.03 * (age - 72) + 0.2 * sex)))
-    death = rng.exponential(1 / (0.04 * np.exp(0.07 * (age - 72))))
-    censor = rng.uniform(0.5, 8, n)
-    years = np.minimum.reduce([fracture, death, censor])
-    status = np.select([years == fracture, years == death], [1, 2], 0)
-    return pd.DataFrame({"time": np.ceil(years * 365.25).astype(int), "status": status, "finding": finding,
-                         "age": age, "sex": sex})
 
 
 def _crr(tmp_path, data: pd.DataFrame, covs: list[str]) -> pd.DataFrame:
@@ -58,7 +42,7 @@ def _compare(tmp_path, data: pd.DataFrame, covs: list[str]) -> tuple[float, floa
 @pytest.mark.parametrize("covs, n, seed", [(["finding"], 800, 0), (["finding"], 2000, 1),
                                            (["finding", "age", "sex"], 1500, 2), (["finding", "age", "sex"], 600, 3)])
 def test_fine_gray_matches_crr(tmp_path, covs, n, seed):
-    data = _cohort(n, seed)
+    data = day_level_cohort(n, seed)
     assert data["time"].duplicated().sum() > n // 10 and set(data["status"]) == {0, 1, 2}  # ties, all three codes
     hr, se = _compare(tmp_path, data, covs)
     assert hr < 1e-3 and se < 1e-2
@@ -80,7 +64,7 @@ def test_fine_gray_matches_crr_on_dense_ties_and_censoring_at_zero(tmp_path):
 
 
 def test_the_order_of_the_rows_does_not_matter():
-    data = _cohort(500, 5)
+    data = day_level_cohort(500, 5)
     x = data[["finding", "age", "sex"]].to_numpy(float)
     a = finegray.fit(data["time"], data["status"], x)
     perm = np.random.default_rng(0).permutation(len(data))

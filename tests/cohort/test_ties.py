@@ -2,30 +2,14 @@
 incidence (vfa.cohort.incidence) against `cmprsk::cuminc` + `timepoints`, and the Cox HR (lifelines,
 Efron ties) against `survival::coxph(ties = "efron")`; R through tests/oracles.py and
 tests/cohort/survival_r.R."""
-import subprocess
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 
-from tests import oracles
-from tests.cohort.test_finegray import _cohort as day_level_cohort
+from tests.cohort.helpers import day_level_cohort, r_oracle
 from vfa.cohort import incidence, survival
 from vfa.cohort.data import Cohort
 
-ORACLE = Path(__file__).with_name("survival_r.R")
 CODES = {"censored": 0, "event": 1, "competing": 2}
-
-
-def r_oracle(tmp_path, what: str, data: pd.DataFrame, arg: str, *packages: str) -> pd.DataFrame:
-    """The table tests/cohort/survival_r.R writes for `what` (cuminc, coxph, uno) on `data`."""
-    rscript = oracles.rscript(*packages)
-    data.to_csv(tmp_path / f"{what}_in.csv", index=False)
-    res = subprocess.run([rscript, str(ORACLE), what, str(tmp_path / f"{what}_in.csv"),
-                          str(tmp_path / f"{what}_out.csv"), arg], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return pd.read_csv(tmp_path / f"{what}_out.csv")
 
 
 @pytest.mark.parametrize("n, seed, unit", [(1500, 0, 1), (600, 7, 30)])

@@ -151,3 +151,25 @@ def test_torchrun_two_processes(job, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(single), pd.read_csv(sharded), check_exact=False, atol=1e-6)
+
+
+def test_a_batch_whose_every_file_fails_mid_run_is_skipped_not_a_crash(job, tmp_path, monkeypatch):
+    """Files that pass the up-front check and then fail in the loader (replaced mid-run): when a
+    whole batch fails, its files go to the skipped list and the other batches are written."""
+    from vfa.data.stream import FileViews
+
+    whole = tmp_path / "whole.csv"
+    predict_to_file(job["ckpt"], [job["data"]], whole, batch_size=4, backend="torch", device="cpu", workers=0)
+    bad, getitem = set(pd.read_csv(whole)["file"].map(lambda f: Path(f).name)[4:8]), FileViews.__getitem__  # batch 2
+
+    def fail_some(self, i):
+        if Path(self.paths[i]).name in bad:
+            return None, self.positions[i], 0, 0, "cannot decode (injected)"
+        return getitem(self, i)
+
+    monkeypatch.setattr(FileViews, "__getitem__", fail_some)
+    out = tmp_path / "p.csv"
+    s = predict_to_file(job["ckpt"], [job["data"]], out, batch_size=4, backend="torch", device="cpu", workers=0)
+    assert s.now == 26 and sorted(Path(p).name for p, _ in s.skipped) == sorted(bad)
+    written = pd.read_csv(out)
+    assert len(written) == 26 and not set(written["file"].map(lambda f: Path(f).name)) & bad

@@ -112,11 +112,13 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
         writer = output.RowWriter(part)
         try:
             for rows, late in iter_rows(scorer, good, positions, batch_size, workers, progress):
+                summary.skipped += [(p, r) for _, p, r in late]
+                if not len(rows):  # every file of the batch failed to decode mid-run: only skips
+                    continue
                 writer.write(output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers))
                 if not summary.now:  # the first batch decided auto's backend: into the job record
                     output.record_backend(out, job, scorer.backend, scorer.checks)
                 summary.now += len(rows)
-                summary.skipped += [(p, r) for _, p, r in late]
         finally:
             writer.close()
         summary.backend = scorer.backend

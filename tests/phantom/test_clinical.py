@@ -177,3 +177,30 @@ def test_bad_vendor_and_format_are_refused():
         clinical_config(vendor="siemens")
     with pytest.raises(ValueError, match="format"):
         clinical_config(format="dicom-mono1")
+
+
+@pytest.mark.parametrize("vendor", sorted(vendors.VENDORS))
+def test_hidden_levels_lose_their_contrast(vendor):
+    """The shoulders do hide what `readable` says is hidden: a hidden body stands out from the disc
+    space around it by a small fraction of what a readable one does."""
+    from matplotlib.path import Path as Poly
+
+    from vfa.phantom.clinical_render import render_clinical
+
+    look = vendors.draw_look(np.random.default_rng(3), vendor)
+    img, ann = render_clinical(np.random.SeedSequence([3]), (640, 260), [], {}, 3, look)
+    yy, xx = np.mgrid[0:640, 0:260]
+    grid = np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], 1)
+
+    def contrast(lv):
+        pts = np.asarray(ann["points"][lv])[[0, 1, 2, 5, 4, 3]]
+        centre = pts.mean(0)
+        inner = Poly(centre + 0.7 * (pts - centre)).contains_points(grid).reshape(img.shape)
+        outer = Poly(centre + 1.5 * (pts - centre)).contains_points(grid).reshape(img.shape)
+        ring = outer & ~Poly(centre + 1.1 * (pts - centre)).contains_points(grid).reshape(img.shape)
+        return img[inner].mean() - img[ring].mean()
+
+    assert ann["readable"] == [0, 0, 0] + [1] * 10
+    hidden = max(abs(contrast(lv)) for lv in ("T4", "T5", "T6"))
+    shown = min(contrast(lv) for lv in ("T8", "T10", "T12", "L2"))
+    assert hidden < 0.3 * shown, (hidden, shown)

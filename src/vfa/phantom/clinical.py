@@ -26,7 +26,7 @@ MIMICS: dict[str, dict] = {      # per-body odds on the levels named; `amount` a
                                 amount=(0.82, 0.90)),            # anterior / posterior height
     "short_height": dict(levels=LEVELS, p=0.03, amount=(0.08, 0.16)),     # height loss vs neighbours
     "schmorl": dict(levels=LEVELS[3:], p=0.05, amount=(0.08, 0.16)),      # notch depth / body height
-    "osteophyte": dict(levels=LEVELS[5:], p=0.06, amount=(0.12, 0.25)),   # spur length / body depth
+    "osteophyte": dict(levels=LEVELS[5:], p=0.06, amount=(0.15, 0.30)),   # spur length / body depth
 }
 CONFORM_ROUNDS = 6
 

@@ -60,9 +60,9 @@ def _body(canvas, i, an, sh, p, tex_seed, mimic):
     if kind == "osteophyte":   # a beak from the anterior rim of an end plate, towards the disc
         side, length = mimic["side"], mimic["amount"] * w
         edge = -ref / 2 + kt * (ref - ha) if side < 0 else ref / 2 - (1 - kt) * (ref - ha)
-        spur = _ellipsoid(u, v, -w / 2 - 0.15 * length, edge + side * 0.1 * length, 0.6 * length, 0.07 * ref,
+        spur = _ellipsoid(u, v, -w / 2 - 0.2 * length, edge + side * 0.1 * length, 0.7 * length, 0.09 * ref,
                           side * 0.5)
-        bone = bone + 0.9 * p["cortex"] * spur
+        bone = bone + 1.2 * p["cortex"] * spur
     thor = i < 9
     pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)
           + 0.8 * _ellipsoid(u, v, 0.95 * w, 0.05 * ref, 0.14 * w, 0.5 * ref)
@@ -79,12 +79,18 @@ def _shoulders(rng, an, shapes, top, H, W, s):
     the scapula's lateral border as a faint oblique band. Returns (opacity, overlay, noise gain)."""
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     above, slope, depth = rng.uniform(0.8, 1.4), rng.uniform(-0.08, 0.08), rng.uniform(0.85, 0.95)
-    if top > 0:   # the edge in the disc between the hidden level and the first readable one
-        y_edge = (an["cy"][top - 1] + shapes[top - 1]["ref"] / 2 + an["cy"][top] - shapes[top]["ref"] / 2) / 2
+    axis = lambda j: np.array([math.sin(an["phi"][j]), math.cos(an["phi"][j])])   # noqa: E731  (caudal)
+    c = lambda j: np.array([an["cx"][j], an["cy"][j]])                              # noqa: E731
+    if top > 0:   # the edge runs through the disc between the hidden level and the first readable one
+        a, b = c(top - 1) + shapes[top - 1]["ref"] / 2 * axis(top - 1), c(top) - shapes[top]["ref"] / 2 * axis(top)
+        centre, phi = (a + b) / 2, (an["phi"][top - 1] + an["phi"][top]) / 2
     else:         # everyone has shoulders; here they end above T4
-        y_edge = an["cy"][0] - shapes[0]["ref"] * above
+        centre, phi = c(0) - shapes[0]["ref"] * (0.5 + above) * axis(0), an["phi"][0]
+    # along the disc's plane across the spine (so a tilted body is hidden or shown whole), flatter beyond
+    reach = 1.2 * an["w"][max(top - 1, 0)]
+    y_edge = centre[1] - math.tan(phi) * np.clip(xx - centre[0], -reach, reach) + slope * (xx - centre[0])
     soft = 0.12 * shapes[max(top, 1) - 1]["ref"]
-    opacity = depth / (1 + np.exp(-((y_edge + slope * (xx - an["cx"][0])) - yy) / soft))
+    opacity = depth / (1 + np.exp(-(y_edge - yy) / soft))
     # scapula: its lateral border, from high posterior to lower anterior across the upper levels
     ax, bx = (an["cx"][0] + k * an["w"][0] for k in (rng.uniform(0.5, 2.0), -rng.uniform(1.0, 2.5)))
     by = an["cy"][min(top + 3, 8)]

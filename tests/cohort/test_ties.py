@@ -53,3 +53,20 @@ def test_cox_efron_matches_coxph_on_day_level_ties(tmp_path):
         print(f"{covs}: max rel diff HR {np.max(np.abs(hr / np.exp(ref['coef']) - 1)):.1e}")
         assert np.allclose(hr, np.exp(ref["coef"]), rtol=1e-3)
         assert np.allclose(high, np.exp(ref["coef"] + incidence.Z95 * ref["se"]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("unit", [1, 30])
+def test_scaled_schoenfeld_residuals_equal_lifelines_own_on_ties(unit):
+    """The proportional-hazards check reads vfa's vectorised residuals; lifelines' own (row by row) are
+    the reference, on days and on months (many tied events, Efron's weighting within each tie)."""
+    from lifelines.statistics import proportional_hazard_test
+
+    d = day_level_cohort(2000, 3)
+    d["time"] = np.ceil(d["time"] / unit) * unit
+    data = d[["time", "finding", "age", "sex"]].assign(E=(d["status"] == 1).astype(int))
+    cph = survival.fit_cox(data)
+    ref = cph.compute_residuals(data, "scaled_schoenfeld")
+    ours = survival.scaled_schoenfeld(cph, data)
+    assert (ours.index == ref.index).all() and np.allclose(ours.to_numpy(), ref.to_numpy(), rtol=0, atol=1e-10)
+    expected = proportional_hazard_test(cph, data, time_transform="rank").summary["p"].to_numpy()
+    assert np.allclose(list(survival._ph_check(cph, data).values()), expected, rtol=1e-10)

@@ -48,7 +48,7 @@ def add_synth(sub) -> None:
                    help="the clinical phantom's device look (default mixed: either, evenly)")
     p.add_argument("--n", type=int, help="number of images (default 1000)")
     p.add_argument("--prevalence", type=float, help="share of fractured images (default 0.25)")
-    p.add_argument("--size", type=size_arg, help="HxW (default 1024x614)")
+    p.add_argument("--size", type=size_arg, help="HxW (default 1024x614; clinical: the vendor's matrix per image)")
     p.add_argument("--splits", type=floats_arg, help="train,val,test shares (default 0.7,0.15,0.15)")
     p.add_argument("--grades", type=floats_arg,
                    help="shares of Genant grade 1,2,3 among positives (default 0.4,0.4,0.2)")

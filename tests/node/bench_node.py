@@ -129,7 +129,8 @@ def run(args) -> dict:
         startup = time.time() - t0
         lat = latency(node, studies(source, tmp / "lat", args.n, "lat"))
         result = {"preset": args.preset, "image": list(size), "quiet_time_s": args.quiet_time,
-                  "startup_s": round(startup, 1), "n": len(lat), "latency_p50_s": round(float(np.percentile(lat, 50)), 2),
+                  "startup_s": round(startup, 1), "n": len(lat),
+                  "latency_p50_s": round(float(np.percentile(lat, 50)), 2),
                   "latency_p95_s": round(float(np.percentile(lat, 95)), 2)}
         if args.flood:
             result["flood"] = flood(node, studies(source, tmp / "flood", args.flood, "flood"), len(lat))
@@ -138,6 +139,10 @@ def run(args) -> dict:
     finally:
         orthanc.stop()
         node.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
     result["machine"] = f"{platform.processor() or platform.machine()}, {_cpus()} CPUs, {platform.platform()}"
     return result
 
@@ -154,6 +159,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20, help="studies for the latency, sent one at a time")
     p.add_argument("--flood", type=int, default=0, help="studies in the flood from two senders (0: none)")
     p.add_argument("--quiet-time", type=float, default=2.0)
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, queue, Orthanc's storage)")
     print(json.dumps(run(p.parse_args()), indent=1))
 
 

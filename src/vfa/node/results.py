@@ -31,10 +31,15 @@ class WarmModel:
 
     def __init__(self, model, device: str = "auto", log=None):
         from vfa.inference.dicom_results import model_info
-        from vfa.inference.ensemble import load_ensemble
+        from vfa.errors import ConfigError
+        from vfa.inference.ensemble import load_ensemble, resolve_family
         from vfa.inference.predict import model_threshold
 
         self.spec = model if len(model) > 1 else model[0]
+        family = resolve_family(self.spec, "node")  # before loading: one line for a model the node cannot run
+        if family.name != "image":
+            raise ConfigError(f"vfa node: --model is a {family.title}; the node reads with image-level models "
+                              "(per-vertebra reading in the node is not built yet)")
         self.ens = load_ensemble(self.spec, device)
         self.threshold = model_threshold(self.ens)
         self.info = model_info(self.ens, self.threshold)

@@ -15,7 +15,7 @@ import warnings
 
 from vfa.node.config import NodeConfig
 from vfa.node.queue import Queue, study_id
-from vfa.node.screen import VFA_CLASSES, decodable_syntaxes, skip_reason
+from vfa.node.screen import DEFLATED, VFA_CLASSES, decodable_syntaxes, skip_reason
 
 LOG = logging.getLogger("vfa.node")
 SUCCESS, NOT_AUTHORIZED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0124, 0xA700, 0xC210
@@ -120,7 +120,7 @@ def make_ae(cfg: NodeConfig):
         ae.add_supported_context(uid, syntaxes)
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax not in VFA_CLASSES:
-            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+            ae.add_supported_context(cx.abstract_syntax, [ts for ts in cx.transfer_syntax if ts != DEFLATED])
     if cfg.allow:
         ae.require_calling_aet = sorted({entry.partition("@")[0] for entry in cfg.allow})
     return ae

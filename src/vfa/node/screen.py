@@ -7,7 +7,7 @@ size (the smaller side, and the pixel count vfa.io refuses above), and transfer 
 this installation can decode)."""
 from __future__ import annotations
 
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian as DEFLATED
 
 # Hologic and GE export VFA as Secondary Capture; DX and CR where the scanner writes them; the
 # multi-frame SC forms are what vfa.io.dicom reads frame by frame.
@@ -60,4 +60,6 @@ def decodable_syntaxes() -> list[str]:
 
     from vfa.io.dicom import decoder_status
 
-    return [ts for ts in ALL_TRANSFER_SYNTAXES if decoder_status(UID(ts)) is None]
+    # not Deflated: inflating a dataset whole to read its header is what a decompression bomb exploits
+    # (vfa.io.dicom checks a deflated file's size before inflating; a sender always offers another syntax)
+    return [ts for ts in ALL_TRANSFER_SYNTAXES if decoder_status(UID(ts)) is None and ts != DEFLATED]

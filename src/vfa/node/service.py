@@ -60,16 +60,18 @@ class Node:
         return Path(self.cfg.store) / "results" / study_id(study_uid)
 
     def step(self) -> bool:
-        """Promote quiet studies, then read the complete ones (up to BATCH at once) or send one;
-        whether there was work."""
+        """Promote quiet studies, then send one study that is read, else read the complete ones (up to
+        BATCH at once); whether there was work. Sending first: under a flood, results already made
+        go out instead of waiting for every queued study to be read (a destination that is down
+        backs off, so it does not hold up the reading)."""
         self.queue.promote(self.cfg.quiet_time)
-        ready = self.queue.due("complete", limit=BATCH)
-        if ready:
-            self.read(ready)
-            return True
         study = self.queue.due("read")
         if study:
             self.send(study[0])
+            return True
+        ready = self.queue.due("complete", limit=BATCH)
+        if ready:
+            self.read(ready)
             return True
         return False
 

@@ -233,3 +233,15 @@ def test_kill9_mid_receive_and_two_senders(node_inputs, tmp_path):
         node.stop()
     finally:
         orthanc.stop()
+
+
+def test_sigterm_finishes_the_study_in_hand(node_inputs, storescp, tmp_path):
+    """SIGTERM while a study is being read: it is read and sent, then the node exits 143."""
+    dest, folder = storescp
+    node = Node(tmp_path, node_inputs["ckpt"], dest, quiet_time=0.5).start()
+    image = node_inputs["images"][0]
+    study = str(dcmread(image).StudyInstanceUID)
+    assert run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image).returncode == 0
+    wait_for(lambda: node.states().get(study) == "complete", 120, "the read to start", poll=0.002)
+    assert node.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert node.states()[study] == "sent" and len(received(folder)) == 2

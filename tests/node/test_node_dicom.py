@@ -38,7 +38,7 @@ def probability(sr) -> float:
 
 def predicted(ckpt, image, tmp_path) -> float:
     """P(fracture) of `vfa predict` on the same file."""
-    out = tmp_path / f"predict-{image.stem}.csv"
+    out = tmp_path / f"predict-{image.stem}-{time.time_ns()}.csv"
     assert main(["predict", "--model", str(ckpt), str(image), "--out", str(out), "--device", "cpu"]) == 0
     return float(pd.read_csv(out)["raw"].iloc[0])
 
@@ -186,6 +186,7 @@ def test_destination_down_then_back_and_metrics(node_inputs, tmp_path):
     wait_for(lambda: "send of study" in node.log(), 120, "a failed send")
     status = subprocess.run([*node.args[:4], "status", "--store", str(node.store)], capture_output=True, text=True)
     assert "read 1" in status.stdout and "association failed" in status.stdout and study not in status.stdout
+    assert "(1 failed, waiting to retry)" in status.stdout
     orthanc = Orthanc(tmp_path, node.port, dicom_port=orthanc_port)
     try:
         wait_for(lambda: node.states().get(study) == "sent", 120, "the study sent once Orthanc is up")
@@ -245,3 +246,24 @@ def test_sigterm_finishes_the_study_in_hand(node_inputs, storescp, tmp_path):
     wait_for(lambda: node.states().get(study) == "complete", 120, "the read to start", poll=0.002)
     assert node.stop(signal.SIGTERM) == 128 + signal.SIGTERM
     assert node.states()[study] == "sent" and len(received(folder)) == 2
+
+
+def test_hot_reload_of_a_new_model_file(node_inputs, storescp, tmp_path):
+    """A new checkpoint moved over the node's model file: the next study is read with it (its
+    P(fracture) is `vfa predict`'s with the new file) without a restart."""
+    import shutil
+
+    from tests.helpers import make_checkpoint
+
+    dest, folder = storescp
+    model = tmp_path / "model.ckpt"
+    shutil.copy(node_inputs["ckpt"], model)
+    node = Node(tmp_path, model, dest, quiet_time=0.5).start()
+    make_checkpoint(tmp_path / "new.ckpt", seed=1).replace(model)
+    wait_for(lambda: "model reloaded" in node.log(), 120, "the reload")
+    image = node_inputs["images"][1]
+    assert run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image).returncode == 0
+    wait_for(lambda: node.states().get(str(dcmread(image).StudyInstanceUID)) == "sent", 120, "the study sent")
+    check_results(received(folder), image, predicted(model, image, tmp_path))
+    assert predicted(model, image, tmp_path) != pytest.approx(predicted(node_inputs["ckpt"], image, tmp_path), abs=1e-6)
+    node.stop()

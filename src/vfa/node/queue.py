@@ -155,6 +155,12 @@ class Queue:
         got = {r["state"]: r["n"] for r in self._read("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
         return {s: int(got.get(s, 0)) for s in STATES}
 
+    def retrying(self) -> int:
+        """Studies whose last read or send failed and that wait for their next attempt."""
+        rows = self._read("SELECT COUNT(*) AS n FROM studies WHERE last_error IS NOT NULL AND state IN "
+                          "('complete', 'read')")
+        return int(rows[0]["n"])
+
     def instance_counts(self) -> dict[str, int]:
         rows = self._read("SELECT status, COUNT(*) AS n FROM instances GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}

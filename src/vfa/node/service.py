@@ -17,6 +17,7 @@ from vfa.errors import RunInterrupted
 from vfa.node import metrics, scp
 from vfa.node.config import NodeConfig
 from vfa.node.queue import Queue, study_id
+from vfa.node.reload import ModelWatcher
 from vfa.node.results import WarmModel
 from vfa.node.sender import send_files
 
@@ -145,7 +146,9 @@ class Node:
                  self.cfg.host, self.cfg.port, self.cfg.quiet_time, ", ".join(map(str, self.cfg.send_to)),
                  _counts(self.queue))
         try:
+            watcher = ModelWatcher(self.cfg.model, lambda: WarmModel(self.cfg.model, self.cfg.device, log=LOG.info))
             while self.stop_signal is None:
+                self.model = watcher.poll() or self.model
                 if not self.step():
                     time.sleep(self.cfg.poll)
             self.finish_in_hand()

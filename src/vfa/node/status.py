@@ -25,13 +25,14 @@ def status(store) -> dict:
     and the latency of sent studies (last instance -> results accepted, seconds)."""
     queue = _open(store)
     lat = queue.latencies()
-    return {"studies": queue.counts(), "instances": queue.instance_counts(), "skip_reasons": queue.skip_reasons(),
+    return {"studies": queue.counts(), "retrying": queue.retrying(), "instances": queue.instance_counts(), "skip_reasons": queue.skip_reasons(),
             "errors": queue.errors(), "latency_s": {"n": len(lat), "p50": _percentile(lat, 50),
                                                      "p95": _percentile(lat, 95)}}
 
 
 def format_status(s: dict) -> str:
-    lines = ["studies: " + ", ".join(f"{k} {v}" for k, v in s["studies"].items()),
+    lines = ["studies: " + ", ".join(f"{k} {v}" for k, v in s["studies"].items())
+             + (f" ({s['retrying']} failed, waiting to retry)" if s["retrying"] else ""),
              "instances: " + (", ".join(f"{k} {v}" for k, v in s["instances"].items()) or "none")]
     lat = s["latency_s"]
     if lat["n"]:

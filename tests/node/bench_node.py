@@ -106,8 +106,10 @@ def flood(node: Node, files: list[Path], done_before: int) -> dict:
     stop.set()
     rows = [r for r in queue_rows(node) if r[1] >= t0 - 1]
     span = max(r[3] for r in rows) - min(r[1] for r in rows)
+    lat = [r[3] - r[2] for r in rows]  # under load: queueing behind the other studies included
     return {"studies": len(rows), "sent": sum(r[0] == "sent" for r in rows), "seconds": round(span, 1),
             "studies_per_min": round(60 * len(rows) / span, 1),
+            "latency_p50_p95_s": [round(float(np.percentile(lat, q)), 1) for q in (50, 95)],
             "rss_mib_first_last_max": [round(rss[0]), round(rss[-1]), round(max(rss))] if rss else None}
 
 

@@ -38,7 +38,7 @@ class WarmModel:
         self.spec = model if len(model) > 1 else model[0]
         family = resolve_family(self.spec, "node")  # before loading: one line for a model the node cannot run
         if family.name != "image":
-            raise ConfigError(f"vfa node: --model is a {family.title}; the node reads with image-level models "
+            raise ConfigError(f"--model is a {family.title}; the node reads with image-level models "
                               "(per-vertebra reading in the node is not built yet)")
         self.ens = load_ensemble(self.spec, device)
         self.threshold = model_threshold(self.ens)

@@ -142,6 +142,9 @@ class Node:
         server, receiver = scp.start(self.cfg, self.queue)
         http = metrics.start(self.cfg.host, self.cfg.metrics_port, self.counters, receiver.counts, self.queue) \
             if self.cfg.metrics_port else None
+        if not self.cfg.allow and self.cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            LOG.warning("listening on %s with no allow-list: any DICOM caller that reaches the port can send "
+                        "studies; give --allow AET[@HOST],...", self.cfg.host)
         LOG.info("listening as %s on %s:%d; quiet time %.1f s; sending to %s; queue %s", self.cfg.aet,
                  self.cfg.host, self.cfg.port, self.cfg.quiet_time, ", ".join(map(str, self.cfg.send_to)),
                  _counts(self.queue))

@@ -25,9 +25,9 @@ def status(store) -> dict:
     and the latency of sent studies (last instance -> results accepted, seconds)."""
     queue = _open(store)
     lat = queue.latencies()
-    return {"studies": queue.counts(), "retrying": queue.retrying(), "instances": queue.instance_counts(), "skip_reasons": queue.skip_reasons(),
-            "errors": queue.errors(), "latency_s": {"n": len(lat), "p50": _percentile(lat, 50),
-                                                     "p95": _percentile(lat, 95)}}
+    return {"studies": queue.counts(), "retrying": queue.retrying(), "instances": queue.instance_counts(),
+            "skip_reasons": queue.skip_reasons(), "errors": queue.errors(),
+            "latency_s": {"n": len(lat), "p50": _percentile(lat, 50), "p95": _percentile(lat, 95)}}
 
 
 def format_status(s: dict) -> str:

@@ -140,6 +140,14 @@ def test_orthanc_sends_to_node_and_gets_results(node_inputs, tmp_path):
                 objects.append(ds)
                 assert validate(path) == [], str(ds.SOPClassUID)
         check_results(objects, image, predicted(node_inputs["ckpt"], image, tmp_path))
+        # Orthanc routing everything new to the node sends the node's own SR and SC back: recorded and
+        # skipped (not an image VFA arrives in, or the node's own picture), the study not started over
+        results = [iid for iid in orthanc.get("/instances") if iid != instance]
+        orthanc.post("/modalities/vfa/store", {"Resources": results, "Synchronous": True})
+        time.sleep(3)
+        study = str(dcmread(image).StudyInstanceUID)
+        assert node.states()[study] == "sent" and len(orthanc.get("/instances")) == 3
+        assert node.log().count("sent study") == 1 and node.log().count("skipped instance") == 2
         assert node.stop() == 128 + signal.SIGTERM
     finally:
         orthanc.stop()

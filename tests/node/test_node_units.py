@@ -57,6 +57,9 @@ def test_screen_keeps_vfa_images_and_says_why_not(tmp_path):
     ok.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # an SR (vfa's own result coming back) is not read
     assert "Comprehensive SR" in skip_reason(ok, 64)
     assert "too large" in skip_reason(_header(tmp_path / "ok.dcm"), 64, max_pixels=100)
+    own = _header(tmp_path / "ok.dcm")
+    own.Manufacturer = "vfa (open source)"  # the node's own SC routed back by the PACS
+    assert "a vfa result" in skip_reason(own, 64)
 
 
 def test_queue_states_version_guard_backoff_dead_letter(tmp_path):
@@ -78,6 +81,8 @@ def test_queue_states_version_guard_backoff_dead_letter(tmp_path):
     assert q.fail(q.find("1.2.3.4.5"), "boom again", max_attempts=2, base=60, cap=300) == "dead"
     assert q.errors()[0]["study"] == study_id("1.2.3.4.5") and "1.2.3.4.5" not in str(q.errors())
     assert q.resend(study_id("1.2.3.4.5")) == "complete" and q.due("complete") != []
+    q.record("1.2.3.4.5", "1.2.3.4.5.9", None, "sr", "its own SR routed back", "X")
+    assert q.find("1.2.3.4.5")["state"] == "complete"  # a skipped instance does not start the study over
 
 
 def test_result_uids_are_fixed_by_the_source():

@@ -77,17 +77,19 @@ class Queue:
 
     def record(self, study_uid: str, sop_uid: str, path: str | None, sop_class: str, reason: str | None,
                caller: str, now: float | None = None) -> None:
-        """One received instance (stored at `path`, or skipped for `reason`) and its study, which
-        goes back to `received` whatever state it was in: it is read again, whole, once quiet."""
+        """One received instance (stored at `path`, or skipped for `reason`) and its study. A stored
+        image sends the study back to `received` whatever state it was in: it is read again, whole,
+        once quiet. A skipped one leaves a known study as it is: the PACS routing the node's own SR
+        back to it must not start the study over (and send the SR again, and again)."""
         now = time.time() if now is None else now
         status = "skipped" if reason else "stored"
+        again = "NOTHING" if reason else ("UPDATE SET state='received', version=version+1, attempts=0, next_at=0, "
+                                          "last_instance_at=excluded.last_instance_at, updated_at=excluded.updated_at")
         self._write([
             ("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
              (sop_uid, study_uid, path, sop_class, status, reason, caller, now)),
             ("INSERT INTO studies (study_uid, state, first_at, last_instance_at, updated_at) "
-             "VALUES (?, 'received', ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET state='received', "
-             "version=version+1, last_instance_at=excluded.last_instance_at, attempts=0, next_at=0, "
-             "updated_at=excluded.updated_at", (study_uid, now, now, now))])
+             f"VALUES (?, 'received', ?, ?, ?) ON CONFLICT(study_uid) DO {again}", (study_uid, now, now, now))])
 
     def promote(self, quiet_time: float, now: float | None = None) -> None:
         """Studies quiet for `quiet_time` seconds: `complete`, or `skipped` when no instance is VFA."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian as DEFLATED
 
+from vfa.io.dicom_out import SERIES_DESCRIPTION
+
 # Hologic and GE export VFA as Secondary Capture; DX and CR where the scanner writes them; the
 # multi-frame SC forms are what vfa.io.dicom reads frame by frame.
 VFA_CLASSES = {
@@ -20,6 +22,9 @@ VFA_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "DX Image - For Presentation",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "DX Image - For Processing",
 }
+# vfa's own results (vfa.io.dicom_sc / dicom_sr write these): a PACS that routes every new object to
+# the node sends them back, and reading them would start a loop
+VFA_MANUFACTURER = "vfa (open source)"
 # BodyPartExamined values (DICOM PS3.16 CID 4031 and what DXA scanners write) that a VFA image can carry
 SPINE_PARTS = {"", "SPINE", "LSPINE", "TSPINE", "TLSPINE", "THORACOLUMBAR", "WHOLEBODY", "CHEST_TO_PELVIS",
                "CHEST", "ABDOMEN", "BONE"}
@@ -30,9 +35,11 @@ def skip_reason(ds, min_side: int, max_pixels: int | None = None) -> str | None:
     from vfa.io import MAX_PIXELS
     from vfa.io.dicom import decoder_status
 
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class, maker = str(ds.get("SOPClassUID", "")), str(ds.get("Manufacturer", ""))
     if sop_class not in VFA_CLASSES:
         return f"SOP class {UID(sop_class).name or sop_class or 'missing'} is not an image class VFA arrives in"
+    if maker == VFA_MANUFACTURER or str(ds.get("SeriesDescription", "")) == SERIES_DESCRIPTION:
+        return "a vfa result (the node's own SC or another vfa run's), not a source image"
     missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         return f"no {' or '.join(missing)}"

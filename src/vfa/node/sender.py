@@ -27,17 +27,30 @@ def _read(path: Path):
         return pydicom.dcmread(path)
 
 
-def send_files(files: list[Path], destinations: list[Destination], calling_aet: str) -> None:
-    """Every file to every destination, or SendError naming the first that failed."""
-    datasets = [_read(f) for f in files]
+def send_studies(studies: dict[str, list[Path]], destinations: list[Destination], calling_aet: str) -> dict:
+    """Each study's files to every destination, one association per destination for them all;
+    per study None (every destination accepted every file) or the first SendError."""
+    errors: dict[str, SendError | None] = dict.fromkeys(studies)
+    datasets = {}
+    for key, files in studies.items():
+        try:
+            datasets[key] = [_read(f) for f in files]
+        except Exception as exc:  # a result file that does not read: that study alone fails
+            errors[key] = SendError(f"cannot read a result file ({type(exc).__name__})")
     for dest in destinations:
-        _send_one(datasets, dest, calling_aet)
+        for key, error in _send_one({k: v for k, v in datasets.items() if errors[k] is None}, dest,
+                                    calling_aet).items():
+            errors[key] = errors[key] or error
+    return errors
 
 
-def _send_one(datasets, dest: Destination, calling_aet: str) -> None:
+def _send_one(studies: dict[str, list], dest: Destination, calling_aet: str) -> dict:
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
+    if not studies:
+        return {}
+    datasets = [ds for group in studies.values() for ds in group]
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
@@ -45,15 +58,24 @@ def _send_one(datasets, dest: Destination, calling_aet: str) -> None:
         ae.add_requested_context(sop_class, sorted(syntaxes | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
     if not assoc.is_established:
-        raise SendError(f"{dest}: association {'rejected' if assoc.is_rejected else 'failed'}")
+        error = SendError(f"{dest}: association {'rejected' if assoc.is_rejected else 'failed'}")
+        return dict.fromkeys(studies, error)
     try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            code = int(getattr(status, "Status", -1)) if status else -1
-            if code == -1:
-                raise SendError(f"{dest}: no answer to C-STORE (timeout or aborted)")
-            if code != 0 and (code >> 12) != 0xB:  # 0xBxxx: a warning, the object is stored
-                raise SendError(f"{dest}: C-STORE answered 0x{code:04X}")
+        return {key: _store_all(assoc, group, dest) for key, group in studies.items()}
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _store_all(assoc, datasets, dest: Destination) -> SendError | None:
+    """One study's objects over an open association; the first failure, or None."""
+    for ds in datasets:
+        if not assoc.is_established:
+            return SendError(f"{dest}: association lost")
+        status = assoc.send_c_store(ds)
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code == -1:
+            return SendError(f"{dest}: no answer to C-STORE (timeout or aborted)")
+        if code != 0 and (code >> 12) != 0xB:  # 0xBxxx: a warning, the object is stored
+            return SendError(f"{dest}: C-STORE answered 0x{code:04X}")
+    return None

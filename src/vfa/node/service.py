@@ -19,7 +19,7 @@ from vfa.node.config import NodeConfig
 from vfa.node.queue import Queue, study_id
 from vfa.node.reload import ModelWatcher
 from vfa.node.results import WarmModel
-from vfa.node.sender import send_files
+from vfa.node.sender import send_studies
 
 LOG = logging.getLogger("vfa.node")
 BATCH = 16  # complete studies read in one job at most: one scoring pass, then each study's results
@@ -66,9 +66,9 @@ class Node:
         go out instead of waiting for every queued study to be read (a destination that is down
         backs off, so it does not hold up the reading)."""
         self.queue.promote(self.cfg.quiet_time)
-        study = self.queue.due("read")
-        if study:
-            self.send(study[0])
+        done = self.queue.due("read", limit=BATCH)
+        if done:
+            self.send(done)
             return True
         ready = self.queue.due("complete", limit=BATCH)
         if ready:
@@ -106,29 +106,39 @@ class Node:
                      len(ready), "y" if len(ready) == 1 else "ies", time.time() - started,
                      "" if moved else "; a new instance came meanwhile, it is read again")
 
-    def send(self, study) -> None:
-        files = [Path(p) for p in (study["results"] or "").split("\n") if p]
+    def send(self, done: list) -> None:
+        """Send read studies (one association per destination for them all); each `sent` or failed."""
+        files = {d["study_uid"]: [Path(p) for p in (d["results"] or "").split("\n") if p] for d in done}
+        missing = {uid for uid, fs in files.items() if not fs or not all(f.is_file() for f in fs)}
         try:
-            missing = [f for f in files if not f.is_file()]
-            if missing or not files:
-                raise FileNotFoundError(f"{len(missing)} result file(s) missing; `vfa node resend` reads it again")
-            send_files(files, self.cfg.send_to, self.cfg.aet)
-        except Exception as exc:  # a destination down or refusing: back-off and retry, then dead-letter
-            self._failed(study, "send", exc)
-            return
+            errors = send_studies({uid: fs for uid, fs in files.items() if uid not in missing}, self.cfg.send_to,
+                                  self.cfg.aet)
+        except Exception as exc:  # unexpected (pynetdicom itself): every study in hand is retried
+            errors = dict.fromkeys(set(files) - missing, exc)
+        for study in done:
+            uid = study["study_uid"]
+            if uid in missing:
+                self._failed(study, "send", FileNotFoundError("result file(s) missing; `vfa node resend` reads "
+                                                              "the study again"))
+            elif errors.get(uid) is not None:  # a destination down or refusing: back-off, retry, dead-letter
+                self._failed(study, "send", errors[uid])
+            else:
+                self._sent(study, len(files[uid]))
+
+    def _sent(self, study, n_files: int) -> None:
         now = time.time()
         if self.queue.advance(study, "sent", sent_at=now):
             self.counters.add(sent=1, latency_sum=now - float(study["last_instance_at"]), latency_count=1)
             LOG.info("sent study %s: %d object(s) to %s, %.2f s after its last instance (quiet time %.1f s)",
-                     study_id(study["study_uid"]), len(files), ", ".join(map(str, self.cfg.send_to)),
+                     study_id(study["study_uid"]), n_files, ", ".join(map(str, self.cfg.send_to)),
                      now - float(study["last_instance_at"]), self.cfg.quiet_time)
 
     def finish_in_hand(self) -> None:
         """After a stop signal: send the studies of the last read once (a failure stays queued as usual)."""
-        for uid in self.in_hand:
-            row = self.queue.find(uid)
-            if row is not None and row["state"] == "read" and row["next_at"] <= time.time():
-                self.send(row)
+        rows = [self.queue.find(uid) for uid in self.in_hand]
+        rows = [r for r in rows if r is not None and r["state"] == "read" and r["next_at"] <= time.time()]
+        if rows:
+            self.send(rows)
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is None:

@@ -120,7 +120,13 @@ def test_reliability_shows_counts_and_keeps_its_legend_off_the_points():
     assert ax.get_legend() is None and fig.legends  # the legend is the figure's, below the plots
     legend_box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
     assert legend_box.y1 < fig.axes[1].get_window_extent(fig.canvas.get_renderer()).y0
-    assert sorted(t.get_text() for t in ax.texts) == ["8", "8", "8"]  # images per bin, primary score
+    assert len(ax.texts) == 0 and "3 bins of equal counts (8 images each)" in ax.get_title()  # equal: said once
+    plt.close(fig)
+    frame.loc[frame.index[:12], "raw"] = 0.5  # tied scores merge bins: unequal counts, each bin labelled
+    fig = report.fig_reliability(frame, _results(frame))
+    counts = [b["n"] for b in report.reliability_bins(frame["label"], frame["raw"])]
+    assert max(counts) - min(counts) > 1 and "beside each point" in fig.axes[0].get_title()
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(str(n) for n in counts)
     plt.close(fig)
     fig = report.fig_sn_sp(frame, _results(frame))
     assert "sensitivity" in fig.axes[0].get_ylabel()

@@ -153,15 +153,19 @@ def fig_reliability(frame: pd.DataFrame, results: dict, n_bins: int | None = Non
         if s == primary:  # its bins' Wilson CIs and counts; the other scores' bins hold as many images
             err = np.clip([[b["observed"] - b["ci"][0], b["ci"][1] - b["observed"]] for b in bins], 0, None).T
             ax.errorbar(x, obs, yerr=err, fmt="o-", color=COLORS[s], capsize=3, label=label + " (bars: Wilson 95 %)")
-            for b in bins:
+            counts = {b["n"] for b in bins}
+            for b in bins if max(counts) - min(counts) > 1 else []:  # equal counts: said once, in the title
                 ax.annotate(f"{b['n']}", (b["mean_p"], b["observed"]), textcoords="offset points", xytext=(5, -11),
                             fontsize=7, color=COLORS[s])
         else:
             ax.plot(x, obs, "o-", color=COLORS[s], ms=4, lw=1, alpha=0.8, label=label)
         axh.hist(p, bins=np.linspace(0, 1, 11), histtype="step", color=COLORS[s])
-    n = len(reliability_bins(y, frame[primary].to_numpy(), n_bins)) if primary in frame else 0
+    bins = reliability_bins(y, frame[primary].to_numpy(), n_bins) if primary in frame else []
+    counts = sorted({b["n"] for b in bins}) or [0]
+    per_bin = (f"{counts[0]} images each" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} images each"
+               if counts[-1] - counts[0] <= 1 else "images per bin beside each point")
     ax.set(ylabel="observed fraction of fractures", ylim=(-0.02, 1.02),
-           title=f"Reliability diagram: {n} bins of equal counts (images per bin beside each point)")
+           title=f"Reliability diagram: {len(bins)} bins of equal counts ({per_bin})")
     ax.title.set_fontsize(9)
     axh.set(xlabel="predicted P(fracture), mean of the bin", ylabel="images per 0.1", xlim=(0, 1))
     axh.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))

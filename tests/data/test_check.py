@@ -32,7 +32,8 @@ def test_clean_dataset_is_ready(tmp_path, capsys):
     text = format_report(rep)
     assert "verdict: READY" in text and "train" in text and "Explicit VR Little Endian: 1" in text
     assert cli_main(["check-data", str(root)]) == 0
-    assert "verdict: READY" in capsys.readouterr().out
+    seen = capsys.readouterr()
+    assert "verdict: READY" in seen.out and "check files: 100%" in seen.err  # a bar: 100,000 files take minutes
     assert cli_main(["check-data", str(root), "--json", "--keep-identifiers"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [v["PatientID"] for v in out["identifiers"].values()] == ["PHANTOM-9"]
@@ -132,3 +133,13 @@ def test_color_images_are_reported(tmp_path):
     rep = check_data(root, workers=1)
     assert rep["ready"] and dict(map(tuple, rep["stats"]["color mode"])) == {"L": 8, "RGBA": 1}
     assert any("1 color image(s)" in w and "alpha dropped" in w for w in rep["warnings"])
+
+
+def test_the_up_front_decode_of_a_training_set_shows_progress(tmp_path, capsys):
+    from vfa.data.samples import load_samples, validate
+
+    root = split_folders(tmp_path / "d")
+    validate(load_samples(root / "train", ("norm", "frac")), workers=1)
+    assert "decode images: 100%" in capsys.readouterr().err
+    validate(load_samples(root / "train", ("norm", "frac")), workers=1, progress=False)
+    assert "decode images" not in capsys.readouterr().err

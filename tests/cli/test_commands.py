@@ -19,6 +19,16 @@ def test_help(command, capsys):
     assert "--debug" in capsys.readouterr().out  # works after the subcommand too
 
 
+def test_every_option_says_what_it_does():
+    """Every argument of every command has a --help text (deprecated spellings are hidden on purpose)."""
+    import argparse
+
+    missing = [(name, a.option_strings or a.dest) for name, sub in build_parser()._subparsers._group_actions[0]
+               .choices.items() for a in sub._actions
+               if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert missing == []
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     env = model_env(tmp_path_factory.mktemp("cli"), train=3, val=3, test=3)

@@ -108,9 +108,9 @@ def add_split(sub) -> None:
                    help="train,val,test shares (default 0.7,0.15,0.15); with --folds the last is the test share")
     p.add_argument("--folds", type=int, metavar="K",
                    help="K cross-validation folds (a 'fold' column) over non-test rows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the group shuffle (default 0)")
     p.add_argument("--out", help="CSV to write (default MANIFEST_split.csv beside it; the input is never changed)")
-    p.add_argument("--force", action="store_true")
+    force_arg(p, "replace --out")
     p.set_defaults(func=cmd_split)
 
 
@@ -131,7 +131,7 @@ def add_augment_preview(sub) -> None:
     p.add_argument("--n", type=int, default=8, help="augmented versions per image")
     p.add_argument("--images", type=int, default=1, help="number of images (rows)")
     p.add_argument("--size", type=size_arg, help="HxW (default: the preset's input size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the images chosen and of the augmentation draws")
     bad_file_arg(p, "error")
     force_arg(p, "replace --out")
     p.set_defaults(func=cmd_augment_preview)

@@ -32,8 +32,9 @@ def cmd_evaluate(args) -> None:
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint (or an ensemble) on a labelled folder")
     model_arg(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="labelled images: class folders norm/ and frac/, or a manifest "
+                                                 "CSV (MANIFEST.csv:SPLIT for one split)")
+    p.add_argument("--out", required=True, help="folder for predictions.csv, metrics.json, figures and report.html")
     p.add_argument("--threshold", type=threshold_arg, default=None,
                    help="0.5 (default, as the notebook), a number, youden, sensitivity=0.90, specificity=0.90, "
                         "or model (the checkpoint's stored threshold)")
@@ -109,7 +110,7 @@ def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="paired DeLong and McNemar tests of two models' predictions.csv")
     p.add_argument("a", help="predictions.csv of model A (from vfa evaluate)")
     p.add_argument("b", help="predictions.csv of model B, same images")
-    p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw")
+    p.add_argument("--score", choices=("raw", "tta_mean", "tta_max"), default="raw", help="A's score (default raw)")
     p.add_argument("--score-b", choices=("raw", "tta_mean", "tta_max"), help="B's score if different")
     p.add_argument("--out", help="also write the results as JSON")
     force_arg(p, "replace --out")
@@ -208,7 +209,7 @@ def add_heatmap(sub) -> None:
     p.add_argument("--panel", action="store_true", help="also write panel_NNN_NAME.png: image | overlay, P printed")
     p.add_argument("--start-index", type=int, default=0, help="skip the first N images (the notebook's starting_index)")
     p.add_argument("--sample", type=int, metavar="N", help="a random sample of N images (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     model_args(p)
     bad_file_arg(p, "skip")
     p.add_argument("--keep-identifiers", action="store_true",

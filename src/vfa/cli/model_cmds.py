@@ -35,7 +35,7 @@ def add_train(sub) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from checkpoints/last.ckpt")
     p.add_argument("--init", metavar="CKPT", help="start from this vfa checkpoint's weights (e.g. from "
                                                   "vfa import-keras); its architecture replaces the preset's")
-    p.add_argument("--on-bad-file", choices=("error", "skip"))
+    bad_file_arg(p, None)
     p.add_argument("--device", default="auto",
                    help="auto (default: the config's trainer.accelerator, itself auto: the GPU when there is one), "
                         "cpu, cuda, cuda:N or mps; several GPUs or nodes: --set trainer.devices=N (docs/scaling.md)")
@@ -93,7 +93,7 @@ def add_export(sub) -> None:
                                                          "like those the model will see (up to 64, evenly spaced: "
                                                          "half calibrate, half check)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx (batch size is dynamic)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--batch", type=int, default=2, help="batch of random images used to trace and verify")
     bad_file_arg(p, "error")
     force_arg(p, "replace --out")
@@ -156,7 +156,7 @@ def add_lr_find(sub) -> None:
     p.add_argument("--out", required=True, help="folder for lr_find.png, lr_find.json, lr_find.csv")
     p.add_argument("--model", help="start from this checkpoint's weights and config (the file is only read)")
     p.add_argument("--min-lr", type=float, help="first rate (default 1e-7; 1e-10 with --per-epoch)")
-    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--max-lr", type=float, default=1.0, help="last rate (default 1.0)")
     p.add_argument("--steps", type=int, help="number of rates (default 100 steps; 50 epochs with --per-epoch)")
     p.add_argument("--per-epoch", action="store_true",
                    help="the notebook's variant: one rate per epoch over the whole folder, 1e-10*10^arange(0,10,10/N)")

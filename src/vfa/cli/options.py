@@ -44,10 +44,12 @@ def model_arg(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
         p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint")
 
 
-def bad_file_arg(p: argparse.ArgumentParser, default: str) -> None:
+def bad_file_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    """--on-bad-file; default None: the config's data.on_bad_file decides (training)."""
+    shown = default or "the config's data.on_bad_file (error)"
     p.add_argument("--on-bad-file", choices=("error", "skip"), default=default,
                    help=f"an unreadable file stops the command (error) or is skipped and reported (skip); "
-                        f"default {default}")
+                        f"default {shown}")
 
 
 def force_arg(p: argparse.ArgumentParser, what: str = "replace existing outputs") -> None:

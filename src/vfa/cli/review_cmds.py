@@ -57,7 +57,7 @@ def add_review(sub) -> None:
     p.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
     p.add_argument("--insecure-http", action="store_true", help="serve plain HTTP off loopback (secrets and reads "
                                                                 "cross the network in clear: trusted networks only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
     p.add_argument("--reader", help="serve: the login form's default reader name (and the first account's, in a "
                                     "database without readers); export with --only-reader: that reader's rows")
     p.add_argument("--role", choices=("reader", "admin"), default="reader", help="readers add: the account's role")

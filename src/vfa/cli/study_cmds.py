@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from vfa import config as config_mod
-from vfa.cli.options import config_args, force_arg, resolve_config
+from vfa.cli.options import bad_file_arg, config_args, force_arg, resolve_config
 
 
 def cmd_cv(args) -> None:
@@ -23,13 +23,14 @@ def add_cv(sub) -> None:
                         "when present, else folds are made, patient-level and stratified)")
     p.add_argument("--folds", type=int, help="number of folds K (default 5; data.folds)")
     p.add_argument("--out", required=True, help="folder: fold0 ... foldK-1 run directories and the summary")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs per fold (default: the preset's optim.epochs; the SGDR cycle "
+                                              "keeps optim.sgdr_steps, as vfa train --epochs)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="each fold's model for out-of-fold scores and the ensemble (default last: best is "
                         "chosen on the fold it would be scored on)")
     p.add_argument("--resume", action="store_true", help="continue unfinished folds, start missing ones, then "
                                                          "summarize")
-    p.add_argument("--on-bad-file", choices=("error", "skip"))
+    bad_file_arg(p, None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (as vfa train)")
     force_arg(p, "replace an existing cross-validation (its folds are trained again)")
     config_args(p)
@@ -71,7 +72,8 @@ def cmd_runs(args) -> None:
 
 def add_runs(sub) -> None:
     p = sub.add_parser("runs", help="list training runs in a folder, or compare two side by side")
-    p.add_argument("action", choices=("list", "compare"))
+    p.add_argument("action", choices=("list", "compare"), help="list: the runs under a folder; compare: two runs "
+                                                              "side by side")
     p.add_argument("paths", nargs="*", help="list: the folder to search (default runs); compare: two run directories")
     p.set_defaults(func=cmd_runs)
 
@@ -115,7 +117,8 @@ def add_cohort(sub) -> None:
     p.add_argument("--threshold", type=float, help="threshold for a score exposure (default 0.5)")
     p.add_argument("--time", default="time", help="follow-up in years from the scan (default time)")
     p.add_argument("--start-date", help="or: follow-up = (--end-date - --start-date) / 365.25")
-    p.add_argument("--end-date")
+    p.add_argument("--end-date", help="column of the end of follow-up (the event, death or censoring date), "
+                                      "with --start-date")
     p.add_argument("--event", default="event", help="event column(s), comma-separated: one analysis each")
     p.add_argument("--event-codes", default="0,1,2", help="censored,event,competing (default 0,1,2)")
     p.add_argument("--adjust", help="covariates for the adjusted models, e.g. age,sex,bmd_tscore")

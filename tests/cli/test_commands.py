@@ -145,6 +145,13 @@ def run_review(env, tmp):
     return ["review", "export", "--db", str(tmp / "r.sqlite"), "--out", str(tmp / "reads.csv")]
 
 
+def run_node(env, tmp):
+    from vfa.node.queue import Queue
+
+    Queue(tmp / "store")  # an empty node store; the serving node is tests/node's, against a real PACS
+    return ["node", "status", "--store", str(tmp / "store")]
+
+
 RUNS = {name.removeprefix("run_").replace("_", "-"): fn for name, fn in globals().items() if name.startswith("run_")}
 
 

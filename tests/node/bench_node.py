@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tests import oracles
-from tests.node.conftest import Node, Orthanc, wait_for
+from tests.node.support import Node, Orthanc, wait_for
 
 SIZES = {"tiny": ["data.size=[64,40]", "model.backbone=resnet18", "model.head=[16]"], "cpu-demo": [], "seed": []}
 

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from tests import oracles
-from tests.node.conftest import Node, Orthanc, wait_for
+from tests.node.support import Node, Orthanc, wait_for
 from vfa.cli import main
 from vfa.io.identifiers import IDENTIFIER_KEYWORDS
 
@@ -183,7 +183,7 @@ def test_destination_down_then_back_and_metrics(node_inputs, tmp_path):
     the results arrive once Orthanc is up; /health and /metrics say so."""
     import urllib.request
 
-    from tests.node.conftest import free_port
+    from tests.node.support import free_port
 
     orthanc_port, metrics_port = free_port(), free_port()
     node = Node(tmp_path, node_inputs["ckpt"], f"ORTHANC@127.0.0.1:{orthanc_port}", quiet_time=0.5,

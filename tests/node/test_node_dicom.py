@@ -75,6 +75,26 @@ def check_results(objects, image, p_predict: float) -> None:
     assert probability(sr) == pytest.approx(p_predict, abs=1e-6)
 
 
+def bad_input_statuses(port: int, image) -> tuple[int, bool]:
+    """pynetdicom as the sender: (status of a C-STORE of an image without StudyInstanceUID, whether a
+    context offering only a transfer syntax vfa cannot decode (JPEG XL) was accepted)."""
+    from pynetdicom import AE
+
+    ds = dcmread(image)
+    del ds.StudyInstanceUID
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.1.2.4.110")  # JPEG XL Lossless
+    assoc = ae.associate("127.0.0.1", port, ae_title="VFA")
+    assert assoc.is_established
+    try:
+        status = int(assoc.send_c_store(ds).Status)
+        jpeg_xl = any(cx.abstract_syntax.endswith(".7.2") for cx in assoc.accepted_contexts)
+    finally:
+        assoc.release()
+    return status, jpeg_xl
+
+
 def test_storescu_to_node_to_storescp(node_inputs, storescp, tmp_path):
     """echoscu and storescu (allowed callers) -> the node -> SR + SC in storescp: valid, the source
     referenced, predict's P(fracture); an unknown caller refused; a non-VFA instance recorded and
@@ -92,6 +112,7 @@ def test_storescu_to_node_to_storescp(node_inputs, storescp, tmp_path):
     write_dicom(small, np.zeros((8, 8), np.uint8), patient_id="PHANTOM-SMALL")
     sent = run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image, small)
     assert sent.returncode == 0, sent.stderr
+    assert bad_input_statuses(node.port, image) == (0xC210, False)  # refused; the node keeps running
     study = str(dcmread(image).StudyInstanceUID)
     wait_for(lambda: node.states().get(study) == "sent", 120, "the SR and SC in storescp")  # storescp answered
     objects = received(folder)

@@ -1,7 +1,7 @@
 """Reading a complete study with the one warm model, and its results as DICOM SR + SC.
 
-The scoring is `vfa predict`'s (vfa.inference.predict.predict_files on the loaded ensemble, the
-verified `auto` backend) and the objects are `vfa predict --dicom-out`'s
+The scoring is `vfa predict`'s (the model family's predict step from vfa.registry, on the loaded
+model, with the verified `auto` backend for the image family) and the objects are `vfa predict --dicom-out`'s
 (vfa.inference.dicom_results.write_results), so the node's P(fracture) is the one `vfa predict`
 gives on the same file. One thing differs: the SR and SC series and instance UIDs. --dicom-out makes
 new ones per run; the node derives them from the source (its Study / SOP Instance UID and the kind
@@ -27,50 +27,54 @@ def derived_uid(*parts: str) -> str:
 
 
 class WarmModel:
-    """The model or ensemble loaded once on `device`; `read` scores complete studies and writes their results."""
+    """The model or ensemble (either family) loaded once on `device`; `read` scores complete studies
+    with the family's own predict step (vfa.registry: what `vfa predict` runs) and writes their results."""
 
     def __init__(self, model, device: str = "auto", log=None):
         from vfa.inference.dicom_results import model_info
-        from vfa.errors import ConfigError
         from vfa.inference.ensemble import load_ensemble, resolve_family
         from vfa.inference.predict import model_threshold
 
         self.spec = model if len(model) > 1 else model[0]
-        family = resolve_family(self.spec, "node")  # before loading: one line for a model the node cannot run
-        if family.name != "image":
-            raise ConfigError(f"--model is a {family.title}; the node reads with image-level models "
-                              "(per-vertebra reading in the node is not built yet)")
+        self.family = resolve_family(self.spec, "node")  # before loading: a mixed ensemble is one line
+        self.device = device
         self.ens = load_ensemble(self.spec, device)
         self.threshold = model_threshold(self.ens)
         self.info = model_info(self.ens, self.threshold)
         self.log = log or LOG.info
 
-    def read(self, studies: dict[str, list[str]], outs: dict[str, Path]) -> dict[str, tuple | Exception]:
-        """Several complete studies' images scored in one job (batched), then SR + SC per image in each
-        study's folder `outs[key]` (replaced whole); per study (files, index rows), or the error that
-        stopped that study alone (e.g. none of its images decodes)."""
+    def read(self, studies: dict[str, list[str]], outs: dict[str, Path], work: Path) -> dict[str, tuple | Exception]:
+        """Several complete studies' images scored in one job (batched; its table in `work`), then SR +
+        SC per image in each study's folder `outs[key]` (replaced whole); per study (files, index rows),
+        or the error that stopped that study alone (e.g. none of its images decodes)."""
+        import time
+
         import torch
 
-        from vfa.inference.predict import predict_files
+        from vfa.inference.dicom_results import read_table, vertebrae_beside
 
         paths = [p for ps in studies.values() for p in ps]
+        table = Path(work) / "predictions.csv"
+        since = time.time()
         with torch.inference_mode():
-            frame = predict_files(self.ens, paths, num_workers=0, on_bad_file="skip", backend="auto",
-                                  log=self.log)
+            self.family.step("predict")(self.ens, paths, table, force=True, workers=0, device=self.device,
+                                        on_bad_file="skip", log=self.log)
+        frame, vertebrae = read_table(table), vertebrae_beside(table, since)
         done: dict[str, tuple | Exception] = {}
         for key, study_paths in studies.items():
             try:
-                done[key] = self._write(frame, study_paths, outs[key])
+                done[key] = self._write(frame, study_paths, outs[key], vertebrae)
             except Exception as exc:  # this study's results could not be written: it alone is retried
                 done[key] = exc
         return done
 
-    def _write(self, frame, paths: list[str], out: Path) -> tuple[list[Path], list[dict]]:
+    def _write(self, frame, paths: list[str], out: Path, vertebrae) -> tuple[list[Path], list[dict]]:
         from vfa.inference.dicom_results import write_results
 
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        rows = write_results(frame, paths, tmp, self.info, force=True, frame=self.ens.config.data.frame)
+        rows = write_results(frame, paths, tmp, self.info, force=True, frame=self.ens.config.data.frame,
+                             vertebrae=vertebrae)
         if not rows:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError(f"none of the study's {len(paths)} image(s) could be decoded")

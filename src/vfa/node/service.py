@@ -90,7 +90,8 @@ class Node:
         images = {s["study_uid"]: self.queue.images(s["study_uid"]) for s in ready}
         self.in_hand = list(images)
         try:
-            done = self.model.read(images, {uid: self.results_dir(uid) for uid in images})
+            done = self.model.read(images, {uid: self.results_dir(uid) for uid in images},
+                                   Path(self.cfg.store) / "work")
         except Exception as exc:  # the job as a whole failed: every study in it is retried, then dead-lettered
             done = {uid: exc for uid in images}
         for study in ready:

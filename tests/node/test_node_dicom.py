@@ -296,3 +296,30 @@ def test_hot_reload_of_a_new_model_file(node_inputs, storescp, tmp_path):
     check_results(received(folder), image, predicted(model, image, tmp_path))
     assert predicted(model, image, tmp_path) != pytest.approx(predicted(node_inputs["ckpt"], image, tmp_path), abs=1e-6)
     node.stop()
+
+
+def test_per_vertebra_model(node_inputs, storescp, tmp_path):
+    """A per-vertebra model in the node: its SR and outlined SC arrive with `vfa predict`'s P(fracture)."""
+    import torch
+
+    from tests.helpers import TINY
+    from vfa import checkpoint, config
+    from vfa.registry import FAMILIES
+
+    cfg = config.resolve("vertebra-demo", overrides=config.parse_set(TINY))
+    torch.manual_seed(0)
+    net = FAMILIES.of(cfg).step("build")(cfg)
+    net.detector.heads["heat"][-1].bias.data.fill_(4.0)  # random weights then read (random) bodies
+    ckpt = checkpoint.save(tmp_path / "v.ckpt", net, cfg, force=True)
+    dest, folder = storescp
+    node = Node(tmp_path, ckpt, dest, quiet_time=0.5).start()
+    image = node_inputs["images"][0]
+    assert run_tool("storescu", "-aet", "STORESCU", "127.0.0.1", node.port, image).returncode == 0
+    wait_for(lambda: node.states().get(str(dcmread(image).StudyInstanceUID)) == "sent", 120, "the study sent")
+    objects = received(folder)
+    check_results(objects, image, predicted(ckpt, image, tmp_path))
+    sc = next(ds for ds in objects if str(ds.SOPClassUID) == SC_CLASS)
+    assert "vertebrae outlined" in sc.DerivationDescription
+    for p in folder.iterdir():
+        assert validate(p) == [], p.name
+    node.stop()

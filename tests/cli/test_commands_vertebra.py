@@ -21,7 +21,8 @@ TINY = ["data.size=[192,112]", "vertebra.detector_size=[96,56]", "vertebra.crop_
         "data.num_workers=0", "trainer.logger=none", "trainer.progress=false", "trainer.precision=32-true"]
 SETS = [a for s in TINY for a in ("--set", s)]
 # commands that read neither a model nor a preset's family: the same for both families
-FAMILY_FREE = {"synth", "split", "check-data", "augment-preview", "runs", "import-keras"}
+# (node: both families read through it, against a real PACS, in tests/node)
+FAMILY_FREE = {"synth", "split", "check-data", "augment-preview", "runs", "import-keras", "node"}
 
 
 @pytest.fixture(scope="module")

@@ -230,6 +230,9 @@ def fit(cfg, out: str | Path, recipe: Recipe, force: bool = False, resume: bool 
     inputs = [cfg.data.train, cfg.data.val, cfg.data.test, cfg.model.init_from, cfg.vertebra.table]
     init_state = load_init(cfg, log) if cfg.model.init_from and not resume else None
     last, done = _start_point(cfg, run_dir, resume, inputs, log)
+    # a config that cannot build its network (an unknown backbone) fails before minutes of decoding; built
+    # before the seeding, so the run's own initial weights are drawn exactly as before
+    FAMILIES.of(cfg).step("build")(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg.data.augment_on = recipe.augment_on(cfg)
     cfg.trainer.precision = resolve_precision(cfg)

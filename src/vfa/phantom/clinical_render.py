@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from vfa.phantom import anatomy, clinical, vendors
+from vfa.phantom import anatomy, clinical, synth, vendors
 from vfa.phantom.synth import _background, _ellipsoid, _ribs, _softmin
 from vfa.spine import LEVELS
 
@@ -29,19 +29,8 @@ def _plate_shape(tt):
 def _body(canvas, i, an, sh, p, tex_seed, mimic):
     """Add body i (cortex, trabecular texture, curved end plates, a Schmorl's notch or an osteophyte
     where `mimic` says) and its faint posterior elements; return its box."""
-    H, W = canvas.shape
-    cx, cy, phi, w, ref = (float(a) for a in (an["cx"][i], an["cy"][i], an["phi"][i], an["w"][i], sh["ref"]))
-    eu, ev = (math.cos(phi), -math.sin(phi)), (math.sin(phi), math.cos(phi))
-    ha, hm, hp, kt = (float(sh[k]) for k in ("ha", "hm", "hp", "k_top"))
-    corners = np.array([[uu, vv] for uu in (-0.9 * w, 2.2 * w) for vv in (-0.8 * ref, 0.9 * ref)])
-    pts = np.array([cx, cy]) + corners[:, :1] * np.array(eu) + corners[:, 1:] * np.array(ev)
-    x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int), [W, H])
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-    u = (xx - cx) * eu[0] + (yy - cy) * eu[1]
-    v = (xx - cx) * ev[0] + (yy - cy) * ev[1]
-    tt = np.clip(u / (w / 2), -1, 1)
-    hu = hm + (hp - ha) / 2 * tt + ((ha + hp) / 2 - hm) * tt ** 2
+    f = synth.body_frame(canvas.shape, i, an, sh, 0.9, 0.8)
+    u, v, w, ref, ha, kt, tt, hu = (f[k] for k in ("u", "v", "w", "ref", "ha", "kt", "tt", "hu"))
     top = -ref / 2 + kt * (ref - hu) + p["cup"][0] * ref * _plate_shape(tt)
     bot = ref / 2 - (1 - kt) * (ref - hu) - p["cup"][1] * ref * _plate_shape(tt)
     kind = mimic["kind"] if mimic else "none"
@@ -51,26 +40,14 @@ def _body(canvas, i, an, sh, p, tex_seed, mimic):
         top, bot = (top + dent, bot) if mimic["side"] < 0 else (top, bot - dent)
     wall = p["wall"] * w * (1 - np.clip(2 * v / ref, -1, 1) ** 2)
     d = _softmin(p["corner"] * ref, v - top, bot - v, u + w / 2 - wall, w / 2 - u - wall / 2)
-    body = np.clip(d + 0.5, 0, 1)
-    rim = body * np.exp(-np.maximum(d, 0) / p["cortex_px"])
-    noise = np.random.default_rng(tex_seed).standard_normal(u.shape, dtype=np.float32)
-    tex = ndimage.gaussian_filter(noise, (1.6 * p["s"], 0.7 * p["s"]))
-    tex *= p["texture"] / (tex.std() + 1e-6)
-    bone = (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * float(sh["sclerosis"])
+    bone, tex = synth.body_bone(d, p, sh, tex_seed)
     if kind == "osteophyte":   # a beak from the anterior rim of an end plate, towards the disc
         side, length = mimic["side"], mimic["amount"] * w
         edge = -ref / 2 + kt * (ref - ha) if side < 0 else ref / 2 - (1 - kt) * (ref - ha)
         spur = _ellipsoid(u, v, -w / 2 - 0.2 * length, edge + side * 0.1 * length, 0.7 * length, 0.09 * ref,
                           side * 0.5)
         bone = bone + 1.2 * p["cortex"] * spur
-    thor = i < 9
-    pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)
-          + 0.8 * _ellipsoid(u, v, 0.95 * w, 0.05 * ref, 0.14 * w, 0.5 * ref)
-          + 0.7 * _ellipsoid(u, v, (1.4 if thor else 1.3) * w, (0.4 if thor else 0.1) * ref,
-                             0.5 * w, 0.16 * ref, -0.5 if thor else -0.15))
-    canvas[y0:y1, x0:x1] += float(sh["dens"]) * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
-    rows, cols = np.nonzero(d > 0)
-    return [int(x0 + cols.min()), int(y0 + rows.min()), int(x0 + cols.max() + 1), int(y0 + rows.max() + 1)]
+    return synth.add_body(canvas, f, i, d, bone, tex, p, sh)
 
 
 def _shoulders(rng, an, shapes, top, H, W, s):

@@ -8,11 +8,9 @@ visibility, rendering), so image i is the same whatever n and the number of work
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,8 @@ from PIL import Image
 
 from vfa.phantom import clinical, vendors
 from vfa.phantom.clinical_render import render_clinical
-from vfa.phantom.synth import SPLITS, _labels, _splits, vertebra_rows
-from vfa.runs import lock, prepare_run_dir
+from vfa.phantom.synth import check_draws, make_images, vertebra_rows
+from vfa.runs import lock
 from vfa.spine import LEVELS
 
 PRESET = "clinical"
@@ -43,14 +41,7 @@ class ClinicalConfig:
     workers: int | None = None
 
     def validate(self) -> None:
-        if int(self.n) < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if not 0 < self.prevalence < 1:
-            raise ValueError(f"prevalence must be in (0, 1), got {self.prevalence}")
-        for name in ("splits", "grades"):
-            v = getattr(self, name)
-            if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6:
-                raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {v}")
+        check_draws(self)
         if self.vendor not in vendors.VENDOR_CHOICES:
             raise ValueError(f"vendor must be one of {', '.join(vendors.VENDOR_CHOICES)}, got {self.vendor!r}")
         if self.format not in ("png", "dicom"):
@@ -130,22 +121,7 @@ def synthesize_clinical(out: str | Path, cfg: ClinicalConfig, progress: bool = T
                         force: bool = False) -> pd.DataFrame:
     """Write the clinical phantom (images, vertebrae.csv, then manifest.csv last); returns the manifest."""
     with lock(out):
-        cfg.validate()
-        prepare_run_dir(Path(out), force, command="synth")
-        out = Path(out)
-        for name in SPLITS:
-            for cls in ("norm", "frac"):
-                (out / name / cls).mkdir(parents=True, exist_ok=True)
-        labels = _labels(cfg)
-        jobs = [(i, labels[i], sp, str(out), cfg) for i, sp in enumerate(_splits(labels, cfg))]
-        workers = min(cfg.workers or os.cpu_count() or 1, cfg.n)
-        with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-            it = pool.imap(_make_one, jobs, chunksize=max(1, min(8, cfg.n // (4 * workers)))) if pool \
-                else map(_make_one, jobs)
-            if progress:
-                from tqdm import tqdm
-                it = tqdm(it, total=cfg.n, desc="clinical phantom", unit="img")
-            rows = list(it)
+        out, rows = make_images(out, cfg, force, _make_one, progress, "clinical phantom", max_chunk=8)
         vertebrae = pd.DataFrame([v for row in rows for v in row.pop("_vertebrae")])
         for name, frame, kw in (("vertebrae.csv", vertebrae, dict(float_format="%.2f")),
                                 ("manifest.csv", pd.DataFrame(rows), {})):

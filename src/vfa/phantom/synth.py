@@ -40,6 +40,18 @@ SPLITS = ("train", "val", "test")
 GOLDEN = 0.6180339887498949
 
 
+def check_draws(cfg) -> None:
+    """The numbers every phantom config draws with: n, prevalence, splits and grades (each 3 shares)."""
+    if int(cfg.n) < 1:
+        raise ValueError(f"n must be >= 1, got {cfg.n}")
+    if not 0 < cfg.prevalence < 1:
+        raise ValueError(f"prevalence must be in (0, 1), got {cfg.prevalence}")
+    for name in ("splits", "grades"):
+        v = getattr(cfg, name)
+        if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {v}")
+
+
 @dataclass
 class PhantomConfig:
     n: int = 1000
@@ -56,14 +68,7 @@ class PhantomConfig:
     settle: bool = True
 
     def validate(self) -> None:
-        if int(self.n) < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if not 0 < self.prevalence < 1:
-            raise ValueError(f"prevalence must be in (0, 1), got {self.prevalence}")
-        for name in ("splits", "grades"):
-            v = getattr(self, name)
-            if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6:
-                raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {v}")
+        check_draws(self)
         if self.format not in ("png", "dicom", "dicom-mono1"):
             raise ValueError(f"format must be png, dicom or dicom-mono1, got {self.format!r}")
         if self.bit_depth not in (8, 16):
@@ -93,41 +98,64 @@ def _ellipsoid(u, v, uc, vc, a, b, ang=0.0):
     return np.sqrt(np.clip(1 - (du / a) ** 2 - (dv / b) ** 2, 0, 1))
 
 
-def _vertebra(canvas, i, an, sh, p, tex_seed):
-    """Add body (+ cortical rim, trabecular texture) and faint posterior elements; return its box."""
-    H, W = canvas.shape
+def body_frame(shape, i, an, sh, front: float, above: float) -> dict:
+    """Body i's local frame: its numbers (cx, cy, w, ref, ha, hm, hp, kt), its window x0:x1, y0:y1 on a
+    canvas of `shape` (reaching `front` body widths anterior and `above` heights cranial of the centre),
+    the local coordinates u (+ posterior) and v (+ caudal) of the window's pixels, and tt (u in half
+    widths, clipped) and hu, the quadratic through the anterior, middle and posterior heights."""
+    H, W = shape
     # python floats keep the per-pixel maths in float32 (numpy scalars would promote to float64)
     cx, cy, phi, w, ref = (float(a) for a in (an["cx"][i], an["cy"][i], an["phi"][i], an["w"][i], sh["ref"]))
     eu, ev = (math.cos(phi), -math.sin(phi)), (math.sin(phi), math.cos(phi))
     ha, hm, hp, kt = (float(sh[k]) for k in ("ha", "hm", "hp", "k_top"))
-    corners = np.array([[uu, vv] for uu in (-0.6 * w, 2.2 * w) for vv in (-0.7 * ref, 0.9 * ref)])
+    corners = np.array([[uu, vv] for uu in (-front * w, 2.2 * w) for vv in (-above * ref, 0.9 * ref)])
     pts = np.array([cx, cy]) + corners[:, :1] * np.array(eu) + corners[:, 1:] * np.array(ev)
     x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int), [W, H])
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
     u = (xx - cx) * eu[0] + (yy - cy) * eu[1]          # + = posterior (right)
     v = (xx - cx) * ev[0] + (yy - cy) * ev[1]          # + = caudal (down)
-    # body: endplates are the quadratic through anterior/middle/posterior heights
     tt = np.clip(u / (w / 2), -1, 1)
     hu = hm + (hp - ha) / 2 * tt + ((ha + hp) / 2 - hm) * tt ** 2
-    top, bot = -ref / 2 + kt * (ref - hu), ref / 2 - (1 - kt) * (ref - hu)
-    wall = 0.03 * w * (1 - np.clip(2 * v / ref, -1, 1) ** 2)   # slightly concave anterior wall
-    d = _softmin(0.08 * ref, v - top, bot - v, u + w / 2 - wall, w / 2 - u - wall / 2)
+    return {"w": w, "ref": ref, "ha": ha, "kt": kt, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "u": u, "v": v,
+            "tt": tt, "hu": hu}
+
+
+def body_bone(d, p, sh, tex_seed):
+    """(bone, tex): the body inside the signed distance d (cortical rim, trabecular texture)."""
     body = np.clip(d + 0.5, 0, 1)
     rim = body * np.exp(-np.maximum(d, 0) / p["cortex_px"])
-    noise = np.random.default_rng(tex_seed).standard_normal(u.shape, dtype=np.float32)
+    noise = np.random.default_rng(tex_seed).standard_normal(d.shape, dtype=np.float32)
     tex = ndimage.gaussian_filter(noise, (1.6 * p["s"], 0.7 * p["s"]))
     tex *= p["texture"] / (tex.std() + 1e-6)
-    bone = (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * float(sh["sclerosis"])
-    # posterior elements: pedicle, articular processes, lamina + spinous process (more caudal in T)
+    return (body * (p["trab"] * (1 + tex)) + p["cortex"] * rim) * float(sh["sclerosis"]), tex
+
+
+def add_body(canvas, f: dict, i: int, d, bone, tex, p, sh) -> list[int]:
+    """Add the bone and the faint posterior elements (pedicle, articular processes, lamina + spinous
+    process, more caudal in the thoracic spine) to the canvas; return the body's box."""
+    u, v, w, ref = f["u"], f["v"], f["w"], f["ref"]
     thor = i < 9
     pe = (_ellipsoid(u, v, 0.72 * w, -0.15 * ref, 0.32 * w, 0.16 * ref)
           + 0.8 * _ellipsoid(u, v, 0.95 * w, 0.05 * ref, 0.14 * w, 0.5 * ref)
           + 0.7 * _ellipsoid(u, v, (1.4 if thor else 1.3) * w, (0.4 if thor else 0.1) * ref,
                              0.5 * w, 0.16 * ref, -0.5 if thor else -0.15))
-    canvas[y0:y1, x0:x1] += float(sh["dens"]) * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
+    x0, y0 = f["x0"], f["y0"]
+    canvas[y0:f["y1"], x0:f["x1"]] += float(sh["dens"]) * p["density"] * (bone + p["posterior"] * (1 + tex) * pe)
     rows, cols = np.nonzero(d > 0)
     return [int(x0 + cols.min()), int(y0 + rows.min()), int(x0 + cols.max() + 1), int(y0 + rows.max() + 1)]
+
+
+def _vertebra(canvas, i, an, sh, p, tex_seed):
+    """Add body (+ cortical rim, trabecular texture) and faint posterior elements; return its box."""
+    f = body_frame(canvas.shape, i, an, sh, 0.6, 0.7)
+    u, v, w, ref, kt, hu = f["u"], f["v"], f["w"], f["ref"], f["kt"], f["hu"]
+    # body: endplates are the quadratic through anterior/middle/posterior heights
+    top, bot = -ref / 2 + kt * (ref - hu), ref / 2 - (1 - kt) * (ref - hu)
+    wall = 0.03 * w * (1 - np.clip(2 * v / ref, -1, 1) ** 2)   # slightly concave anterior wall
+    d = _softmin(0.08 * ref, v - top, bot - v, u + w / 2 - wall, w / 2 - u - wall / 2)
+    bone, tex = body_bone(d, p, sh, tex_seed)
+    return add_body(canvas, f, i, d, bone, tex, p, sh)
 
 
 def _ribs(rng, an, cage, H, W, p):
@@ -318,7 +346,11 @@ def synthesize(out: str | Path, cfg: PhantomConfig, progress: bool = True, force
         return _synthesize(out, cfg, progress, force)
 
 
-def _synthesize(out, cfg: PhantomConfig, progress: bool, force: bool) -> pd.DataFrame:
+def make_images(out, cfg, force: bool, make_one, progress: bool, desc: str = "phantom",
+                max_chunk: int = 16) -> tuple[Path, list[dict]]:
+    """The phantom's folders, then `make_one((i, label, split, out, cfg))` for every image, in worker
+    processes; returns (out, the manifest rows in image order). Each worker writes its own images
+    and returns only the small row."""
     cfg.validate()
     prepare_run_dir(Path(out), force, command="synth")  # force replaces only a phantom's own files
     out = Path(out)
@@ -328,14 +360,17 @@ def _synthesize(out, cfg: PhantomConfig, progress: bool, force: bool) -> pd.Data
     labels = _labels(cfg)
     jobs = [(i, labels[i], sp, str(out), cfg) for i, sp in enumerate(_splits(labels, cfg))]
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.n)
-    # each worker writes its own PNGs and returns only the small manifest row
     with Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        chunk = max(1, min(16, cfg.n // (4 * workers)))
-        it = pool.imap(_make_one, jobs, chunksize=chunk) if pool else map(_make_one, jobs)
+        chunk = max(1, min(max_chunk, cfg.n // (4 * workers)))
+        it = pool.imap(make_one, jobs, chunksize=chunk) if pool else map(make_one, jobs)
         if progress:
             from tqdm import tqdm
-            it = tqdm(it, total=cfg.n, desc="phantom", unit="img")
-        rows = list(it)
+            it = tqdm(it, total=cfg.n, desc=desc, unit="img")
+        return out, list(it)
+
+
+def _synthesize(out, cfg: PhantomConfig, progress: bool, force: bool) -> pd.DataFrame:
+    out, rows = make_images(out, cfg, force, _make_one, progress)
     vertebrae = pd.DataFrame([v for row in rows for v in row.pop("_vertebrae")])
     tmp = out / "vertebrae.csv.tmp"
     vertebrae.to_csv(tmp, index=False, float_format="%.2f")

@@ -14,10 +14,13 @@ CKPT := $(DEMO_RUN)/checkpoints/best.ckpt
 
 .PHONY: demo demo-vertebra test venv clean bench bench-archive oracles
 
+# pip's own messages (e.g. a machine's pip.conf naming index folders that do not exist) go to
+# .venv/pip.err, shown only when the install fails: the demo's console is vfa's
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check $(TORCH_PINS)
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@echo "installing torch and vfa into $(VENV) (pip's messages: $(VENV)/pip.err)"
+	@$(VPY) -m pip install -q --disable-pip-version-check $(TORCH_PINS) 2>$(VENV)/pip.err || { cat $(VENV)/pip.err; exit 1; }
+	@$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>>$(VENV)/pip.err || { cat $(VENV)/pip.err; exit 1; }
 	touch $(STAMP)
 
 # The Keras env alone (make bench needs it too); `make oracles` builds it with the other oracles.

@@ -96,15 +96,10 @@ def store_cases(conn: sqlite3.Connection, cases: list[Case], meta: dict) -> None
     thr = float(meta["threshold"])
     rows = [(c.idx, c.image_id, c.file, c.path, c.p, c.call, c.label, c.split, c.heatmap, json.dumps(c.vertebrae),
              json.dumps(c.identifiers), c.model_grade, abs(c.p - thr)) for c in cases]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with audit.transaction(conn):
         conn.execute("DELETE FROM cases")
         conn.executemany("INSERT INTO cases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def get_meta(conn) -> dict:
@@ -153,13 +148,11 @@ def add_read(conn: sqlite3.Connection, image_id: str, reader: str, read: dict, b
     """Store one read (a new version if the reader read this image before) and its audit entry in one
     transaction; returns {"id", "version", "created_at", "duplicate"}. A repeated request_id returns
     the first."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with audit.transaction(conn):
         if read["request_id"]:
             row = conn.execute("SELECT id, version, created_at FROM reads WHERE request_id=?",
                                (read["request_id"],)).fetchone()
             if row:
-                conn.execute("COMMIT")
                 return {**dict(row), "duplicate": True}
         version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM reads WHERE image_id=? AND reader=?",
                                (image_id, reader)).fetchone()[0]
@@ -172,10 +165,6 @@ def add_read(conn: sqlite3.Connection, image_id: str, reader: str, read: dict, b
                      (image_id, reader, cur.lastrowid, read["fracture"], overall_grade(read)))
         stored = conn.execute("SELECT * FROM reads WHERE id=?", (cur.lastrowid,)).fetchone()
         audit.record(conn, "read" if version == 1 else "amendment", reader, client, audit.read_detail(dict(stored)))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return {"id": cur.lastrowid, "version": version, "created_at": created, "duplicate": False}
 
 

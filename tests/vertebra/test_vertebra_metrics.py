@@ -137,7 +137,8 @@ def test_bootstrap_resamples_whole_images(monkeypatch):
     recalls = {round(real(d)["detection_recall"], 6) for d in draws}
     assert recalls == {0.0, 0.25, 1.0}
     assert out["detection_recall"]["value"] == pytest.approx(0.25)
-    assert out["n"] == {"images": 2, "vertebrae": 4, "fractured": 1, "grade1": 1, "grade2": 0, "grade3": 0}
+    assert out["n"] == {"images": 2, "vertebrae": 4, "fractured": 1, "grade1": 1, "grade2": 0, "grade3": 0,
+                        "unreadable": 0, "not_evaluable_calls": 0}
 
 
 def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
@@ -146,7 +147,7 @@ def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
     point = vm.scalars(bodies)
     checked = 0
     for key, v in out.items():
-        if key == "n" or np.isnan(v["value"]):
+        if key in ("n", "breakdown") or np.isnan(v["value"]):
             continue
         assert v["value"] == pytest.approx(point[key])
         lo, hi = v["ci"]
@@ -170,8 +171,13 @@ def test_image_auc_matches_scikit_learn():
 def test_table_lines_has_one_row_per_metric():
     out = vm.bootstrap(several_images(4), n=20)
     lines = vm.table_lines(out, {"auc": 0.9, "ci": [0.8, 1.0]})
-    assert len(lines) == 2 + len(vm.TABLE) + 1
-    assert lines[-1].startswith("| Image-level AUC") and "0.800-1.000" in lines[-1]
+    # no `readable` in the truth and no body called not evaluable: the two readability rows stay out
+    at = next(i for i, line in enumerate(lines) if line.startswith("| Image-level AUC"))
+    assert at == 2 + len(vm.TABLE) - len(vm.OPTIONAL) and "0.800-1.000" in lines[at]
+    # then the breakdown: grades 0 (Sp only), 1, 2, 3 (Sn only) and the bands the scene has (T4-T6: normal only; T7-T12)
+    names = [line.split("|")[1].strip() for line in lines[at + 1:]]
+    assert names == ["Sp, grade 0", "Sn, grade 1", "Sn, grade 2", "Sn, grade 3", "Sp, band T4-T6",
+                     "Sn / Sp, band T7-T12"]
 
 
 def perfect_images(k=8):

@@ -4,9 +4,11 @@ the dataset that pairs each image with its bodies' six points.
 One row per vertebra: `filename` (or `file`/`path`: the image, relative to the table's folder), `level`
 (T4..L4) and either the six morphometry points (`sup_ant_x, sup_ant_y, ... inf_post_y`, image
 pixels, origin at the top-left corner) or only a `grade` (0-3), as DXA morphometry software and
-annotation tools export them; `type` (normal/wedge/biconcave/crush) is optional. Every problem is
-named with its CSV line: an unknown level, a level listed twice for one image, a point that is not a
-number or lies outside its image, a grade outside 0-3, an unknown type.
+annotation tools export them; `type` (normal/wedge/biconcave/crush) is optional, and so are
+`readable` (1, 0 for a level that cannot be read, or empty: not said) and `mimic` (what a normal
+body resembles a fracture by, `none` or a kind; free text). Every problem is named with its CSV line:
+an unknown level, a level listed twice for one image, a point that is not a number or lies outside
+its image, a grade outside 0-3, an unknown type, a readable flag other than 0 or 1.
 """
 from __future__ import annotations
 
@@ -95,11 +97,33 @@ def read_vertebrae(path: str | Path, check_images: bool = True) -> pd.DataFrame:
         if wrong.any():
             raise _problem(path, frame["_line"][wrong].iloc[0], f"unknown type {frame['type'][wrong].iloc[0]!r} "
                            f"(expected one of {', '.join(SHAPES)})")
+    if "readable" in frame.columns:
+        frame["readable"] = _readable(frame, path)
+    if "mimic" in frame.columns:
+        frame["mimic"] = frame["mimic"].fillna("").astype(str).str.strip().replace("", "none")
     if all(has_points):
         frame[list(POINT_COLUMNS)] = _numbers(frame, POINT_COLUMNS, path)
         if check_images:
             _inside(frame, path)
     return frame
+
+
+def _readable(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """The `readable` column as floats: 1, 0, or NaN where a row leaves it empty (not said)."""
+    raw = frame["readable"].fillna("").astype(str).str.strip()
+    value = pd.to_numeric(raw.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+    wrong = (raw != "") & ~np.isin(value, [0, 1])
+    if wrong.any():
+        i = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise _problem(path, frame["_line"].iloc[i], f"readable must be 0, 1 or empty, got {raw.iloc[i]!r}")
+    return value
+
+
+def readable_of(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's truth readability: 1, 0, or NaN (no `readable` column, or the row leaves it empty)."""
+    if "readable" not in rows:
+        return np.full(len(rows), np.nan)
+    return pd.to_numeric(rows["readable"], errors="coerce").to_numpy(dtype=float)
 
 
 def _inside(frame: pd.DataFrame, path: Path) -> None:
@@ -135,7 +159,8 @@ def truth_for(samples: Samples, table: pd.DataFrame, where: str) -> dict[str, pd
 
 class VertebraDataset(Dataset):
     """(image (1, H, W) at the working size, points (13, 6, 2) in its pixels, present (13,),
-    grade (13,), index) per image; levels without a row are absent (present 0). A transform with
+    grade (13,), index, readable (13,): 1, 0, or -1 where the truth does not say) per image; levels
+    without a row are absent (present 0). A transform with
     augmentation (`create_transform(cfg, train=True)`) warps the image and moves the points with
     it; a body it moves (partly) out of the image is absent from that draw."""
 
@@ -156,9 +181,11 @@ class VertebraDataset(Dataset):
         present[idx] = 1
         if "grade" in rows:
             grade[idx] = torch.as_tensor(rows["grade"].to_numpy(dtype=np.int64))
+        readable = torch.full((len(LEVELS),), -1.0)
+        readable[idx] = torch.as_tensor(np.nan_to_num(readable_of(rows), nan=-1.0), dtype=torch.float32)
         if self.transform.augment is not None:
             img, pts, present = _augment(self.transform.augment, img, pts, present)
-        return img, pts, present, grade, i
+        return img, pts, present, grade, i, readable
 
 
 def _augment(aug, img: torch.Tensor, pts: torch.Tensor, present: torch.Tensor):

@@ -7,7 +7,10 @@ body's six points, and apply the morphometry rules.
     -> crops in frames from the detected centres (vfa.models.crops.frames), six points by the
        landmark network, then again in frames re-centred on those points (REFINE passes)
     -> heights, ratios, Genant grade and type (vfa.stats.morphometry.apply_genant_rules); P(fracture) per body
-       from the landmark network's fracture head.
+       from the landmark network's fracture head
+    -> evaluable or not: a body whose P(readable) (the landmark network's readability head, on the
+       last pass's crop) is below READABLE_THRESHOLD is reported not evaluable: no grade, type or
+       P(fracture), and it takes no part in the image's call.
 """
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ from vfa.stats.morphometry import apply_genant_rules
 REFINE = 2          # landmark passes: the second crops around the first pass's points
 MAX_PEAKS = 30
 GAP = 3.0           # log-score cost of each level missing inside the column (assign_levels)
+# P(readable) below which a body is not evaluable: the Bayes decision for agreement with the truth's
+# `readable` when the head is calibrated (it is trained by plain BCE), not a value fitted to any data
+READABLE_THRESHOLD = 0.5
+ROW_COLUMNS = ("file", "level", "x0", "y0", "x1", "y1", *POINT_COLUMNS, "ha", "hm", "hp", "wedge_ratio",
+                "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "grade_source", "p_fracture",
+                "evaluable", "p_readable")
 
 
 def assign_levels(score: np.ndarray, level_logp: np.ndarray, gap: float = GAP) -> np.ndarray:
@@ -90,8 +99,9 @@ def detect(model, img: torch.Tensor, vcfg) -> list[tuple[np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
-def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per image: (six points (N, 6, 2) in its px, P(fracture) (N,)) of the detected bodies."""
+def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: (six points (N, 6, 2) in its px, P(fracture) (N,), P(readable) (N,)) of the
+    detected bodies. A landmark network without a readability output reads P(readable) 1."""
     index, centre, axis, side = [], [], [], []
     for b, (c, lv) in enumerate(found):
         if len(c):
@@ -99,33 +109,37 @@ def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray
             index += [b] * len(c)
             centre.append(c), axis.append(a), side.append(s)
     if not index:
-        return [(np.zeros((0, 6, 2)), np.zeros(0)) for _ in found]
+        return [(np.zeros((0, 6, 2)), np.zeros(0), np.zeros(0)) for _ in found]
     dev = img.device
     index = torch.tensor(index, device=dev)
     centre, axis, side = (torch.tensor(np.concatenate(v), dtype=torch.float32, device=dev)
                           for v in (centre, axis, side))
     for _ in range(REFINE):
-        q, logit = model.landmarks(crop(img, index, centre, axis, side, vcfg.crop_size))
+        q, logit, *rest = model.landmarks(crop(img, index, centre, axis, side, vcfg.crop_size))
         pts = from_crop(q.float(), centre, axis, side)
         centre, axis = refine_frame(pts)
-    prob = logit.float().sigmoid()
-    out, start = [], 0
+    prob = logit.float().sigmoid().cpu().numpy()
+    readable = rest[0].float().sigmoid().cpu().numpy() if rest else np.ones(len(prob))
+    pts, out, start = pts.cpu().numpy(), [], 0
     for c, _ in found:
-        out.append((pts[start:start + len(c)].cpu().numpy(), prob[start:start + len(c)].cpu().numpy()))
+        part = slice(start, start + len(c))
+        out.append((pts[part], prob[part], readable[part]))
         start += len(c)
     return out
 
 
 def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarray,
-               fracture_threshold: float = 0.5) -> pd.DataFrame:
+               fracture_threshold: float = 0.5, readable: np.ndarray | None = None) -> pd.DataFrame:
     """The vertebrae.csv rows of one image (points in its own px). A body is fractured when the rules
     grade it >= 1 or the fracture head's P reaches `fracture_threshold`; the grade is the rules' (at
     least 1 for a body only the head calls) and the shape is the rules' lowest ratio; `grade_source`
-    says which made the call."""
-    cols = ["file", "level", "x0", "y0", "x1", "y1", *POINT_COLUMNS, "ha", "hm", "hp", "wedge_ratio",
-            "biconcave_ratio", "crush_ratio", "height_loss", "grade", "type", "grade_source", "p_fracture"]
+    says which made the call. `readable`: P(readable) per body (None: 1); a body below
+    READABLE_THRESHOLD is not evaluable (`evaluable` 0): its grade, type, grade_source and p_fracture
+    are empty (its points and heights stay: they say where the level is, not what it shows)."""
     if len(points) == 0:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=list(ROW_COLUMNS))
+    readable = np.ones(len(points)) if readable is None else np.asarray(readable, dtype=float)
+    ok = readable >= READABLE_THRESHOLD
     r = apply_genant_rules(points, [LEVELS[i] for i in levels])
     head_only = (r["grade"] == 0) & (prob >= fracture_threshold)
     frame = pd.DataFrame({"file": file, "level": [LEVELS[i] for i in levels],
@@ -135,11 +149,14 @@ def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarr
         frame[f"{name}_x"], frame[f"{name}_y"] = points[:, j, 0], points[:, j, 1]
     for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss"):
         frame[key] = r[key]
-    frame["grade"] = np.where(head_only, 1, r["grade"])
-    frame["type"] = np.where(frame["grade"] > 0, r["shape"], "normal")
-    frame["grade_source"] = np.where(head_only, "head", "rules")
-    frame["p_fracture"] = prob
-    return frame[cols]
+    grade = np.where(head_only, 1, r["grade"])
+    frame["grade"] = pd.array(np.where(ok, grade, 0), dtype="Int64")   # Int64: an empty grade stays empty
+    frame.loc[~ok, "grade"] = pd.NA
+    frame["type"] = np.where(~ok, "", np.where(grade > 0, r["shape"], "normal"))
+    frame["grade_source"] = np.where(~ok, "", np.where(head_only, "head", "rules"))
+    frame["p_fracture"] = np.where(ok, prob, np.nan)
+    frame["evaluable"], frame["p_readable"] = ok.astype(int), readable
+    return frame[list(ROW_COLUMNS)]
 
 
 def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[pd.DataFrame]:
@@ -163,28 +180,43 @@ def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = F
         right = torch.tensor([f == "right" for f in sides], device=dev)
         img = torch.where(right[:, None, None, None], img.flip(-1), img)
         found = detect(model, img, vcfg)
-        for path, (_, scale), (c, lv), (pts, prob), side in zip(batch, loaded, found,
-                                                                place_points(model, img, found, vcfg), sides):
+        for path, (_, scale), (c, lv), (pts, prob, ok), side in zip(batch, loaded, found,
+                                                                    place_points(model, img, found, vcfg), sides):
             if side == "right":   # back to the image as given: its anterior points stay anterior
                 pts = mirror_points(pts, img.shape[-1])
-            out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold))
+            out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold, ok))
     return out
+
+
+def evaluable_mask(vert: pd.DataFrame) -> np.ndarray:
+    """Which bodies were read (True), from `evaluable` (a table without it: every body)."""
+    if "evaluable" not in vert:
+        return np.ones(len(vert), dtype=bool)
+    return pd.to_numeric(vert["evaluable"], errors="coerce").fillna(1).to_numpy() > 0
+
+
+def grades_of(vert: pd.DataFrame) -> np.ndarray:
+    """The `grade` column as floats, NaN where it is empty (a body not evaluable)."""
+    return pd.to_numeric(vert["grade"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def body_scores(vert: pd.DataFrame, threshold: float) -> np.ndarray:
     """Each body's call as a score in [0, 1] that reaches `threshold` exactly when the body is called
     fractured: P(fracture) of the head for a body the rules leave at grade 0, and threshold +
-    (1 - threshold) P for a body the rules grade (so a rules call is never outranked by a lower head P)."""
-    p = vert["p_fracture"].to_numpy(np.float64)
-    rules = (vert["grade"].to_numpy() > 0) & (vert["grade_source"].to_numpy() == "rules")
-    return np.where(rules, threshold + (1 - threshold) * p, p)
+    (1 - threshold) P for a body the rules grade (so a rules call is never outranked by a lower head P).
+    A body not evaluable scores 0: what cannot be read does not make the image fractured."""
+    p = pd.to_numeric(vert["p_fracture"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    rules = (np.nan_to_num(grades_of(vert)) > 0) & (vert["grade_source"].to_numpy() == "rules")
+    return np.where(evaluable_mask(vert), np.nan_to_num(np.where(rules, threshold + (1 - threshold) * p, p)), 0.0)
 
 
 def image_rows(spines: list[pd.DataFrame], threshold: float) -> pd.DataFrame:
     """The image-level columns (vfa.registry.IMAGE_COLUMNS' raw and predicted, then the family's
     extras) from each image's bodies: raw = its highest body score (`body_scores`; 0 when no body
-    was found), so predicted = raw >= threshold says exactly "a body is fractured" (max_grade >= 1)."""
+    was found), so predicted = raw >= threshold says exactly "a body is fractured" (max_grade >= 1,
+    over the evaluable bodies; 0 when none is)."""
     raw = np.array([float(body_scores(v, threshold).max()) if len(v) else 0.0 for v in spines])
+    grades = [np.nan_to_num(grades_of(v)) for v in spines]
     return pd.DataFrame({"raw": raw, "predicted": (raw >= threshold).astype(int),
-                         "max_grade": [int(v["grade"].max()) if len(v) else 0 for v in spines],
+                         "max_grade": [int(g.max()) if len(g) else 0 for g in grades],
                          "n_vertebrae": [len(v) for v in spines]})

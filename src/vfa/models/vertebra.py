@@ -3,7 +3,7 @@
     image --(resize to vertebra.detector_size)--> SpineDetector: centre heatmap, sub-cell offset and
         level logits at stride 4 (CenterNet-style, on a small feature pyramid)
     each body --(rotated crop, vfa.models.crops)--> LandmarkNet: six point heatmaps read out by
-        soft-argmax (sub-pixel), and a fracture logit
+        soft-argmax (sub-pixel), a fracture logit and a readability logit (can this body be read?)
 
 Genant grade and type follow from the predicted points by the morphometry rules
 (vfa.stats.morphometry); the landmark net's fracture logit gives each body's P(fracture).
@@ -71,9 +71,14 @@ def soft_argmax(heat: torch.Tensor) -> torch.Tensor:
     return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], dim=-1)
 
 
+# the readability head's bias before training, and that of a checkpoint written without the head:
+# sigmoid(6) = 0.9975, so an untrained or missing head calls every body evaluable
+READABLE_PRIOR = 6.0
+
+
 class LandmarkNet(nn.Module):
-    """A crop centred on one body -> its six points (crop coordinates in [-0.5, 0.5]) and a
-    fracture logit."""
+    """A crop centred on one body -> its six points (crop coordinates in [-0.5, 0.5]), a fracture
+    logit and a readability logit (P(the body can be read) = its sigmoid)."""
 
     def __init__(self, backbone: str = "resnet18", width: int = 64, pretrained: bool = False):
         super().__init__()
@@ -81,12 +86,30 @@ class LandmarkNet(nn.Module):
         self.points = nn.Sequential(_conv(width, width), nn.Conv2d(width, 6, 1))
         deep = self.pyramid.body.feature_info.channels()[-1]
         self.fracture = nn.Sequential(nn.Dropout(0.2), nn.Linear(deep + width, 1))
+        # built last and from a forked RNG, zero weights: every other weight, and every draw of a
+        # seeded run after the build, is what it was before the head existed
+        with torch.random.fork_rng(devices=[]):
+            self.readable = nn.Linear(deep + width, 1)
+        nn.init.zeros_(self.readable.weight)
+        nn.init.constant_(self.readable.bias, READABLE_PRIOR)
+        self._register_load_state_dict_pre_hook(_without_readable_head)
 
-    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f, deep = self.pyramid(crops)
         pts = soft_argmax(self.points(f))
         pooled = torch.cat([deep.float().mean((2, 3)), f.float().mean((2, 3))], 1)
-        return pts, self.fracture(pooled).squeeze(1)
+        return pts, self.fracture(pooled).squeeze(1), self.readable(pooled).squeeze(1)
+
+
+def _without_readable_head(state_dict, prefix, *args) -> None:
+    """A checkpoint written before the readability head: the head it lacks is the untrained one
+    (zero weights, bias READABLE_PRIOR), so every body it reads is evaluable, as it was."""
+    key = prefix + "readable."
+    if key + "weight" in state_dict or prefix + "fracture.1.weight" not in state_dict:
+        return
+    like = state_dict[prefix + "fracture.1.weight"]
+    state_dict[key + "weight"] = torch.zeros_like(like)
+    state_dict[key + "bias"] = torch.full((1,), READABLE_PRIOR, dtype=like.dtype, device=like.device)
 
 
 class VertebraNet(nn.Module):

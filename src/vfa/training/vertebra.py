@@ -42,7 +42,7 @@ class VertebraModule(L.LightningModule):
         self._loss_sum, self._loss_n = 0.0, 0
 
     def _losses(self, batch, train: bool) -> tuple[torch.Tensor, dict]:
-        img, pts, present, grade, _ = batch
+        img, pts, present, grade, _, readable = batch
         v, (H, W) = self.cfg.vertebra, img.shape[-2:]
         det_in = F.interpolate(img, size=tuple(v.detector_size), mode="bilinear", antialias=True, align_corners=False)
         scale = (v.detector_size[1] / W, v.detector_size[0] / H)
@@ -51,12 +51,13 @@ class VertebraModule(L.LightningModule):
             pts, present, grade, v.bodies_per_image, v.crop_scale, v.jitter if train else 0.0, H / 16,
             self._crop_rng if train else None, all_bodies=not train)
         index, level, centre, axis, side = (t.to(img.device) for t in (index, level, centre, axis, side))
-        q, logit = self.model.landmarks(crop(img, index, centre, axis, side, v.crop_size))
+        q, logit, read_logit = self.model.landmarks(crop(img, index, centre, axis, side, v.crop_size))
         body = pts[index, level]
         truth = to_crop(body, centre, axis, side)
         frac = (grade[index, level] > 0).float()
         parts["points"] = POINT_WEIGHT * F.l1_loss(q, truth)
-        parts["fracture"] = F.binary_cross_entropy_with_logits(logit.float(), frac, pos_weight=self.pos_weight)
+        parts["fracture"], parts["readable"] = crop_losses(logit, frac, read_logit, readable[index, level],
+                                                           self.pos_weight)
         extra = dict(err=(q - truth).norm(dim=-1).mean(1) * side / _body_height(body),
                      logit=logit.float(), frac=frac)
         return sum(parts.values()), dict(parts, **extra)
@@ -65,7 +66,7 @@ class VertebraModule(L.LightningModule):
         loss, parts = self._losses(batch, train=True)
         self._loss_sum += float(loss.detach()) * len(batch[0])
         self._loss_n += len(batch[0])
-        for key in ("heat", "offset", "level", "points", "fracture"):
+        for key in ("heat", "offset", "level", "points", "fracture", "readable"):
             self.log(f"loss_{key}", parts[key], on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
@@ -107,6 +108,25 @@ class VertebraModule(L.LightningModule):
         lam = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))  # noqa: E731
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lam),
                                                    "interval": "step"}}
+
+
+def crop_losses(logit: torch.Tensor, frac: torch.Tensor, read_logit: torch.Tensor, readable: torch.Tensor,
+                pos_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops' fracture loss (BCE, `pos_weight`) over the bodies the truth does not call unreadable
+    (what a hidden body's grade looks like is not something to learn), and the readability loss (BCE)
+    over the bodies whose truth says (`readable` 1 or 0; -1: not said). A table without `readable`
+    adds an exact 0 and no gradient, so such a run trains as it did before the head existed."""
+    keep = readable != 0
+    if keep.all():
+        fracture = F.binary_cross_entropy_with_logits(logit.float(), frac, pos_weight=pos_weight)
+    elif keep.any():
+        fracture = F.binary_cross_entropy_with_logits(logit.float()[keep], frac[keep], pos_weight=pos_weight)
+    else:
+        fracture = logit.new_zeros((), dtype=torch.float32)
+    known = readable >= 0
+    if not known.any():
+        return fracture, read_logit.new_zeros((), dtype=torch.float32)
+    return fracture, F.binary_cross_entropy_with_logits(read_logit.float()[known], readable[known].float())
 
 
 def _body_height(points: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,14 @@ def pytest_report_header(config):
     return lines
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _vfa_cache(tmp_path_factory):
+    """Exports and compiled kernels (vfa.runs.cache_dir) go to this session's temp folder, not the user's
+    ~/.cache/vfa: a test never sees, nor leaves, a cached engine of another run."""
+    os.environ["VFA_CACHE"] = str(tmp_path_factory.getbasetemp() / "vfa-cache")
+    yield
+
+
 @pytest.fixture
 def folder(tmp_path):
     return write_folder(tmp_path / "data")

@@ -136,3 +136,21 @@ def test_a_job_of_one_forward_pass_runs_fp32_without_a_check(env, fake_bf16):
     got = predict_files(env["ckpt"], [env["data"]], batch_size=16, backend="auto", **KW)  # 10 images, 1 batch
     assert got.attrs["backend"] == "torch" and fake_bf16["n"] == 0
     assert got.attrs["backend_checks"][0]["checked_on"] == 0
+
+
+def test_exact_model_runs_the_cached_fp32_engine_and_keeps_torch_numbers(env, fake_bf16, tmp_path, monkeypatch):
+    """Issue 29: an exact model's default is fast fp32, never a reduced precision: with its ONNX export
+    cached (as `vfa import-keras` leaves it), auto runs onnxruntime fp32, which equals torch's NCHW
+    fp32 to 1e-5; the record says which engine ran and why."""
+    pytest.importorskip("onnxruntime")
+    from vfa.inference.export import cached_onnx
+    from vfa.inference.predict import load_model
+
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path / "cache"))
+    ref = predict_files(env["exact"], [env["data"]], backend="torch", **KW)["raw"].to_numpy()
+    cached_onnx(load_model(env["exact"]))
+    got = predict_files(env["exact"], [env["data"]], backend="auto", **KW)
+    check = got.attrs["backend_checks"][0]
+    assert got.attrs["backend"] == "onnxruntime" and fake_bf16["n"] == 0
+    assert "declares exactness" in check["auto"] and "onnxruntime fp32" in check["engine"]
+    np.testing.assert_allclose(got["raw"].to_numpy(), ref, atol=1e-5, rtol=0)

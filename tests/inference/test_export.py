@@ -63,8 +63,8 @@ def test_backend_predictions_match_fp32(ckpt, tmp_path, monkeypatch):
     small, large = resolve_backend("auto", 10), resolve_backend("auto", 10 * AUTO_COMPILE_MIN)
     if native_bf16("cpu"):  # AMX / AVX512-BF16: bf16 eager for small jobs, compiled for long ones
         assert (small, large) == ("torch-bf16", "compile")
-    else:  # emulated bf16 is slower than fp32: fp32, through onnxruntime for long jobs
-        assert (small, large) == ("torch", "onnxruntime")
+    else:  # emulated bf16 is slower than fp32: fp32 (run on fp32_backend's engine, below)
+        assert (small, large) == ("torch", "torch")
     assert resolve_backend("auto", 10, "cuda") == "torch-bf16"
     assert vfa.predict(model, torch.rand(2, 3, 64, 40), backend="torch-bf16").shape == (2,)
 
@@ -158,3 +158,25 @@ def test_openvino_backend_matches_fp32(tmp_path, monkeypatch):
     ref = predict_files(ckpt, [data], backend="torch", device="cpu")["raw"].to_numpy()
     ov = predict_files(ckpt, [data], backend="openvino", device="cpu")["raw"].to_numpy()
     assert np.abs(ov - ref).max() <= 0.02
+
+
+def test_fp32_engine_is_exact_and_exports_only_when_it_pays(ckpt, tmp_path, monkeypatch):
+    """Issue 29: what auto runs as fp32 (exact models, fallbacks, CPUs without bf16) is the fastest exact
+    engine: torch channels_last for a short job without a cached export, onnxruntime once the export is
+    cached or the job repays it; both reproduce torch fp32 (NCHW eager, the reference) to 1e-5."""
+    from vfa.inference.backends import AUTO_ONNX_MIN, fp32_backend
+    from vfa.inference.export import CACHE_TOLERANCE
+
+    monkeypatch.setenv("VFA_CACHE", str(tmp_path / "cache"))
+    model = load_model(ckpt)
+    x = torch.rand(6, 3, 64, 40, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = torch.sigmoid(load_model(ckpt)(x))
+        short = fp32_backend(model, 10, "cpu")
+        assert short.record == {"backend": "torch", "engine": "torch fp32, channels_last"}
+        assert not (tmp_path / "cache" / "onnx").exists()  # a short job does not pay for an export
+        assert (torch.sigmoid(short(x)) - ref).abs().max() <= CACHE_TOLERANCE
+        long = fp32_backend(model, AUTO_ONNX_MIN, "cpu")
+        assert long.name == "onnxruntime" and "onnxruntime fp32" in long.record["engine"]
+        assert (torch.sigmoid(long(x)) - ref).abs().max() <= CACHE_TOLERANCE
+        assert fp32_backend(model, 1, "cpu").name == "onnxruntime"  # cached now: used for any job size

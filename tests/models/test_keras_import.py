@@ -277,7 +277,8 @@ def test_import_reproduces_keras_probabilities(keras_models, case):
 @pytest.mark.xdist_group("keras")
 def test_cli_import_then_default_predict_matches_keras(keras_models, tmp_path, monkeypatch, capsys):
     """Issue 29's case: random weights and random BN statistics, imported, `vfa predict` with its defaults
-    on 8 PNGs equals Keras to 1e-4 (the keras215 preset declares exactness: auto runs fp32). Then the
+    on 8 PNGs equals Keras to 1e-4 (the keras215 preset declares exactness: auto runs fp32, on the
+    onnxruntime engine that `vfa import-keras` prepared, checked against torch to 1e-5). Then the
     same model without that declaration: auto's candidate (bf16 where the CPU has it) must pass the check
     against fp32 or fall back, and either way the answers stay Keras'."""
     import pandas as pd
@@ -298,7 +299,8 @@ def test_cli_import_then_default_predict_matches_keras(keras_models, tmp_path, m
 
     assert cli_main(["predict", "--model", str(ckpt), str(out / "files"), "--out", str(tmp_path / "p.csv")]) == 0
     job = json.loads((tmp_path / ".p.csv.vfa-job.json").read_text())
-    assert job["backend"] == "torch" and "declares exactness" in job["backend_checks"][0]["auto"]
+    assert job["backend"] == "onnxruntime" and "declares exactness" in job["backend_checks"][0]["auto"]
+    assert "prepared its fp32 engine" in capsys.readouterr().out
     d_default = delta(pd.read_csv(tmp_path / "p.csv"))
     assert d_default <= TOL, d_default
 

@@ -47,7 +47,12 @@ def add_train(sub) -> None:
 def cmd_import_keras(args) -> None:
     from vfa.models.keras.importer import import_keras
 
-    import_keras(args.h5, args.out, size=args.size, bn_after_relu=args.bn_after_relu or None, force=args.force)
+    model, _ = import_keras(args.h5, args.out, size=args.size, bn_after_relu=args.bn_after_relu or None,
+                            force=args.force)
+    if args.out and not args.no_engine:
+        from vfa.inference.backends import prepare_fp32_engine
+
+        prepare_fp32_engine(model)
 
 
 def add_import_keras(sub) -> None:
@@ -58,6 +63,8 @@ def add_import_keras(sub) -> None:
     p.add_argument("--bn-after-relu", action="store_true",
                    help="weights-only file whose head BatchNormalization followed the ReLU (a full model's config "
                         "says so itself)")
+    p.add_argument("--no-engine", action="store_true",
+                   help="skip exporting the model to its cached onnxruntime fp32 engine (predict's fast exact path)")
     force_arg(p, "replace --out")
     p.set_defaults(func=cmd_import_keras)
 

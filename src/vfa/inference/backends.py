@@ -15,11 +15,13 @@
   openvino     the same ONNX export compiled by Intel's OpenVINO runtime for the CPU (bf16 inference
                where the CPU has AMX/AVX512-BF16, else fp32); optional (pip install 'vfa[openvino]')
   auto         per device and job size (`resolve_backend`): bf16 where the hardware has it, compiled
-               once the job repays the compile, else fp32 (onnxruntime for long CPU jobs); verified
-               (`Checked`): the candidate is used only once it reproduces fp32's P(fracture) to
-               AGREEMENT_TOL on the job's first batch (topped up by a fixed probe when that batch is
-               small), else the job runs in fp32 and says so. A model that declares exactness (preset
-               keras215, which `vfa import-keras` gives every imported .h5) gets fp32 from auto
+               once the job repays the compile, else fp32; verified (`Checked`): the candidate is
+               used only once it reproduces fp32's P(fracture) to AGREEMENT_TOL on the job's first
+               batch (topped up by a fixed probe when that batch is small), else the job runs in fp32
+               and says so. A model that declares exactness (preset keras215, which `vfa import-keras`
+               gives every imported .h5) gets fp32 from auto. Wherever auto runs fp32 it runs the
+               fastest exact engine (`fp32_backend`): onnxruntime's CPU engine where the model's
+               export is cached or the job repays exporting it, else torch in channels_last
 
 `with_backend(model, name)` returns a module that keeps `config`, `threshold`, `temperature` and
 `parameters()` of the wrapped VFANet, so `predict_loader` and `tta_predict` take it unchanged;
@@ -30,13 +32,14 @@ evaluate's gallery) and calibrate always run the eager fp32 model: they take no 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from vfa.config import ConfigError
-from vfa.inference.export import cached_int8, cached_onnx, ort_session
+from vfa.inference.export import CACHE_TOLERANCE, cached_int8, cached_onnx, onnx_cache_path, onnx_key, ort_session
 from vfa.registry import BACKENDS as REGISTRY
 from vfa.runs import enable_compile_cache
 
@@ -45,7 +48,7 @@ BACKENDS = REGISTRY.names()  # declared, with their help, in vfa.registry
 # the eager path it replaces (docs/performance.md has the measurements behind them).
 AUTO_COMPILE_MIN = 1000       # CPU with native bf16: compile vs torch-bf16
 AUTO_COMPILE_MIN_GPU = 20000  # GPU: compile vs torch-bf16 (eager bf16 is already fast there)
-AUTO_ONNX_MIN = 256           # CPU without native bf16: onnxruntime fp32 vs torch fp32
+AUTO_ONNX_MIN = 256           # CPU: exporting to onnxruntime fp32 vs torch fp32 (channels_last)
 _ATTRS = ("config", "threshold", "temperature", "threshold_source")
 # `auto` keeps a reduced-precision or compiled candidate only where it reproduces fp32's P(fracture) to
 # this (absolute) on every input checked: a decision at a threshold t can then flip only for an image
@@ -88,8 +91,8 @@ class Backend(nn.Module):
 
 def resolve_backend(name: str, n_images: int | None = None, device: str | torch.device = "cpu") -> str:
     """`auto` -> the fastest candidate backend for a job of `n_images` forward passes on `device`:
-    bf16 where the hardware has it (compiled once the job repays the compile), else fp32 (through
-    onnxruntime for a long CPU job when it is installed). int8 is never chosen for the user. The
+    bf16 where the hardware has it (compiled once the job repays the compile), else fp32 ("torch",
+    which auto runs on `fp32_backend`'s engine). int8 is never chosen for the user. The
     candidate is only a proposal: `auto_backend` verifies it against fp32 before a job relies on it."""
     REGISTRY.check(name, "backend")
     if name != "auto":
@@ -101,12 +104,7 @@ def resolve_backend(name: str, n_images: int | None = None, device: str | torch.
         return "torch"
     if native_bf16(device):
         return "compile" if n >= AUTO_COMPILE_MIN else "torch-bf16"
-    if n >= AUTO_ONNX_MIN:
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is not None:
-            return "onnxruntime"
-    return "torch"
+    return "torch"  # fp32: `auto_backend` runs it on the fastest exact engine (fp32_backend)
 
 
 def _autocast(device: torch.device):
@@ -149,15 +147,60 @@ def declares_exact(model: nn.Module) -> bool:
 
 def auto_backend(model: nn.Module, n_images: int | None, device, calibration=None, log=None) -> nn.Module:
     """`--backend auto` for one model (one ensemble member): fp32 for a model that declares exactness,
-    else `resolve_backend`'s candidate on probation (`Checked`), or fp32 where that is the candidate."""
+    else `resolve_backend`'s candidate on probation (`Checked`), or fp32 where that is the candidate.
+    fp32 runs on `fp32_backend`'s engine."""
     REGISTRY.check("auto", "backend")
     if declares_exact(model):
-        why = f"preset {model.config.preset} declares exactness: auto runs fp32"
-        return Backend(model, "torch", record={"backend": "torch", "auto": why})
+        exact = fp32_backend(model, n_images, device, log)
+        why = f"preset {model.config.preset} declares exactness: auto runs fp32 ({exact.record['engine']})"
+        exact.record = {**exact.record, "auto": why}
+        return exact
     candidate = resolve_backend("auto", n_images, device)
     if candidate == "torch":
-        return model
+        return fp32_backend(model, n_images, device, log)
     return Checked(model, candidate, REGISTRY.get(candidate)(model, device, calibration), log, n_images)
+
+
+def fp32_backend(model: nn.Module, n_images: int | None, device, log=None) -> "Backend":
+    """The fastest runner that computes what torch fp32 computes. On a CPU: onnxruntime's engine where
+    this model's export is already cached or the job (`n_images` forward passes) repays exporting it,
+    the export kept only within CACHE_TOLERANCE of torch; else torch with channels_last (oneDNN's
+    blocked fp32 kernels, ~1.5x NCHW on the 2-core EPYC: docs/performance.md). Elsewhere torch as is.
+    record: {"backend", "engine"} (engine says which fp32)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
+            key = onnx_key(model)
+            if onnx_cache_path(model, key).is_file() or (n_images or 0) >= AUTO_ONNX_MIN:
+                try:
+                    fn = _ort_fn(cached_onnx(model, key))
+                    return Backend(model, "onnxruntime", fn, {"backend": "onnxruntime", "engine":
+                                   f"onnxruntime fp32, within {CACHE_TOLERANCE:g} of torch"})
+                except (RuntimeError, ConfigError) as exc:  # an export that does not reproduce torch
+                    (log or _stderr)(f"fp32 engine: onnxruntime not used ({exc}); running torch fp32")
+        cl = model.to(memory_format=torch.channels_last)
+        return Backend(cl, "torch", lambda x: cl(_channels_last(x)),
+                       {"backend": "torch", "engine": "torch fp32, channels_last"})
+    return Backend(model, "torch", record={"backend": "torch", "engine": "torch fp32"})
+
+
+def prepare_fp32_engine(model: nn.Module, log=print) -> Path | None:
+    """Export `model` into the cache now (where onnxruntime is installed), so that its first `vfa predict`
+    runs `fp32_backend`'s fastest exact engine whatever its size: `vfa import-keras` calls it for the
+    exact models it writes. None where onnx is missing or the export does not reproduce torch."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        return None
+    try:
+        path = cached_onnx(model.float().eval().cpu())
+    except (RuntimeError, ConfigError) as exc:
+        log(f"note: no onnxruntime fp32 engine for this model ({exc}); predict runs it in torch fp32")
+        return None
+    log(f"prepared its fp32 engine for predict: onnxruntime, within {CACHE_TOLERANCE:g} of torch ({path})")
+    return path
 
 
 def backend_record(runner: nn.Module) -> dict:
@@ -196,25 +239,31 @@ class Checked(Backend):
         return self._fn(x)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device
         if self.n_images is not None and len(x) >= self.n_images:
-            self.name, self._fn = "torch", self.model
-            self._record = {"backend": "torch", "candidate": self.candidate, "checked_on": 0, "fallback": False,
+            self._use_fp32(fp32_backend(self.model, None, device, self.log))
+            self._record = {**self._record_fp32, "candidate": self.candidate, "checked_on": 0, "fallback": False,
                             "auto": "the whole job was one forward pass: fp32, nothing left for the candidate"}
-            return self.model(x)
+            return self._fn(x)
+        exact = fp32_backend(self.model, None, device, self.log)  # the reference: an export only if cached
         batches = [x, *probe_batches(x, PROBE_MIN - len(x))]
-        ref = [self.model(b).float() for b in batches]
+        ref = [exact(b).float() for b in batches]
         got = [self._fn(b).float() for b in batches]
         t = float(getattr(self.model, "temperature", 1.0))
         dp = (torch.sigmoid(torch.cat(got).cpu() / t) - torch.sigmoid(torch.cat(ref).cpu() / t)).abs().max().item()
         n = sum(len(b) for b in batches)
         ok = dp <= self.tol  # False for NaN too
-        self._record = {"backend": self.candidate if ok else "torch", "candidate": self.candidate,
-                        "max_dp": dp, "tolerance": self.tol, "checked_on": n, "fallback": not ok}
-        if not ok:
-            self.name, self._fn = "torch", self.model  # the candidate (and any compiled graph) is dropped
+        self._record = {"backend": self.candidate, "candidate": self.candidate, "max_dp": dp, "tolerance": self.tol,
+                        "checked_on": n, "fallback": not ok}
+        if not ok:  # the candidate (and any compiled graph) is dropped for the job's fastest fp32
+            self._use_fp32(fp32_backend(self.model, self.n_images, device, self.log))
+            self._record.update(self._record_fp32)
             self.log(f"backend auto: {self.candidate} differs from fp32 by max |dP| {dp:.3g} > {self.tol:g} "
-                     f"on the first {n} inputs; running this model in fp32 (torch)")
+                     f"on the first {n} inputs; running this model in fp32 ({self.name})")
         return ref[0]
+
+    def _use_fp32(self, exact: "Backend") -> None:
+        self.name, self._fn, self._record_fp32 = exact.name, exact, dict(exact.record)
 
 
 def probe_batches(x: torch.Tensor, need: int) -> list[torch.Tensor]:

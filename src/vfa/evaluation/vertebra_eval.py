@@ -20,7 +20,7 @@ import pandas as pd
 from vfa.config import ConfigError
 from vfa.data.samples import DataError, load_samples, validate, write_skipped
 from vfa.data.transforms import create_transform
-from vfa.data.vertebrae import find_table, read_vertebrae, truth_for
+from vfa.data.vertebrae import find_table, read_vertebrae, truth_for, vendors_of
 from vfa.evaluation import report as report_mod
 from vfa.evaluation.scores import labelled_frame, score_metrics
 from vfa.evaluation.vertebra_metrics import (CI_NOTE, bootstrap, describe_image, image_auc, match_image, table_lines,
@@ -41,7 +41,10 @@ READING = {"fracture": "the morphometry rules' grade >= 1, or the fracture head'
            "p_fracture": "the landmark network's fracture head, per body",
            "image_score": "raw: the highest body score, P(fracture) for a body the rules leave at grade 0 and "
                           "threshold + (1 - threshold) P for a body the rules grade (0 when no body was found)",
-           "image_call": "predicted: a body is fractured (raw >= threshold, the same as max_grade >= 1)"}
+           "image_call": "predicted: a body is fractured (raw >= threshold, the same as max_grade >= 1)",
+           "evaluable": "the landmark network's readability head: P(readable) < 0.5 reports the body not "
+                        "evaluable (no grade, type or P(fracture); no part in the image's call); a checkpoint "
+                        "without the head reads every body evaluable"}
 
 
 def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5", split=None,
@@ -81,8 +84,7 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
         vert = pd.concat([v.assign(file=ids[i]) for i, v in enumerate(spines)], ignore_index=True)
         atomic_write(out / f"{prefix}vertebrae.csv", vert.to_csv(index=False, float_format="%.3f"))
         atomic_write(out / f"{prefix}predictions.csv", frame.to_csv(index=False))
-        bodies = None if truth is None else pd.concat(
-            [match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)], ignore_index=True)
+        bodies = None if truth is None else _bodies(samples, truth, spines, data)
         drawn = _overlays(model, samples, spines, frame, out / "overlays", overlays, bodies) \
             if standalone and overlays else []
         if truth is not None:
@@ -106,15 +108,28 @@ def _truth(samples, data, table, log) -> dict | None:
         return None
 
 
+def _bodies(samples, truth: dict, spines: list[pd.DataFrame], data) -> pd.DataFrame:
+    """The true bodies matched to the reading (match_image), with each image's `vendor` where the
+    manifest beside `data` has one (for the breakdown)."""
+    bodies = pd.concat([match_image(i, truth[p], spines[i]) for i, p in enumerate(samples.paths)], ignore_index=True)
+    vendors = vendors_of(samples, data)
+    if vendors is not None:
+        bodies["vendor"] = [vendors[i] or "unknown" for i in bodies["image"]]
+    return bodies
+
+
 def _vertebra_metrics(result, bodies: pd.DataFrame, frame, out: Path, prefix: str, data, drawn, log) -> None:
     """result["vertebrae"] of the bodies matched to the truth (Wilson and bootstrap CIs), the matches,
     and the markdown and HTML reports."""
     ids = frame["file"].tolist()
     result["vertebrae"] = bootstrap(bodies)
     result["vertebrae"]["image_auc"] = image_auc(frame["label"], frame["raw"])
+    # a body read not evaluable has no grade read: empty, not the 0 the metrics leave it out with
+    shown = bodies.assign(file=[ids[i] for i in bodies["image"]],
+                          pred_grade=bodies["pred_grade"].astype("Int64").where(bodies["pred_evaluable"]),
+                          pred_evaluable=bodies["pred_evaluable"].astype(int))
     atomic_write(out / f"{prefix}vertebra_matches.csv",
-                 bodies.assign(file=[ids[i] for i in bodies["image"]]).drop(columns="image").to_csv(
-                     index=False, float_format="%.4f"))
+                 shown.drop(columns="image").to_csv(index=False, float_format="%.4f"))
     lines = table_lines(result["vertebrae"], result["vertebrae"]["image_auc"])
     atomic_write(out / f"{prefix}vertebra_report.md", _report(result, lines, data, drawn))
     atomic_write(out / f"{prefix}vertebra_report.html", _html(result, data, drawn))
@@ -126,10 +141,18 @@ def _report(result: dict, lines: list[str], data, drawn: list[dict]) -> str:
     n = result["vertebrae"]["n"]
     head = [f"# Per-vertebra evaluation on {public_path(str(data))}", "",
             f"{n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} fractured (grade 1: {n['grade1']}, "
-            f"grade 2: {n['grade2']}, grade 3: {n['grade3']}).", "", CI_NOTE, ""]
+            f"grade 2: {n['grade2']}, grade 3: {n['grade3']}){_unread(n)}.", "", CI_NOTE, ""]
     how = ["", "## Who makes each call", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in READING.items())]
     examples = ["", "## Examples (overlays/)", "", *(f"- {d['name']}: {d['chosen']}. {d['caption']}." for d in drawn)]
     return "\n".join(head + lines + how + (examples if drawn else [])) + "\n"
+
+
+def _unread(n: dict) -> str:
+    """The counts' note on readability, empty when the truth marks none unreadable and none was called so."""
+    if not n.get("unreadable") and not n.get("not_evaluable_calls"):
+        return ""
+    return (f"; {n.get('unreadable', 0)} unreadable in the truth (not scored), {n.get('not_evaluable_calls', 0)} "
+            f"called not evaluable by the reader")
 
 
 def _html(result: dict, data, drawn: list[dict]) -> str:
@@ -145,7 +168,8 @@ def _html(result: dict, data, drawn: list[dict]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfa per-vertebra evaluation</title>"
              f"<style>{report_mod.CSS}</style></head><body><h1>Per-vertebra evaluation</h1>",
              f"<p>{e(public_path(str(data)))}: {n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} "
-             f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}).</p><p>{e(CI_NOTE)}</p>", table,
+             f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}){e(_unread(n))}.</p>"
+             f"<p>{e(CI_NOTE)}</p>", table,
              "<h2>Who makes each call</h2><ul>",
              *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in READING.items()), "</ul>"]
     if drawn:

@@ -83,16 +83,17 @@ VERTEBRA_COLUMNS = ("level", "grade", "type", *(f"{k}_{a}" for k in ("sup_ant", 
 def check_vertebrae(table) -> None:
     """A per-vertebra table that cannot be reported (a missing column, an unknown level, grade or type)
     is refused in one line before anything is written."""
-    from vfa.io.dicom_sr import LEVELS, SHAPES
+    from vfa.io.dicom_sr import LEVELS, SHAPES, evaluable
 
     if table is None or len(table) == 0:
         return
     missing = [c for c in VERTEBRA_COLUMNS if c not in table] + ([] if {"file", "filename"} & set(table) else ["file"])
     if missing:
         raise ConfigError(f"vertebrae table: no column {', '.join(missing)}")
-    bad = {"level": ~table["level"].astype(str).isin(LEVELS),
-           "grade": ~pd.to_numeric(table["grade"], errors="coerce").isin([0, 1, 2, 3]),
-           "type": ~table["type"].astype(str).str.lower().isin(SHAPES)}
+    read = np.array([evaluable(r) for r in table.to_dict("records")], dtype=bool)   # a level not evaluable
+    bad = {"level": ~table["level"].astype(str).isin(LEVELS),                       # has no grade or type
+           "grade": read & ~pd.to_numeric(table["grade"], errors="coerce").isin([0, 1, 2, 3]),
+           "type": read & ~table["type"].astype(str).str.lower().isin(SHAPES)}
     for col, mask in bad.items():
         if mask.any():
             allowed = LEVELS if col == "level" else (0, 1, 2, 3) if col == "grade" else SHAPES

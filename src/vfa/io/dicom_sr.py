@@ -4,7 +4,8 @@ Comprehensive SR, built with highdicom (docs/dicom-outputs.md shows one as dsrdu
 Content: one image-level group (TID 1501: fracture of bone at the vertebrae, present / absent at the
 model's threshold, P(fracture) as a measurement, the algorithm's name, version and checkpoint
 checksums), and for a per-vertebra model one planar ROI group per vertebra (TID 1410: the level as
-finding site, the outline as a closed POLYLINE on the source image, Genant grade and shape).
+finding site, the outline as a closed POLYLINE on the source image, Genant grade and shape; for a
+level the reader could not read, the grade "not evaluable" and no fracture, shape or probability).
 Standard codes (SNOMED CT, DCM, UCUM) where one fits; vfa's private scheme 99VFA where none does,
 declared in the CodingSchemeIdentificationSequence.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vfa.spine import LEVELS, SHAPES, outline  # noqa: F401  (LEVELS, SHAPES: dicom_out checks tables with them)
+from vfa.spine import LEVELS, SHAPES, evaluable, outline  # noqa: F401  (LEVELS, SHAPES: dicom_out checks tables with them)
 
 RESEARCH_TEXT = "vfa research use only - not for diagnosis"
 PRIVATE_SCHEME = "99VFA"
@@ -27,6 +28,7 @@ GRADE_MEANINGS = ("normal", "mild", "moderate", "severe")
 PRIVATE_CODES = {
     "GENANT-GRADE": "Genant semiquantitative grade",
     **{f"GENANT-{g}": f"Genant grade {g} ({m})" for g, m in enumerate(GRADE_MEANINGS)},
+    "GENANT-NE": "Not evaluable (the level cannot be read)",
     "VERT-SHAPE": "Vertebral body shape",
     **{f"SHAPE-{s.upper()}": f"{s.capitalize()} shape" if s == "normal" else f"{s.capitalize()} deformity"
        for s in SHAPES},
@@ -101,26 +103,40 @@ def _image_group(src, p: float, positive: bool, model: ModelInfo, c: dict):
 
 
 def _vertebra_group(src, v, model: ModelInfo, c: dict):
-    """One vertebra's TID 1410 group: its level, outline, P(fracture), grade and shape."""
+    """One vertebra's TID 1410 group: its level, outline, P(fracture), grade and shape; a level not
+    evaluable (vfa.spine.evaluable) carries its level, outline and the grade "not evaluable" only."""
     import highdicom as hd
 
-    grade = int(v["grade"])
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(v, closed=True),
+                               source_image=hd.sr.SourceImageForRegion.from_source_image(src))
+    if evaluable(v):
+        measurements, evaluations = _read_vertebra(v, c)
+    else:
+        measurements = None
+        evaluations = [hd.sr.QualitativeEvaluation(private("GENANT-GRADE"), private("GENANT-NE"))]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"vertebra {v['level']}"),
+        referenced_region=region, finding_type=c["fracture"], finding_sites=[hd.sr.FindingSite(level_code(v["level"]))],
+        algorithm_id=_algorithm(model), measurements=measurements, qualitative_evaluations=evaluations)
+
+
+def _read_vertebra(v, c: dict):
+    """(measurements, qualitative evaluations) of an evaluable vertebra: P(fracture), fracture
+    present/absent, Genant grade and shape."""
+    import highdicom as hd
+
+    grade = int(float(v["grade"]))
     if grade not in range(4):
         raise ValueError(f"Genant grade must be 0-3, got {grade} ({v['level']})")
     shape = str(v["type"]).lower()
     if shape not in SHAPES:
         raise ValueError(f"vertebra type must be one of {', '.join(SHAPES)}, got {shape!r} ({v['level']})")
-    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(v, closed=True),
-                               source_image=hd.sr.SourceImageForRegion.from_source_image(src))
     p = v.get("p_fracture")
     measurements = [_probability(p, c)] if p is not None and np.isfinite(float(p)) else None
     evaluations = [hd.sr.QualitativeEvaluation(c["fracture"], c["present" if grade >= 1 else "absent"]),
                    hd.sr.QualitativeEvaluation(private("GENANT-GRADE"), private(f"GENANT-{grade}")),
                    hd.sr.QualitativeEvaluation(private("VERT-SHAPE"), private(f"SHAPE-{shape.upper()}"))]
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"vertebra {v['level']}"),
-        referenced_region=region, finding_type=c["fracture"], finding_sites=[hd.sr.FindingSite(level_code(v["level"]))],
-        algorithm_id=_algorithm(model), measurements=measurements, qualitative_evaluations=evaluations)
+    return measurements, evaluations
 
 
 def _research_note(c: dict):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 
-from vfa import presets
+from vfa import presets, vendors
 from vfa.errors import ConfigError  # noqa: F401  (vfa.config.ConfigError: the name every caller uses)
 from vfa.registry import CAM_METHODS, FAMILIES
 
@@ -37,6 +37,13 @@ class AugmentConfig:
     # not in the notebook (Keras 2.1.5 had no brightness_range): multiply by U(1-b, 1+b) so that a
     # net cannot lean on absolute bone density, which varies between scanners and patients
     brightness: float = 0.0
+    # the device range (`vendor` preset; vfa.data.augment.vendor_look): blur sd ~ U(0, b) x height; x ** exp(U(-g, g));
+    # U(0, c) of the histogram clipped at each end; noise sd ~ U(0, n) of full scale at noise_rows rows (0: as is)
+    blur: float = 0.0
+    gamma: float = 0.0
+    contrast: float = 0.0
+    noise: float = 0.0
+    noise_rows: int = 0
 
     def __post_init__(self):
         for name, ok in (("shear_units", ("radians", "degrees")),
@@ -55,6 +62,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "tta-keras215": AugmentConfig(**_TTA, **_KERAS),
     "none": AugmentConfig(rotation=0.0, shift_rows=0.0, shift_cols=0.0, shear=0.0, zoom=0.0,
                           channel_shift=0.0),
+    # cpu-demo's geometry + the range between the clinical phantom's vendor looks (derived from vfa.vendors)
+    "vendor": AugmentConfig(rotation=5.0, shift_rows=0.05, shift_cols=0.05, shear=0.0, zoom=0.05, channel_shift=0.0,
+                            **vendors.augment_ranges()),
 }
 
 
@@ -85,6 +95,9 @@ class DataConfig:
     normalize: str = "seed"     # seed | minmax | percentile[:LO,HI] | equalize[:BINS] (vfa.io.normalize)
     frame: int | None = None    # frame of multi-frame DICOM/TIFF files to read (None: refuse them)
     min_side: int = 16          # refuse images whose shorter side is below this (px): no spine fits
+    # none: each image once an epoch; balanced: as many drawn with replacement, either class equally likely
+    # (the seed's phase_1_all_balanced_up; torch's WeightedRandomSampler), instead of optim.class_weights
+    sampler: str = "none"
     # where training augmentation runs: "workers" (per image, in DataLoader workers), "device"
     # (whole batches on the training device, same preset and parameters: one worker then feeds a
     # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)
@@ -262,7 +275,7 @@ def resolve(preset: str = "seed", file: str | Path | None = None, overrides: dic
     return cfg
 
 
-AUGMENT_ON = ("auto", "workers", "device")
+AUGMENT_ON, SAMPLERS = ("auto", "workers", "device"), ("none", "balanced")
 
 
 def check(cfg: Config) -> None:
@@ -291,6 +304,11 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"data.folds must be an integer >= 2, got {d.folds!r}")
     if d.fold is not None and (not isinstance(d.fold, int) or not 0 <= d.fold < d.folds):
         raise ConfigError(f"data.fold must be an integer from 0 to data.folds - 1 = {d.folds - 1}, got {d.fold!r}")
+    if d.sampler not in SAMPLERS:
+        raise ConfigError(f"data.sampler must be one of {SAMPLERS}, got {d.sampler!r}")
+    if d.sampler == "balanced" and cfg.optim.class_weights:
+        raise ConfigError("data.sampler=balanced already evens the classes; with optim.class_weights too the "
+                          "fractures would count twice: set optim.class_weights=false (or data.sampler=none)")
     if not isinstance(cfg.data.min_side, int) or cfg.data.min_side < 1:
         raise ConfigError(f"data.min_side must be a positive integer, got {cfg.data.min_side!r}")
     FAMILIES.of(cfg)  # an unknown model.family: ConfigError naming the known ones

@@ -37,6 +37,24 @@ PRESETS: dict[str, dict] = {
         "optim": {"lr": 1e-3, "epochs": 10, "weight_decay": 1e-4},
         "synth": {"n": 1200, "size": [640, 384]},
     },
+    # the clinical phantom (issue 27; docs/phantom.md, `make demo-clinical`): two vendors, shoulders, mimics.
+    # `synth` draws the clinical generator ("phantom": "clinical"); more of it is held out (0.5/0.2/0.3)
+    # so that a vendor's 500 scans give 150 test images in 20 minutes on 2 CPU cores
+    "clinical-demo": {  # the image classifier: cpu-demo's network with the vendor-range augmentation
+        "augment": "vendor",
+        "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
+        "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
+                  "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
+        "optim": {"lr": 2e-3, "epochs": 30, "sgdr_steps": 30, "weight_decay": 1e-4},
+        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3]},
+    },
+    "clinical-vertebra-demo": {  # per vertebra, as vertebra-demo, on the same clinical phantom
+        "augment": "none",
+        "data": {"size": (640, 384), "batch_size": 8},
+        "model": {"family": "vertebra"},
+        "optim": {"lr": 1e-3, "epochs": 8, "weight_decay": 1e-4},
+        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3]},
+    },
     "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
         "augment": "none",
         "data": {"size": (1024, 614), "batch_size": 16},

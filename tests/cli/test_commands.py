@@ -132,6 +132,12 @@ def run_runs(env, tmp):
     return ["runs", "list", str(tmp)]
 
 
+def run_cross_vendor(env, tmp):
+    (tmp / "image-hologic" / "on-lunar").mkdir(parents=True)
+    (tmp / "image-hologic" / "on-lunar" / "metrics.json").write_text('{"auc": 0.9, "auc_ci": [0.8, 0.95], "n": 4}')
+    return ["cross-vendor", str(tmp)]
+
+
 def run_import_keras(env, tmp):
     return None  # needs a Keras .h5: run through the CLI in tests/models/test_keras_import.py
 

@@ -237,3 +237,68 @@ def test_gray_input_with_three_channels_matches_three_channel_input():
     b = Augment("seed")(gray.expand(3, -1, -1).contiguous(), g2)
     assert a.shape == (3, 30, 18)
     torch.testing.assert_close(a, b)
+
+
+# --- the vendor range (the `vendor` preset, from vfa.vendors' table) ---------------------------
+
+def test_vendor_preset_is_derived_from_the_vendor_table(monkeypatch):
+    from vfa import vendors
+
+    cfg = PRESETS["vendor"]
+    gam = vendors.span("gamma")
+    assert cfg.gamma == pytest.approx(math.log(gam[1] / gam[0]), abs=1e-4)
+    noise = vendors.span("noise")
+    assert cfg.noise == pytest.approx(math.sqrt(noise[1] ** 2 - noise[0] ** 2), abs=1e-4)
+    assert cfg.noise_rows == min(v["rows"][0] for v in vendors.VENDORS.values())
+    assert 0 < cfg.blur < 0.01 and 0 < cfg.contrast < 0.1
+    # a wider table widens the preset: the numbers are read, not copied
+    wider = {k: dict(v) for k, v in vendors.VENDORS.items()}
+    wider["lunar"]["gamma"] = (1.0, 2.0)
+    wider["lunar"]["lp_mm"] = (0.2, 0.6)
+    monkeypatch.setattr(vendors, "VENDORS", wider)   # span() reads the module's table
+    again = AugmentConfig(**vendors.augment_ranges())
+    assert again.gamma > cfg.gamma and again.blur > cfg.blur
+
+
+def test_the_phantom_reads_the_same_table():
+    from vfa import vendors
+    from vfa.phantom import vendors as phantom_vendors
+
+    assert phantom_vendors.VENDORS is vendors.VENDORS and phantom_vendors.MTF10_SIGMA == vendors.MTF10_SIGMA
+
+
+def test_other_presets_draw_nothing_new():
+    """The vendor parameters are drawn only where asked: every other preset's stream is unchanged."""
+    for name in ("seed", "keras215", "tta", "none"):
+        p = Augment(name).draw(torch.Generator().manual_seed(0), size=(H, W))
+        assert not {"blur", "gamma", "contrast", "noise", "noise_seed"} & set(p), name
+
+
+def test_vendor_look_each_part():
+    from vfa.data.augment import vendor_look
+
+    x = torch.linspace(0, 1, 64 * 40).reshape(1, 64, 40)
+    assert torch.equal(vendor_look(x, {}), x)
+    edge = (torch.arange(40) >= 20).float().expand(1, 64, 40).contiguous()
+    blurred = vendor_look(edge, {"blur": 2.0 / 64})            # sigma 2 px
+    assert 0 < blurred[0, 10, 19] < 0.5 < blurred[0, 10, 20] < 1 and blurred[0, 10, 0] == pytest.approx(0)
+    torch.testing.assert_close(vendor_look(x, {"gamma": 2.0}), x ** 2)
+    stretched = vendor_look(x, {"contrast": 0.1, "contrast_hi": 0.1})
+    assert stretched.min() == 0 and stretched.max() == 1
+    assert (stretched == 0).float().mean() == pytest.approx(0.1, abs=0.01)
+    flat = torch.full((1, 200, 100), 0.5)
+    noisy = vendor_look(flat, {"noise": 0.05, "noise_seed": 3}, noise_rows=400)   # at half the rows: sd halves
+    assert noisy.std().item() == pytest.approx(0.025, rel=0.05)
+    assert torch.equal(noisy, vendor_look(flat, {"noise": 0.05, "noise_seed": 3}, noise_rows=400))
+
+
+def test_vendor_preset_replayable_and_batched():
+    aug = Augment("vendor")
+    x = torch.rand(1, H, W)
+    a = aug(x, torch.Generator().manual_seed(7), channels=3)
+    p = aug.draw(torch.Generator().manual_seed(7), size=(H, W), channels=3)
+    assert {"blur", "gamma", "contrast", "noise"} <= set(p) and a.shape == (3, H, W)
+    assert torch.equal(aug.apply(x, p), a) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a[0], a[2])   # one gray look, replicated
+    out = aug(x.expand(4, 1, H, W).contiguous(), torch.Generator().manual_seed(1), channels=3)
+    assert out.shape == (4, 3, H, W) and not torch.equal(out[0], out[1])

@@ -44,7 +44,8 @@ _COMMANDS = (data_cmds.add_synth, model_cmds.add_train, model_cmds.add_import_ke
              model_cmds.add_export,
              data_cmds.add_check_data, data_cmds.add_split, model_cmds.add_summary, eval_cmds.add_heatmap,
              model_cmds.add_lr_find, data_cmds.add_augment_preview, study_cmds.add_cv, study_cmds.add_runs,
-             study_cmds.add_cohort, study_cmds.add_synth_cohort, review_cmds.add_review, node_cmds.add_node)
+             study_cmds.add_cross_vendor, study_cmds.add_cohort, study_cmds.add_synth_cohort, review_cmds.add_review,
+             node_cmds.add_node)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,17 +7,27 @@ import sys
 from vfa.cli.options import bad_file_arg, floats_arg, force_arg, size_arg
 
 
+def _clinical_preset(name: str | None) -> dict | None:
+    """A training preset's phantom defaults where they draw the clinical phantom (e.g. clinical-demo), else None."""
+    from vfa.presets import PRESETS
+
+    synth = PRESETS.get(name, {}).get("synth", {}) if name else {}
+    return {k: v for k, v in synth.items() if k != "phantom"} if synth.get("phantom") == "clinical" else None
+
+
 def _synth_clinical(args) -> None:
     """`vfa synth --preset clinical [--vendor ...]`: the clinical phantom (vfa.phantom.clinical_synth)."""
     from vfa.config import ConfigError
     from vfa.phantom.clinical_synth import PRESET, clinical_config, synthesize_clinical
 
-    if args.preset not in (None, PRESET) or args.settle is not None:
-        raise ConfigError(f"--vendor goes with --preset {PRESET} (which has no --settle), got --preset {args.preset}")
+    defaults = _clinical_preset(args.preset) or {}
+    if (args.preset not in (None, PRESET) and not defaults) or args.settle is not None:
+        raise ConfigError(f"--vendor goes with --preset {PRESET} or a preset that trains on it (which have no "
+                          f"--settle), got --preset {args.preset}")
+    given = dict(n=args.n, prevalence=args.prevalence, size=args.size, splits=args.splits, seed=args.seed,
+                 grades=args.grades, bit_depth=args.bit_depth, format=args.format, vendor=args.vendor)
     try:
-        cfg = clinical_config(n=args.n, prevalence=args.prevalence, size=args.size, splits=args.splits,
-                              seed=args.seed, grades=args.grades, bit_depth=args.bit_depth, format=args.format,
-                              vendor=args.vendor)
+        cfg = clinical_config(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"phantom: {exc}") from None
     frame = synthesize_clinical(args.out, cfg, force=args.force)
@@ -27,7 +37,7 @@ def _synth_clinical(args) -> None:
 
 
 def cmd_synth(args) -> None:
-    if args.preset == "clinical" or args.vendor:
+    if args.preset == "clinical" or args.vendor or _clinical_preset(args.preset) is not None:
         return _synth_clinical(args)
     from vfa.phantom.synth import phantom_config, synthesize
 

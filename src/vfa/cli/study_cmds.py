@@ -78,6 +78,19 @@ def add_runs(sub) -> None:
     p.set_defaults(func=cmd_runs)
 
 
+def cmd_cross_vendor(args) -> None:
+    from vfa.evaluation.cross_vendor import format_table
+
+    print(format_table(args.root))
+
+
+def add_cross_vendor(sub) -> None:
+    p = sub.add_parser("cross-vendor", help="print the train-vendor x test-vendor table of make demo-clinical")
+    p.add_argument("root", help="the folder holding FAMILY-TRAIN/on-TEST/metrics.json (make demo-clinical: "
+                                "runs/demo-clinical)")
+    p.set_defaults(func=cmd_cross_vendor)
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 

@@ -15,6 +15,7 @@ both are presets here ("seed" = documented intent, "keras215" = executed).
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from vfa.config import AugmentConfig, get_augment_config
 
 __all__ = [
     "AugmentConfig", "PRESETS", "get_augment_config", "apply_affine", "affine_matrix",
-    "resize", "channel_shift", "Augment", "warp_points",
+    "resize", "channel_shift", "Augment", "warp_points", "vendor_look",
 ]
 
 Param = float | Tensor
@@ -160,6 +161,53 @@ def channel_shift(image: Tensor, shifts: Tensor, *, scale: float = 1.0, clip: st
     return out.squeeze(0) if single else out
 
 
+def _per_sample(params: dict, key: str, b: int) -> list[float] | None:
+    """One float per sample of a batch of b (None: the parameter was not drawn)."""
+    if key not in params:
+        return None
+    return torch.as_tensor(params[key], dtype=torch.float64).reshape(-1).expand(b).tolist()
+
+
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (C, H, W), sigma in pixels; the edges replicated."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, -1)
+    c, h, w = x.shape
+    y = F.conv1d(F.pad(x.reshape(c * h, 1, w), (r, r), mode="replicate"), k).view(c, h, w)
+    y = y.transpose(1, 2).reshape(c * w, 1, h)
+    return F.conv1d(F.pad(y, (r, r), mode="replicate"), k).view(c, w, h).transpose(1, 2)
+
+
+def vendor_look(image: Tensor, params: dict, noise_rows: int = 0) -> Tensor:
+    """Another device's look, in a scanner's order: resolution loss (blur, a share of the height), the
+    export's window (a share of the histogram clipped at each end) and gamma, then quantum noise (sd of
+    full scale at `noise_rows` rows, averaged down by a smaller working height). (C,H,W) or (B,C,H,W)."""
+    single = image.dim() == 3
+    x = image.unsqueeze(0) if single else image
+    b, _, h, _ = x.shape
+    blur, gamma, lo, hi, noise = (_per_sample(params, k, b) for k in ("blur", "gamma", "contrast", "contrast_hi",
+                                                                       "noise"))
+    seeds = torch.as_tensor(params.get("noise_seed", 0)).reshape(-1).expand(b).tolist()
+    out = []
+    for i in range(b):
+        y = x[i]
+        if blur and blur[i] * h > 0.1:   # below a tenth of a pixel a kernel changes nothing
+            y = _blur(y, blur[i] * h)
+        if lo:
+            q = torch.quantile(y.flatten().float(), torch.tensor([lo[i], 1 - hi[i]], device=y.device))
+            y = ((y - q[0].to(y.dtype)) / (q[1] - q[0]).clamp_min(1e-6).to(y.dtype)).clamp(0.0, 1.0)
+        if gamma:
+            y = y.clamp(0.0, 1.0) ** gamma[i]
+        if noise:
+            sd = noise[i] * (h / noise_rows if noise_rows else 1.0)
+            g = torch.Generator().manual_seed(int(seeds[i]))
+            y = (y + sd * torch.randn(y.shape[-2:], generator=g).to(y)).clamp(0.0, 1.0)   # one gray noise field
+        out.append(y)
+    out = torch.stack(out)
+    return out.squeeze(0) if single else out
+
+
 class Augment:
     """Random affine + channel shift, drawn per image (or per sample of a batch).
 
@@ -202,14 +250,27 @@ class Augment:
         p["channel_shift"] = (u(cfg.channel_shift, channels).view(n, channels) if cfg.channel_shift
                               else torch.zeros(n, channels, dtype=torch.float64))
         p["brightness"] = 1.0 + u(cfg.brightness) if cfg.brightness else const(1.0)
+        # the vendor range, drawn last and only where asked: every other preset's draws stay as they were
+        half = lambda r: (u(r) + r) / 2   # noqa: E731  (U(0, r))
+        for name, draw in (("blur", half), ("gamma", lambda r: u(r).exp()), ("contrast", half),
+                           ("noise", half)):
+            if getattr(cfg, name):
+                p[name] = draw(getattr(cfg, name))
+        if cfg.contrast:
+            p["contrast_hi"] = half(cfg.contrast)
+        if cfg.noise:
+            p["noise_seed"] = torch.randint(0, 2 ** 62, (n,), generator=generator, dtype=torch.int64)
         if batch is None:
-            p = {k: (v[0] if k == "channel_shift" else float(v[0])) for k, v in p.items()}
+            p = {k: (v[0] if k == "channel_shift" else int(v[0]) if k == "noise_seed" else float(v[0]))
+                 for k, v in p.items()}
         return p
 
     def apply(self, image: Tensor, params: dict) -> Tensor:
         """Apply drawn ``params`` (as from ``draw``): geometry first, then channel shift (Keras' order)."""
         geo = {k: params[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy")}
         out = apply_affine(image, **geo, fill=self.cfg.fill)
+        if any(k in params for k in ("blur", "gamma", "contrast", "noise")):   # on the gray channel, once
+            out = vendor_look(out, params, self.cfg.noise_rows)
         channels = torch.as_tensor(params["channel_shift"]).shape[-1]
         if out.shape[-3] == 1 and channels > 1:  # gray: warp one channel, then replicate (3x cheaper)
             out = out.expand(*out.shape[:-3], channels, *out.shape[-2:])

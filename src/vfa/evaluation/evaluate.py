@@ -25,6 +25,7 @@ from vfa.inference.predict import SCORES, check_run_args, image_ids, read_predic
 from vfa.io.identifiers import public_path
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 from vfa.stats import accuracy as stats
+from vfa.evaluation.breakdown import breakdown, groups_of
 from vfa.evaluation.scores import labelled_frame, score_metrics
 from vfa.stats.metrics import SCALAR_KEYS, format_line
 
@@ -129,6 +130,9 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
                        "model": public(str(models[0])) if len(models) == 1 else [public(str(m)) for m in models],
                        "skipped": len(samples.skipped), "id_regex": id_regex})
         result = _ordered(result)
+        groups = groups_of(samples.paths, data)   # a manifest's vendor column: metrics per vendor
+        if groups:
+            result["breakdown"] = breakdown(frame["label"], frame[score], thresholds[score], groups)
         boxes_file = manifest or find_manifest(data)
         boxes = read_manifest(boxes_file) if boxes_file else None
         cam_method, cam_layer = cam.cam_settings(model, cam_method)  # None: the model's own (cpu-demo: LayerCAM)
@@ -147,7 +151,15 @@ def evaluate_images(model_path, data, out, metrics_name="metrics.json", threshol
             md = result["scores"][s]
             log(f"{data} [{s}]: {format_line(md)}  (n={md['n']}, threshold {md['threshold']:.4g})"
                 + (f"  [{'; '.join(md['notes'])}]" if md["notes"] else ""))
+        for column, rows in result.get("breakdown", {}).items():
+            for name, g in rows.items():
+                log(f"  {column} {name} [{score}]: AUC {_num(g['auc'])} (95% CI {_num(g['auc_ci'][0])}-"
+                    f"{_num(g['auc_ci'][1])}), Sn {_num(g['sensitivity'])}, Sp {_num(g['specificity'])} (n={g['n']})")
     return safe
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
 def predictions_frame(model, samples, tta: int, tta_preset: str, seed: int, batch_size: int, num_workers: int,

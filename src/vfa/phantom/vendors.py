@@ -1,4 +1,4 @@
-"""Vendor looks of the clinical phantom as data: one row per device family, read by `acquire`.
+"""Vendor looks of the clinical phantom: vfa.vendors' table (one row per device family), read by `acquire`.
 
 A vendor is a table row, not a branch: everything that differs between two looks (matrix size,
 resolution, sampling pitch, noise, gray mapping, bit depth, DICOM export) is a number here, and
@@ -7,38 +7,12 @@ value with its source, or marks it as an assumption where no published figure wa
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# the standard deviation of a Gaussian blur whose MTF falls to 10 % at f lp/mm is this / f mm
-MTF10_SIGMA = math.sqrt(math.log(10) / 2) / math.pi
-
-VENDORS: dict[str, dict] = {
-    "hologic": dict(
-        rows=(1248, 1656), cols=(567, 603),   # output matrix (H, W)
-        lp_mm=(0.9, 1.5),                     # limiting resolution along the scan lines
-        cross=(0.75, 0.95),                   # resolution across the scan lines, a share of lp_mm
-        pitch_mm=(0.0, 0.0),                  # native sampling pitch; 0: sampled at the output pixel
-        noise=(0.015, 0.035),                 # quantum noise sd, a share of the attenuation range
-        gamma=(0.8, 1.1), window=((0.2, 2.0), (98.5, 99.8)),   # percentiles mapped to 0 and full scale
-        bits_stored=12, max_value=4000,       # DICOM values and their ceiling
-        photometric="MONOCHROME2", sop="secondary-capture",
-    ),
-    "lunar": dict(
-        rows=(880, 1080), cols=(400, 460),
-        lp_mm=(0.4, 0.6), cross=(0.8, 1.0),
-        pitch_mm=(0.6, 0.9),
-        noise=(0.025, 0.05),
-        gamma=(1.0, 1.4), window=((0.5, 4.0), (97.0, 99.5)),
-        bits_stored=8, max_value=255,
-        photometric="MONOCHROME2", sop="secondary-capture",
-    ),
-}
-MIXED = "mixed"
-VENDOR_CHOICES = (*VENDORS, MIXED)
+# the table itself lives in vfa.vendors (data only), which the vendor augmentation reads too
+from vfa.vendors import MIXED, MTF10_SIGMA, VENDOR_CHOICES, VENDORS  # noqa: F401  (re-exported)
 
 
 def pick_vendor(rng: np.random.Generator, vendor: str) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from vfa.data.dataset import ImageDataset, create_dataset
 from vfa.data.samples import Samples
@@ -25,6 +25,11 @@ class VFADataModule(L.LightningDataModule):
             return DataLoader(dataset, shuffle=False, **kwargs)
         # order and augmentation from (seed, epoch) alone: a resumed run repeats the uninterrupted one
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        if d.sampler == "balanced":   # the sampler draws from the loader's generator: (seed, epoch) still fix it
+            generator = torch.Generator()
+            return EpochSeededLoader(dataset, sampler=balanced_sampler(self.train_samples.labels, generator),
+                                     generator=generator, seed=self.cfg.seed, epoch_fn=self._epoch, rank=rank,
+                                     **kwargs)
         return EpochSeededLoader(dataset, shuffle=True, seed=self.cfg.seed, epoch_fn=self._epoch, rank=rank, **kwargs)
 
     def _epoch(self) -> int:
@@ -45,3 +50,11 @@ class VFADataModule(L.LightningDataModule):
     def eval_dataset(self, samples: Samples, channels: int = 3) -> ImageDataset:
         """Resized as training resizes (nearest for keras215), never augmented."""
         return create_dataset(self.cfg, samples, channels=channels)
+
+
+def balanced_sampler(labels, generator: torch.Generator | None = None) -> WeightedRandomSampler:
+    """An epoch of len(labels) draws with replacement, each class half of them on average (weight
+    1 / its count): the seed's class-balanced upsampling, with the epoch's length (and cost) unchanged."""
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    counts = torch.bincount(y, minlength=2).clamp_min(1).double()
+    return WeightedRandomSampler((1.0 / counts)[y], num_samples=len(y), replacement=True, generator=generator)

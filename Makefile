@@ -12,7 +12,7 @@ DEMO_DATA ?= runs/demo-data
 DEMO_RUN ?= runs/demo
 CKPT := $(DEMO_RUN)/checkpoints/best.ckpt
 
-.PHONY: demo demo-vertebra test venv clean bench bench-archive oracles
+.PHONY: demo demo-vertebra demo-clinical test venv clean bench bench-archive oracles
 
 # pip's own messages (e.g. a machine's pip.conf naming index folders that do not exist) go to
 # .venv/pip.err, shown only when the install fails: the demo's console is vfa's
@@ -72,6 +72,34 @@ demo-vertebra: $(STAMP)
 		--out $(VERT_RUN)/test --force
 	@echo "demo-vertebra done: $(VERT_RUN)/test/vertebra_report.html, $(VERT_RUN)/test/vertebrae.csv, $(VERT_RUN)/test/overlays/"
 	@echo "read them in a browser: $(VFA) review --predictions $(VERT_RUN)/test/predictions.csv --images $(VERT_DATA) --vertebrae $(VERT_RUN)/test/vertebrae.csv --db $(VERT_RUN)/review.sqlite"
+
+# the clinical phantom (issue 27; docs/phantom.md): each vendor's own phantom (500 scans, 150 held out) ->
+# both families trained on each vendor -> each evaluated on both vendors' test splits (within and across
+# vendors) -> one table (vfa cross-vendor). Its own target: about 20 minutes on 2 cores.
+CLIN_DATA ?= runs/demo-clinical-data
+CLIN_RUN ?= runs/demo-clinical
+CLIN_EVAL = $(VFA) evaluate --model $(CLIN_RUN)/$(1)-$(2)/checkpoints/best.ckpt --data $(CLIN_DATA)/$(3)/manifest.csv:test \
+	--out $(CLIN_RUN)/$(1)-$(2)/on-$(3) --force
+demo-clinical: $(STAMP)
+	$(VFA) synth --preset clinical-demo --vendor hologic --out $(CLIN_DATA)/hologic --force
+	$(VFA) synth --preset clinical-demo --vendor lunar --out $(CLIN_DATA)/lunar --force
+	$(VFA) train --preset clinical-demo --train $(CLIN_DATA)/hologic/manifest.csv:train \
+		--val $(CLIN_DATA)/hologic/manifest.csv:val --out $(CLIN_RUN)/image-hologic --force
+	$(VFA) train --preset clinical-demo --train $(CLIN_DATA)/lunar/manifest.csv:train \
+		--val $(CLIN_DATA)/lunar/manifest.csv:val --out $(CLIN_RUN)/image-lunar --force
+	$(VFA) train --preset clinical-vertebra-demo --train $(CLIN_DATA)/hologic/manifest.csv:train \
+		--val $(CLIN_DATA)/hologic/manifest.csv:val --out $(CLIN_RUN)/vertebra-hologic --force
+	$(VFA) train --preset clinical-vertebra-demo --train $(CLIN_DATA)/lunar/manifest.csv:train \
+		--val $(CLIN_DATA)/lunar/manifest.csv:val --out $(CLIN_RUN)/vertebra-lunar --force
+	$(call CLIN_EVAL,image,hologic,hologic) --gallery 0
+	$(call CLIN_EVAL,image,hologic,lunar) --gallery 0
+	$(call CLIN_EVAL,image,lunar,lunar) --gallery 0
+	$(call CLIN_EVAL,image,lunar,hologic) --gallery 0
+	$(call CLIN_EVAL,vertebra,hologic,hologic)
+	$(call CLIN_EVAL,vertebra,hologic,lunar)
+	$(call CLIN_EVAL,vertebra,lunar,lunar)
+	$(call CLIN_EVAL,vertebra,lunar,hologic)
+	$(VFA) cross-vendor $(CLIN_RUN)
 
 # -rs: every skip says why (a missing oracle says how to install it; under VFA_REQUIRE_ORACLES=1 it fails)
 test: $(STAMP) oracles

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
         "data": {"size": (384, 224), "batch_size": 32, "num_workers": 2},
         "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
                   "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
-        "optim": {"lr": 2e-3, "epochs": 30, "sgdr_steps": 30, "weight_decay": 1e-4},
+        "optim": {"lr": 2e-3, "epochs": 20, "sgdr_steps": 20, "weight_decay": 1e-4},
         "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3]},
     },
     "clinical-vertebra-demo": {  # per vertebra, as vertebra-demo, on the same clinical phantom

@@ -77,13 +77,18 @@ def test_cross_vendor_table_reads_keys_defensively(tmp_path, capsys):
     _metrics(tmp_path, "image-hologic/on-lunar", 0.8)
     _metrics(tmp_path, "image-hologic/on-hologic", 0.9)
     _metrics(tmp_path, "vertebra-lunar/on-lunar", 0.95, v)
+    mimics = {"none": {"n": 500, "k": 9}, "schmorl": {"n": 6, "k": 1}, "physiological_wedge": {"n": 4, "k": 0}}
+    _metrics(tmp_path, "vertebra-hologic/on-hologic", 0.9, {**v, "breakdown": {"mimic": mimics},
+                                                            "readable_agreement": {"value": 0.93, "k": 93, "n": 100}})
     (tmp_path / "vertebra-lunar" / "on-hologic").mkdir()   # not evaluated (yet): no row
     (tmp_path / "notes").mkdir()
     rows = collect(tmp_path)
     assert [r[:3] for r in rows] == [["image", "hologic", "hologic"], ["image", "hologic", "lunar"],
-                                     ["vertebra", "lunar", "lunar"]]
+                                     ["vertebra", "hologic", "hologic"], ["vertebra", "lunar", "lunar"]]
     assert all(len(r) == len(HEADER) for r in rows)
-    vert = dict(zip(HEADER, rows[2]))
+    named = dict(zip(HEADER, rows[2]))
+    assert named["FP among mimics"] == "0.100" and named["not-evaluable agr."] == "0.930"   # 1/10 pooled, no none
+    vert = dict(zip(HEADER, rows[3]))
     assert vert["image AUC (95% CI)"] == "0.950 (0.900-1.000)" and vert["level acc"] == "0.970"
     assert vert["Sn grade>=2"] == "0.750" and vert["kappa"] == "0.800"   # grade 2 and 3 pooled: 3/4
     assert vert["FP among mimics"] == "n/a" and vert["not-evaluable agr."] == "n/a"   # keys absent

@@ -49,23 +49,14 @@ def _share(*entries) -> float | None:
 
 
 def _mimic_fp(v: dict) -> float | None:
-    """The false-positive rate among mimics: the breakdown's pooled entry if it has one, else pooled
-    over its kinds (each kind's share of mimics called fractured)."""
+    """The false-positive rate among mimics: bodies called fractured / evaluable normal bodies, pooled
+    over the mimic kinds of the per-vertebra breakdown ({kind: {k, n, false_positive_rate, ci}}; `none`
+    is the bodies without a mimic and stays out)."""
     rows = _get(v, "breakdown", "mimic")
-    if not isinstance(rows, dict):
-        return None
-    kinds = {k: r for k, r in rows.items() if k not in ("none", "") and isinstance(r, dict)}
-    for key in ("fp_rate", "false_positive_rate", "called_fractured"):
-        pooled = _get(rows, "all", key)
-        if pooled is not None:
-            return _value(pooled)
-    called = [(r.get("fp_rate") or r.get("false_positive_rate") or r.get("called_fractured")) for r in kinds.values()]
-    shares = [c for c in called if isinstance(c, dict) and "k" in c]
-    if shares:
-        return _share(*shares)
-    values = [(_value(c), r.get("n")) for c, r in zip(called, kinds.values())]
-    values = [(v, n) for v, n in values if v is not None and isinstance(n, int | float) and n]
-    return sum(v * n for v, n in values) / sum(n for _, n in values) if values else None
+    kinds = [r for kind, r in rows.items() if kind not in ("none", "") and isinstance(r, dict)] \
+        if isinstance(rows, dict) else []
+    n = sum(r.get("n", 0) for r in kinds)
+    return sum(r.get("k", 0) for r in kinds) / n if n else None
 
 
 def _not_evaluable(v: dict) -> float | None:

@@ -30,6 +30,7 @@ class Summary:
     backend: str = ""
     seconds: float = 0.0
     skipped_csv: Path | None = None
+    timings: dict = field(default_factory=dict)   # seconds per phase of this run (Phases)
 
     def line(self) -> str:
         done = f"{self.before + self.now} predictions in {self.out} ({self.before} done before, {self.now} now"
@@ -39,6 +40,19 @@ class Summary:
         if self.skipped:
             done += f"; skipped {len(self.skipped)} unusable file(s), listed in {self.skipped_csv}"
         return done
+
+
+class Phases:
+    """Wall seconds per phase of a predict run, for the job record (`timings`) and `make bench`'s
+    start-up breakdown: each `mark(name)` closes the phase that began at the previous mark."""
+
+    def __init__(self):
+        self.t, self.seconds = time.perf_counter(), {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.t, 4)
+        self.t = now
 
 
 def job_record(ens, tta: int, tta_preset: str, seed: int, score: str, threshold, id_regex, id_column,
@@ -84,16 +98,17 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
     """`vfa predict`: stream the predictions of `model` (checkpoint(s) or an ensemble file) to `out`
     (.csv or .parquet), resuming a partial or (with `resume`) finished output. See the module doc."""
     from vfa.data.stream import default_workers
-    from vfa.inference.engine import Scorer, iter_rows
+    from vfa.inference.engine import Scorer
     from vfa.runs import lock
 
     log = log or (lambda m: None)
-    t0 = time.perf_counter()
+    t0, phases = time.perf_counter(), Phases()
     out = out_path(out, model, inputs)
     ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
     thr = model_threshold(ens, threshold)
     job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
     summary = Summary(out)
+    phases.mark("load model")
     with lock(out):
         part, done = output.start(out, job, force, resume)
         todo, stale, summary.before = files_to_do(paths, done, keep_identifiers)
@@ -108,23 +123,40 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
         if not good and not summary.before:
             raise DataError(f"no images to predict: {len(paths)} file(s) found in the inputs"
                             + (f", all {len(summary.skipped)} unusable" if summary.skipped else ""))
+        phases.mark("check files")
         scorer = Scorer(ens, backend, len(good), good, tta, tta_preset, seed, log=log)
-        writer = output.RowWriter(part)
-        try:
-            for rows, late in iter_rows(scorer, good, positions, batch_size, workers, progress):
-                summary.skipped += [(p, r) for _, p, r in late]
-                if not len(rows):  # every file of the batch failed to decode mid-run: only skips
-                    continue
-                writer.write(output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers))
-                if not summary.now:  # the first batch decided auto's backend: into the job record
-                    output.record_backend(out, job, scorer.backend, scorer.checks)
-                summary.now += len(rows)
-        finally:
-            writer.close()
-        summary.backend = scorer.backend
+        phases.mark("engine set-up")
+        score_to(part, scorer, summary, (good, positions, batch_size, workers, progress), phases,
+                 lambda rows: output_rows(rows, scorer.kinds(), thr, score, id_map, id_regex, keep_identifiers),
+                 lambda: output.record_backend(out, job, scorer.backend, scorer.checks))
         finish(summary, part, keep_identifiers, log)
+        phases.mark("write")
+        summary.timings = phases.seconds
+        output.record_backend(out, job, scorer.backend, scorer.checks, summary.timings)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def score_to(part: Path, scorer, summary: Summary, job, phases: Phases, to_rows, on_first) -> None:
+    """Score `job` (paths, positions, batch size, workers, progress) and append each batch's rows to
+    `part`; the first batch (decode, and auto's check) and the rest are timed apart."""
+    from vfa.inference.engine import iter_rows
+
+    writer = output.RowWriter(part)
+    try:
+        for rows, late in iter_rows(scorer, *job):
+            summary.skipped += [(p, r) for _, p, r in late]
+            if not len(rows):  # every file of the batch failed to decode mid-run: only skips
+                continue
+            writer.write(to_rows(rows))
+            if not summary.now:  # the first batch decided auto's backend: into the job record
+                on_first()
+                phases.mark("first batch")
+            summary.now += len(rows)
+    finally:
+        writer.close()
+    phases.mark("other batches")
+    summary.backend = scorer.backend
 
 
 def out_path(out, model, inputs) -> Path:

@@ -42,14 +42,15 @@ def job_path(out: Path) -> Path:
 
 
 # job-record keys that describe how a run went, not settings its rows depend on: a resume may differ
-RECORD_ONLY = ("backend", "backend_checks")
+RECORD_ONLY = ("backend", "backend_checks", "timings")
 
 
-def record_backend(out: Path, job: dict, backend: str, checks: list[dict]) -> None:
-    """Add to OUT's job record the backend that ran and, per member, `auto`'s check (or fallback)."""
+def record_backend(out: Path, job: dict, backend: str, checks: list[dict], timings: dict | None = None) -> None:
+    """Add to OUT's job record the backend that ran and, per member, `auto`'s check (or fallback);
+    at the end, the run's seconds per phase (`timings`)."""
     from vfa.runs import atomic_write
 
-    record = {**job, "backend": backend, "backend_checks": checks}
+    record = {**job, "backend": backend, "backend_checks": checks, **({"timings": timings} if timings else {})}
     atomic_write(job_path(out), json.dumps(record, indent=1, sort_keys=True))
 
 

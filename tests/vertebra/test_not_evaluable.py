@@ -192,3 +192,13 @@ def test_the_sr_reports_a_level_not_evaluable_and_stays_valid(tmp_path):
     for name in (written[0]["sr"], written[0]["sc"]):
         res = subprocess.run([dciodvfy, str(tmp_path / "pacs" / name)], capture_output=True, text=True, timeout=60)
         assert [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_the_review_app_reads_a_level_not_evaluable(tmp_path):
+    from vfa.app.cases import read_vertebrae as app_vertebrae
+
+    pts, lv = spine(2)
+    rows = spine_rows("a.png", pts, lv, np.array([0.1, 0.1]), 0.5, np.array([0.9, 0.1]))
+    rows.to_csv(tmp_path / "vertebrae.csv", index=False, float_format="%.3f")
+    t4, t5 = app_vertebrae(tmp_path / "vertebrae.csv")["a.png"]
+    assert (t4["evaluable"], t4["grade"]) == (True, 0) and (t5["evaluable"], t5["grade"], t5["p"]) == (False, None, None)

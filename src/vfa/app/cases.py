@@ -116,7 +116,8 @@ def _overlay_key(file: str) -> str:
 
 
 def read_vertebrae(path: str | Path) -> dict[str, list[dict]]:
-    """vertebrae.csv -> {file: [{level, outline [[x, y] x 6] or None, box or None, grade, type, p}]}."""
+    """vertebrae.csv -> {file: [{level, outline [[x, y] x 6] or None, box or None, grade, type, p,
+    evaluable}]} (evaluable False: the model reported the level not evaluable)."""
     path = Path(path)
     frame = _read(path, "vertebrae file")
     key = "file" if "file" in frame.columns else "filename" if "filename" in frame.columns else None
@@ -142,6 +143,7 @@ def read_vertebrae(path: str | Path) -> dict[str, list[dict]]:
         v["type"] = rec.get("type", "").strip()
         if rec.get("p_fracture", "") != "":
             v["p"] = _number(rec["p_fracture"], path, line, "p_fracture", 0, 1)
+        v["evaluable"] = str(rec.get("evaluable", "")).strip() not in ("0", "0.0")   # the model could not read it
         out.setdefault(rec[key].strip(), []).append(v)
     return out
 

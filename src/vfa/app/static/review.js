@@ -106,19 +106,21 @@
     svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
     svg.innerHTML = "";
     for (const v of data.vertebrae || []) {
-      const color = v.grade === undefined || v.grade === null ? "#7fdbff" : COLORS[v.grade];
+      const ne = v.evaluable === false;  // the model could not read this level: gray, dashed, "n/e"
+      const color = ne ? "#969696" : v.grade === undefined || v.grade === null ? "#7fdbff" : COLORS[v.grade];
       let pts = v.outline;
       if (!pts && v.box) { const [x0, y0, x1, y1] = v.box; pts = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]; }
       if (!pts) continue;
       const poly = document.createElementNS(NS, "polygon");
       poly.setAttribute("points", pts.map((p) => p.join(",")).join(" "));
       poly.setAttribute("stroke", color); poly.setAttribute("class", "vertebra"); poly.dataset.level = v.level;
+      if (ne) poly.setAttribute("stroke-dasharray", "3 3");
       svg.appendChild(poly);
       const t = document.createElementNS(NS, "text");
       const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
       t.setAttribute("x", Math.max(...xs) + 3); t.setAttribute("y", (Math.min(...ys) + Math.max(...ys)) / 2 + 3);
       t.setAttribute("fill", color);
-      t.textContent = v.level + (v.grade ? ` G${v.grade}` : "");
+      t.textContent = v.level + (ne ? " n/e" : v.grade ? ` G${v.grade}` : "");
       svg.appendChild(t);
     }
   }

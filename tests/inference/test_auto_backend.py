@@ -71,8 +71,8 @@ def test_disagreeing_candidate_falls_back_to_fp32_in_one_line(env, fake_bf16, tm
     job = json.loads((tmp_path / ".p.csv.vfa-job.json").read_text())
     assert job["backend"] == "torch" and job["backend_checks"][0]["fallback"] is True
     # the run's phases, for make bench's start-up breakdown (plumbing: each is a wall time >= 0)
-    assert list(job["timings"]) == ["load model", "check files", "engine set-up", "first batch", "other batches",
-                                    "write"] and min(job["timings"].values()) >= 0
+    assert set(job["timings"]) == {"load model", "check files", "engine set-up", "first batch", "other batches",
+                                   "write"} and min(job["timings"].values()) >= 0
     import pandas as pd
 
     np.testing.assert_allclose(pd.read_csv(out)["raw"].to_numpy(), ref, atol=1e-6, rtol=0)

@@ -201,4 +201,5 @@ def test_the_review_app_reads_a_level_not_evaluable(tmp_path):
     rows = spine_rows("a.png", pts, lv, np.array([0.1, 0.1]), 0.5, np.array([0.9, 0.1]))
     rows.to_csv(tmp_path / "vertebrae.csv", index=False, float_format="%.3f")
     t4, t5 = app_vertebrae(tmp_path / "vertebrae.csv")["a.png"]
-    assert (t4["evaluable"], t4["grade"]) == (True, 0) and (t5["evaluable"], t5["grade"], t5["p"]) == (False, None, None)
+    assert (t4["evaluable"], t4["grade"]) == (True, 0)
+    assert (t5["evaluable"], t5["grade"], t5["p"]) == (False, None, None)

@@ -174,7 +174,8 @@ def test_table_lines_has_one_row_per_metric():
     # no `readable` in the truth and no body called not evaluable: the two readability rows stay out
     at = next(i for i, line in enumerate(lines) if line.startswith("| Image-level AUC"))
     assert at == 2 + len(vm.TABLE) - len(vm.OPTIONAL) and "0.800-1.000" in lines[at]
-    # then the breakdown: grades 0 (Sp only), 1, 2, 3 (Sn only) and the bands the scene has (T4-T6: normal only; T7-T12: fractured only)
+    # then the breakdown: grades 0 (Sp only), 1, 2, 3 (Sn only) and the bands the scene has (T4-T6: normal
+    # only; T7-T12: fractured only)
     names = [line.split("|")[1].strip() for line in lines[at + 1:]]
     assert names == ["Sp, grade 0", "Sn, grade 1", "Sn, grade 2", "Sn, grade 3", "Sp, band T4-T6",
                      "Sn, band T7-T12"]

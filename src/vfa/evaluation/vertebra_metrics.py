@@ -292,10 +292,11 @@ def breakdown_rows(bd: dict) -> list[dict]:
             if not parts:
                 continue
             rows.append({"metric": f"{' / '.join(p for p, _ in parts)}, {grouping} {name}",
-                         "value": " / ".join(_kn(v) for _, v in parts), "ci": " / ".join(_ci(v["ci"]) for _, v in parts),
-                         "method": "Wilson", "goal": "", "met": None})
+                         "value": " / ".join(_kn(v) for _, v in parts),
+                         "ci": " / ".join(_ci(v["ci"]) for _, v in parts), "method": "Wilson", "goal": "", "met": None})
     for kind, g in bd.get("mimic", {}).items():
-        rows.append({"metric": f"False-positive rate, mimic {kind}", "value": _kn(dict(g, value=g["false_positive_rate"])),
+        rows.append({"metric": f"False-positive rate, mimic {kind}",
+                     "value": _kn(dict(g, value=g["false_positive_rate"])),
                      "ci": _ci(g["ci"]), "method": "Wilson", "goal": "<= 0.10" if kind != "none" else "",
                      "met": goal_met(g["false_positive_rate"], "<= 0.10") if kind != "none" else None})
     return rows

@@ -1,6 +1,7 @@
 """Per-vertebra overlays as a reader knows them: each body's outline through its six points,
-coloured by Genant grade, with its level and reading beside it (drawn by vfa.spine.draw_outlines,
-the drawer the DICOM Secondary Captures use too)."""
+coloured by Genant grade, with its level and reading beside it; a body the reader reports not
+evaluable (`evaluable` 0, grade empty) gray and dashed, labelled "n/e" (drawn by
+vfa.spine.draw_outlines, the drawer the DICOM Secondary Captures use too)."""
 from __future__ import annotations
 
 import io

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vfa.spine import LEVELS, SHAPES, evaluable, outline  # noqa: F401  (LEVELS, SHAPES: dicom_out checks tables with them)
+# LEVELS, SHAPES, evaluable: dicom_out checks tables with them
+from vfa.spine import LEVELS, SHAPES, evaluable, outline  # noqa: F401
 
 RESEARCH_TEXT = "vfa research use only - not for diagnosis"
 PRIVATE_SCHEME = "99VFA"

@@ -141,6 +141,27 @@ def _inside(frame: pd.DataFrame, path: Path) -> None:
                            f"{w}x{h} image")
 
 
+def vendors_of(samples: Samples, source: str | Path) -> list[str] | None:
+    """Each sample's `vendor` from the manifest of `source` (the manifest itself, or manifest.csv in
+    the folder or its parent), "" for an image it does not list; None without a manifest or without
+    a `vendor` column (so a breakdown by vendor is skipped, not guessed)."""
+    from vfa.data.samples import is_manifest, split_source
+
+    path = split_source(source)[0]
+    found = [path] if is_manifest(source) else [f / "manifest.csv" for f in (path, path.parent)]
+    manifest = next((f for f in found if f.is_file()), None)
+    if manifest is None:
+        return None
+    frame = read_table(manifest, "manifest", DataError)
+    lower = {c.lower(): c for c in frame.columns}
+    key = next((lower[c] for c in MANIFEST_PATH_COLUMNS if c in lower), None)
+    if key is None or "vendor" not in lower:
+        return None
+    where = {str((manifest.parent / f).resolve()): str(v).strip()
+             for f, v in zip(frame[key], frame[lower["vendor"]])}
+    return [where.get(str(Path(p).resolve()), "") for p in samples.paths]
+
+
 def truth_for(samples: Samples, table: pd.DataFrame, where: str) -> dict[str, pd.DataFrame]:
     """{image path: its rows} for every sample; an image without rows is an error (naming how many
     and the first), since a model cannot learn to find bodies nobody marked."""

@@ -203,3 +203,15 @@ def test_the_review_app_reads_a_level_not_evaluable(tmp_path):
     t4, t5 = app_vertebrae(tmp_path / "vertebrae.csv")["a.png"]
     assert (t4["evaluable"], t4["grade"]) == (True, 0)
     assert (t5["evaluable"], t5["grade"], t5["p"]) == (False, None, None)
+
+
+def test_a_resumed_predict_keeps_an_empty_grade_empty(tmp_path):
+    from vfa.inference.vertebra_predict import _keep_bodies_of
+
+    pts, lv = spine(2)
+    rows = pd.concat([spine_rows(f, pts, lv, np.array([0.1, 0.1]), 0.5, np.array([0.9, 0.1])) for f in "ab"])
+    part = tmp_path / "vertebrae.csv.partial"
+    part.write_text(rows.round(3).to_csv(index=False))
+    _keep_bodies_of(part, {"a"})       # b's bodies belong to an image whose row was never written
+    kept = part.read_text().splitlines()
+    assert kept == rows.round(3).to_csv(index=False).splitlines()[:3]

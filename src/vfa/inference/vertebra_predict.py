@@ -72,7 +72,8 @@ def _keep_bodies_of(part: Path, done: set[str]) -> None:
     appends, or a file that changed since it was read."""
     if not part.is_file() or not part.stat().st_size:
         return
-    frame = pd.read_csv(part, dtype={"file": str})
+    # as text, so the kept rows are rewritten as they were (an empty grade stays empty, not 1.0)
+    frame = pd.read_csv(part, dtype=str, keep_default_na=False)
     keep = frame["file"].isin(done)
     if not keep.all():
         from vfa.runs import atomic_write

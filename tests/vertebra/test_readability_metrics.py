@@ -115,6 +115,10 @@ def test_the_table_prints_the_readability_rows_and_the_groups():
     assert "| Evaluable call = truth's readable (found) | 0.750 (6/8) |" in text
     assert "| Sn / Sp, vendor hologic | 0.500 (1/2) / 0.500 (1/2) |" in text
     assert "| False-positive rate, mimic physiological_wedge | 1.000 (1/1) |" in text
+    # pooled over the kinds (not `none`): 1 of the wedge and the Schmorl's node, Wilson by statsmodels
+    lo, hi = wilson(1, 2)
+    assert f"| False-positive rate, mimic (any) | 0.500 (1/2) | {lo:.3f}-{hi:.3f} | Wilson | <= 0.10 **not met** |" \
+        in text
     assert "<= 0.10 **not met**" in text
     assert all(line.count("|") == 6 for line in lines)   # one Markdown table
 

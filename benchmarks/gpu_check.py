@@ -7,7 +7,8 @@ images/s, peak GPU memory, and the share of step time spent waiting for the data
 target: >= 1,000 images/s on an H100/H200, the loader never the bottleneck). Then it
 predicts N files with each backend on the GPU: images/s of the whole streamed job and of the
 model alone (a resident batch, so the data pipeline's share shows), peak GPU memory, and
-max |delta p| against fp32 eager. Prints one JSON line per row.
+max |delta p| against fp32 eager; for `auto`, its own check (candidate, max |dP| on the first batch,
+fallback) from the job record. Prints one JSON line per row.
 """
 import json
 import os
@@ -156,10 +157,13 @@ def main(out: Path, n_files: int) -> int:
                             batch_size=128)
         p = pd.read_csv(out / f"p_{backend}.csv")["raw"].to_numpy()
         ref = p if backend == "torch" else ref
+        # auto's own verdict on the GPU: its candidate against fp32 on the first batch (issue 29)
+        job = json.loads((out / f".p_{backend}.csv.vfa-job.json").read_text())
         emit(row=f"predict {n_files} files, backend {backend} (ran {s.backend})", seconds=round(s.seconds, 1),
              img_per_s=round(s.now / s.seconds, 1), model_only_img_per_s=round(model_only(ckpt, s.backend), 1),
              peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-             max_dp_vs_fp32=float(abs(p - ref).max()))
+             max_dp_vs_fp32=float(abs(p - ref).max()), timings=job.get("timings"),
+             **({"auto_check": job["backend_checks"]} if backend == "auto" else {}))
     return 0
 
 

@@ -106,10 +106,14 @@ test: $(STAMP) oracles
 	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -rs -n 2 --dist loadgroup
 
-# vfa vs the Keras baseline (../shared/bench/keras_seed.py) in one run: table on stdout, BENCHMARKS.md
+# vfa vs the Keras baseline (../shared/bench/keras_seed.py) in one run: table on stdout, BENCHMARKS.md.
+# e2e.py: the default `vfa predict` vs the notebook's whole Keras job at 48 and 1,000 files, max dP
+# against fp32 and the start-up breakdown (issue 29; about 30 minutes on 2 cores; E2E_SIZES=48 for less)
 KERAS_BENCH ?= ../shared/bench/keras_seed.py
+E2E_SIZES ?= 48,1000
 bench: $(STAMP) $(KERAS_STAMP)
 	$(VPY) benchmarks/bench.py --keras-python .venv-keras/bin/python --keras-script $(KERAS_BENCH) --out BENCHMARKS.md
+	$(VPY) benchmarks/e2e.py --keras-python .venv-keras/bin/python --sizes $(E2E_SIZES) --out BENCHMARKS.md
 	$(VPY) benchmarks/archive.py --keras-python .venv-keras/bin/python --out BENCHMARKS.md
 
 # whole `vfa predict` processes vs the notebook's whole Keras job, ensembles, 100,000-file streaming

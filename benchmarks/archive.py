@@ -175,10 +175,15 @@ def write(path, rows, keras_s, ens_note, stream):
         lines += [f"| {n:,} | {s:.0f} | {n / s:.0f} | {peak} MiB |" for n, s, peak in stream]
         lines.append("")
     lines.append(END)
+    write_section(path, BEGIN, END, lines)
+
+
+def write_section(path, begin: str, end: str, lines: list[str]) -> None:
+    """Replace the text between `begin` and `end` in `path` (the lines carry both markers), or append it."""
     text = Path(path).read_text() if Path(path).exists() else ""
     block = "\n".join(lines)
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     Path(path).write_text(text)

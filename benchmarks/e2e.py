@@ -169,6 +169,7 @@ def main() -> int:
 
 
 def write(path, tables, phases, imports, total):
+    from archive import write_section
     from bench import machine
 
     lines = [BEGIN, "## The default `vfa predict` against the notebook's Keras job (benchmarks/e2e.py, issue 29)", "",
@@ -183,14 +184,7 @@ def write(path, tables, phases, imports, total):
               "Bare imports, whole processes (the faster of two):", "", "| process | seconds |", "|---|---:|"]
     lines += [f"| `{what}` | {s:.2f} |" for what, s in imports]
     lines += ["", END]
-    text = Path(path).read_text() if Path(path).exists() else ""
-    block = "\n".join(lines)
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    Path(path).write_text(text)
-    print(block)
+    write_section(path, BEGIN, END, lines)
 
 
 if __name__ == "__main__":

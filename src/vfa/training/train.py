@@ -239,7 +239,8 @@ def fit(cfg, out: str | Path, recipe: Recipe, force: bool = False, resume: bool 
     data = recipe.load(cfg, log)  # every file decoded and checked before the disk is touched
     _prepare(run_dir, cfg, data, force, resume, inputs, done, last, log)
     pos_weight = positive_weight(cfg, data)
-    log(f"positive-class weight: {pos_weight:.3f}; training on {_training_device(cfg)}, precision "
+    sampler = "; classes balanced by the sampler" if cfg.data.sampler == "balanced" else ""
+    log(f"positive-class weight: {pos_weight:.3f}{sampler}; training on {_training_device(cfg)}, precision "
         f"{cfg.trainer.precision}")
     module = recipe.module(config_mod.to_dict(cfg), pos_weight)
     if init_state is not None:

@@ -14,8 +14,9 @@ from vfa.data.dataset import create_dataset
 from vfa.data.samples import load_samples, validate
 from vfa.data.stream import default_workers
 from vfa.inference.ensemble import is_ensemble_file, load_ensemble, model_paths, resolve_family, write_ensemble
+from vfa.inference.backends import fp32_backend
 from vfa.inference.predict import predict_loader
-from vfa.models.network import p_fracture
+from vfa.models.network import model_device, p_fracture
 from vfa.runs import refuse_existing
 from vfa.stats import accuracy as stats
 
@@ -56,7 +57,9 @@ def calibrate(model_path, data: str | Path, out: str | Path, threshold: float | 
         return {"n": len(y), "threshold": float(thr), "threshold_source": source}
     model = ens.members[0]
     loader = DataLoader(create_dataset(model, samples), batch_size=batch_size, num_workers=workers)
-    logits = predict_loader(model, loader, progress, logits=True).astype(float)
+    # fp32 on the fastest exact engine (issue 29): a temperature is fitted to the model as it computes
+    exact = fp32_backend(model, len(samples.paths), model_device(model))
+    logits = predict_loader(exact, loader, progress, logits=True).astype(float)
     try:
         t = stats.fit_temperature(y, logits) if temperature else 1.0
     except ValueError as exc:

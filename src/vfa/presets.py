@@ -39,7 +39,9 @@ PRESETS: dict[str, dict] = {
     },
     # the clinical phantom (issue 27; docs/phantom.md, `make demo-clinical`): two vendors, shoulders, mimics.
     # `synth` draws the clinical generator ("phantom": "clinical"); more of it is held out (0.5/0.2/0.3)
-    # so that a vendor's 500 scans give 150 test images in 20 minutes on 2 CPU cores
+    # so that a vendor's 500 scans give 150 test images in 20 minutes on 2 CPU cores. Seed 2: in seeds 0, 1, 3
+    # and 4 the generator puts T4/T5 points of 1-5 scans left of the image, which vfa.data.vertebrae refuses
+    # (a phantom bug, not fixed here: the clinical phantom's bytes are pinned); seed 2 has none (no model involved)
     "clinical-demo": {  # the image classifier: cpu-demo's network with the vendor-range augmentation
         "augment": "vendor",
         # the balanced sampler, not class weights: chosen on the validation splits only (docs/phantom.md:
@@ -48,14 +50,14 @@ PRESETS: dict[str, dict] = {
         "model": {"backbone": "vfa_cnn_small", "head": (), "global_pool": "max",
                   "cam_method": "layercam", "cam_layer": "backbone.features.5", "cam_output_stride": 4},
         "optim": {"lr": 2e-3, "epochs": 20, "sgdr_steps": 20, "weight_decay": 1e-4, "class_weights": False},
-        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3]},
+        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3], "seed": 2},
     },
     "clinical-vertebra-demo": {  # per vertebra, as vertebra-demo, on the same clinical phantom
         "augment": "none",
         "data": {"size": (640, 384), "batch_size": 8},
         "model": {"family": "vertebra"},
         "optim": {"lr": 1e-3, "epochs": 8, "weight_decay": 1e-4},
-        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3]},
+        "synth": {"phantom": "clinical", "n": 500, "splits": [0.5, 0.2, 0.3], "seed": 2},
     },
     "vertebra": {  # full size, for a GPU: the phantom's native 1024 x 614, larger crops and detector input
         "augment": "none",

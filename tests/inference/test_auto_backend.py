@@ -157,3 +157,18 @@ def test_exact_model_runs_the_cached_fp32_engine_and_keeps_torch_numbers(env, fa
     assert got.attrs["backend"] == "onnxruntime" and fake_bf16["n"] == 0
     assert "declares exactness" in check["auto"] and "onnxruntime fp32" in check["engine"]
     np.testing.assert_allclose(got["raw"].to_numpy(), ref, atol=1e-5, rtol=0)
+    # the whole CLI process then builds no torch network and never imports timm (torchvision, torch._dynamo)
+    import subprocess
+    import sys
+
+    code = ("import sys; from vfa.cli import main; "
+            f"main(['predict', '--model', {str(env['exact'])!r}, {str(env['data'])!r}, '--out', "
+            f"{str(tmp_path / 'p.csv')!r}, '--device', 'cpu', '--workers', '0']); "
+            "print('timm' in sys.modules, 'torchvision' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.split()[-2:] == ["False", "False"], run.stdout + run.stderr
+    job = json.loads((tmp_path / ".p.csv.vfa-job.json").read_text())
+    assert "no torch network built" in job["backend_checks"][0]["engine"]
+    import pandas as pd
+
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["raw"].to_numpy(), ref, atol=1e-5, rtol=0)

@@ -104,7 +104,8 @@ def predict_to_file(model, inputs, out: str | Path, force: bool = False, resume:
     log = log or (lambda m: None)
     t0, phases = time.perf_counter(), Phases()
     out = out_path(out, model, inputs)
-    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file)
+    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file,
+                                     backend)
     thr = model_threshold(ens, threshold)
     job = job_record(ens, tta, tta_preset, seed, score, threshold, id_regex, id_column, keep_identifiers)
     summary = Summary(out)

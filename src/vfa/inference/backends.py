@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from vfa.config import ConfigError
-from vfa.inference.export import CACHE_TOLERANCE, cached_int8, cached_onnx, onnx_cache_path, onnx_key, ort_session
+from vfa.inference.export import CACHE_TOLERANCE, cached_int8, cached_onnx
+from vfa.inference.onnx_engine import EXACT_PRESETS, OnnxModel, onnx_cache_path, onnx_key, ort_session
 from vfa.registry import BACKENDS as REGISTRY
 from vfa.runs import enable_compile_cache
 
@@ -56,9 +57,7 @@ _ATTRS = ("config", "threshold", "temperature", "threshold_source")
 AGREEMENT_TOL = 1e-3
 PROBE_MIN = 8        # a first batch smaller than this is topped up with the fixed probe (tiny jobs)
 PROBE_SEED = 29
-# presets whose point is to reproduce a computation exactly (keras215: what Keras 2.1.5 computed, in
-# fp32; `vfa import-keras` gives it to every imported .h5): `auto` runs them in fp32
-EXACT_PRESETS = ("keras215",)
+
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -168,6 +167,9 @@ def fp32_backend(model: nn.Module, n_images: int | None, device, log=None) -> "B
     blocked fp32 kernels, ~1.5x NCHW on the 2-core EPYC: docs/performance.md). Elsewhere torch as is.
     record: {"backend", "engine"} (engine says which fp32)."""
     device = torch.device(device)
+    if isinstance(model, OnnxModel):  # the checkpoint was loaded as its cached export (onnx_engine)
+        return Backend(model, "onnxruntime", model, {"backend": "onnxruntime", "engine":
+                       f"onnxruntime fp32, within {CACHE_TOLERANCE:g} of torch (cached; no torch network built)"})
     if device.type == "cpu":
         import importlib.util
 

@@ -166,8 +166,11 @@ def member_names(paths: list) -> list[str]:
     return names
 
 
-def load_ensemble(spec, device="cpu", combine: str | None = None) -> Ensemble:
-    """--model's value(s) -> an Ensemble of loaded members (one member for a single checkpoint)."""
+def load_ensemble(spec, device="cpu", combine: str | None = None, backend: str | None = None) -> Ensemble:
+    """--model's value(s) -> an Ensemble of loaded members (one member for a single checkpoint).
+    `backend` "auto": a member that auto would run on its cached fp32 export is loaded as that
+    export, without building its network (vfa.inference.onnx_engine.load_exact_engine)."""
+    from vfa.inference.onnx_engine import load_exact_engine
     from vfa.models.loading import load_model, resolve_device
 
     items = model_paths(spec)
@@ -184,7 +187,7 @@ def load_ensemble(spec, device="cpu", combine: str | None = None) -> Ensemble:
         paths, names, rule, thr, src = [str(p) for p in items], member_names(items), combine or "mean", None, None
     if rule not in COMBINE:
         raise ConfigError(f"--combine must be one of {', '.join(COMBINE)}, got {rule!r}")
-    members = [load_model(p, device) for p in paths]
+    members = [(backend == "auto" and load_exact_engine(p, device)) or load_model(p, device) for p in paths]
     return Ensemble(members, names, rule, thr, src, paths)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from vfa import config as config_mod
 from vfa.inference.ensemble import resolve_family
+from vfa.inference.onnx_engine import onnx_cache_path, ort_session
 from vfa.models.loading import load_model
 from vfa.data.dataset import create_dataset
 from vfa.models.network import p_fracture
@@ -29,17 +30,6 @@ TOLERANCE = 1e-4  # max |delta P(fracture)| between onnxruntime and torch fp32 f
 CACHE_TOLERANCE = 1e-5
 INT8_TOLERANCE = 0.02  # the bound issue 7 sets for any reduced-precision backend
 CALIBRATION_N = 64  # images: half calibrate the int8 ranges, the other half check the result
-
-
-def ort_session(path: str | Path, threads: int | None = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise config_mod.ConfigError("onnxruntime is not installed: pip install 'vfa[onnx]'") from None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(model, out: str | Path, batch: int = 2, opset: int = 18, verify: bool = True,
@@ -176,20 +166,6 @@ def cached_int8(model, calibration) -> Path:
         quantize_onnx(model, fp32, tmp, batch)
         os.replace(tmp, path)
     return path
-
-
-def onnx_key(model) -> str:
-    """The cache key of `model`'s export: its weights and input size."""
-    digest = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(repr(tuple(model.config.data.size)).encode())
-    return digest.hexdigest()[:20]
-
-
-def onnx_cache_path(model, key: str | None = None) -> Path:
-    return cache_dir() / "onnx" / f"{key or onnx_key(model)}.onnx"
 
 
 def cached_onnx(model, key: str | None = None) -> Path:

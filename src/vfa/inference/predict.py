@@ -98,7 +98,7 @@ def _relative(path, root) -> str:
 SCORES = ("raw", "tta_mean", "tta_max")
 
 
-def prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file):
+def prepare_job(model, inputs, tta, score, batch_size, workers, device, id_column, on_bad_file, backend=None):
     """Checks before any image is read; (ensemble, paths, id_map)."""
     from vfa.inference.ensemble import Ensemble, load_ensemble
 
@@ -107,7 +107,7 @@ def prepare_job(model, inputs, tta, score, batch_size, workers, device, id_colum
     check_run_args(batch_size=batch_size, tta=tta, num_workers=0 if workers is None else workers)
     if on_bad_file not in ("error", "skip"):
         raise DataError(f"--on-bad-file must be 'error' or 'skip', got '{on_bad_file}'")
-    ens = model if isinstance(model, Ensemble) else load_ensemble(model, device)
+    ens = model if isinstance(model, Ensemble) else load_ensemble(model, device, backend=backend)
     id_map: dict = {}
     paths = expand_inputs(inputs, id_column, id_map)
     if id_column and not id_map:
@@ -178,7 +178,8 @@ def predict_files(model, inputs, tta: int = 0, tta_preset: str = "auto", seed: i
     from vfa.data.stream import default_workers
     from vfa.inference.engine import Scorer, score_paths
 
-    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, num_workers, device, id_column, on_bad_file)
+    ens, paths, id_map = prepare_job(model, inputs, tta, score, batch_size, num_workers, device, id_column, on_bad_file,
+                                     backend)
     thr = model_threshold(ens, threshold)
     workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
     good, _, skipped = check_decodable(ens, paths, list(range(len(paths))), on_bad_file, workers, progress, log)

@@ -44,11 +44,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
     family = FAMILIES.of(cfg)
     model = family.step("build")(cfg)
     model.load_state_dict(checkpoint.weights_of(ckpt))
+    return with_decision(model, ckpt, cfg, family).eval().to(device)
+
+
+def with_decision(model: torch.nn.Module, ckpt: dict, cfg, family: Family) -> torch.nn.Module:
+    """`model` with what a checkpoint says beside its weights: config, threshold, temperature and the
+    threshold's source (the attributes every command reads of a loaded model)."""
     model.config = cfg
     model.threshold = float(ckpt.get("vfa_threshold", family.default_threshold(cfg)))
     model.temperature = float(ckpt.get("vfa_temperature", 1.0))
     model.threshold_source = str(ckpt.get("vfa_threshold_source", checkpoint.DEFAULT_THRESHOLD_SOURCE))
-    return model.eval().to(device)
+    return model
 
 
 def checkpoint_family(path: str | Path) -> Family:

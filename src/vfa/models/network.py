@@ -8,12 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import timm
 import torch
 from torch import nn
 
 from vfa.config import ConfigError
-from vfa.models import backbones  # noqa: F401  (registers vfa's small timm backbones)
 
 
 def p_fracture(logits, temperature: float = 1.0):
@@ -82,6 +80,11 @@ def build_model(backbone: str = "inception_resnet_v2", pretrained: bool = False,
     `backbone_kwargs` go to `timm.create_model` (e.g. ResNet `channels`, `stem_width` for a
     narrower network); `global_pool` is timm's: avg (the notebook's GAP), max, avgmax, catavgmax.
     """
+    import timm  # here: importing timm imports torchvision and torch._dynamo (~1.2 s), which a process
+    # that runs a cached ONNX engine never needs (vfa.inference.onnx_engine)
+
+    from vfa.models import backbones  # noqa: F401  (registers vfa's small timm backbones)
+
     if backbone not in timm.list_models() and backbone not in timm.list_models(pretrained=True):
         raise ConfigError(f"unknown timm backbone '{backbone}' (model.backbone; see timm.list_models())")
     net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool=global_pool,

@@ -34,7 +34,7 @@ def test_good_table_reads(folder):
     ((GOOD, GOOD.replace("T7", "C5")), "line 3: unknown level 'C5'"),
     ((GOOD, GOOD.replace("T7", "T8"), GOOD), "line 4: level T7 listed twice for one image (lines 2, 4)"),
     ((GOOD.replace(",10,", ",abc,", 1),), "line 2: sup_ant_x is not a number: 'abc'"),
-    ((GOOD, GOOD.replace("T7", "T9").replace(",10,10,0", ",61,10,0")),
+    ((GOOD, GOOD.replace("T7", "T9").replace(",10,10,0", ",76,10,0")),
      "line 3: a point of T9 lies outside its 60x100 image"),
     ((GOOD.replace(",0,normal", ",4,normal"),), "line 2: grade must be 0, 1, 2 or 3"),
     ((GOOD.replace("normal", "burst"),), "line 2: unknown type 'burst'"),
@@ -42,6 +42,12 @@ def test_good_table_reads(folder):
 def test_problems_name_the_line(folder, rows, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_vertebrae(write(folder, *rows))
+
+
+def test_a_partial_views_body_may_cross_the_image_edge(folder):
+    """A body cut by the edge (partial view): its corners up to a quarter of the image outside are kept."""
+    t = read_vertebrae(write(folder, GOOD, GOOD.replace("T7", "T9").replace(",10,10,0", ",74,10,0")))
+    assert list(t["level"]) == ["T7", "T9"] and (t[list(POINT_COLUMNS)].to_numpy() == 74).sum() == 1
 
 
 def test_grades_only_table_is_accepted(folder):

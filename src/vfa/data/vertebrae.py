@@ -7,8 +7,8 @@ pixels, origin at the top-left corner) or only a `grade` (0-3), as DXA morphomet
 annotation tools export them; `type` (normal/wedge/biconcave/crush) is optional, and so are
 `readable` (1, 0 for a level that cannot be read, or empty: not said) and `mimic` (what a normal
 body resembles a fracture by, `none` or a kind; free text). Every problem is named with its CSV line:
-an unknown level, a level listed twice for one image, a point that is not a number or lies outside
-its image, a grade outside 0-3, an unknown type, a readable flag other than 0 or 1.
+an unknown level, a level listed twice for one image, a point that is not a number or lies far outside
+its image (a partial view's body may cross its edge: PARTIAL_MARGIN), a grade outside 0-3, an unknown type, a readable flag other than 0 or 1.
 """
 from __future__ import annotations
 
@@ -126,19 +126,27 @@ def readable_of(rows: pd.DataFrame) -> np.ndarray:
     return pd.to_numeric(rows["readable"], errors="coerce").to_numpy(dtype=float)
 
 
+# a partial view cuts a body at the image's edge, so its true corners may lie outside the image; a point
+# farther out than this share of the image's width or height is an error of the table instead (axes
+# swapped, another image's scale)
+PARTIAL_MARGIN = 0.25
+
+
 def _inside(frame: pd.DataFrame, path: Path) -> None:
-    """Every point within its image (x in [0, W], y in [0, H])."""
+    """Every point within its image, or past its edge by at most PARTIAL_MARGIN of its size."""
     for file, rows in frame.groupby("path", sort=False):
         try:
             h, w = probe_image(file)
         except Exception as exc:  # the image itself is checked (and named) where it is read
             raise _problem(path, rows["_line"].iloc[0], f"cannot read the image {file}: {exc}") from None
         pts = rows[list(POINT_COLUMNS)].to_numpy().reshape(-1, 6, 2)
-        out = (pts[..., 0] < 0) | (pts[..., 0] > w) | (pts[..., 1] < 0) | (pts[..., 1] > h)
+        mx, my = PARTIAL_MARGIN * w, PARTIAL_MARGIN * h
+        out = (pts[..., 0] < -mx) | (pts[..., 0] > w + mx) | (pts[..., 1] < -my) | (pts[..., 1] > h + my)
         if out.any():
             r = int(np.flatnonzero(out.any(1))[0])
             raise _problem(path, rows["_line"].iloc[r], f"a point of {rows['level'].iloc[r]} lies outside its "
-                           f"{w}x{h} image")
+                           f"{w}x{h} image (by more than {PARTIAL_MARGIN:.0%} of its size: swapped x and y, "
+                           f"or another image's scale?)")
 
 
 def vendors_of(samples: Samples, source: str | Path) -> list[str] | None:

@@ -39,9 +39,9 @@ PRESETS: dict[str, dict] = {
     },
     # the clinical phantom (issue 27; docs/phantom.md, `make demo-clinical`): two vendors, shoulders, mimics.
     # `synth` draws the clinical generator ("phantom": "clinical"); more of it is held out (0.5/0.2/0.3)
-    # so that a vendor's 500 scans give 150 test images in 20 minutes on 2 CPU cores. Seed 2: in seeds 0, 1, 3
-    # and 4 the generator puts T4/T5 points of 1-5 scans left of the image, which vfa.data.vertebrae refuses
-    # (a phantom bug, not fixed here: the clinical phantom's bytes are pinned); seed 2 has none (no model involved)
+    # so that a vendor's 500 scans give 150 test images in 20 minutes on 2 CPU cores. Seed 2: seeds 0, 1, 3 and 4
+    # put T4/T5 points of 1-5 scans left of the image, which vfa.data.vertebrae refused before acf2121 (partial
+    # views); seed 2 has none (checked on the truth points, no model involved) and is what demo-clinical measured
     "clinical-demo": {  # the image classifier: cpu-demo's network with the vendor-range augmentation
         "augment": "vendor",
         # the balanced sampler, not class weights: chosen on the validation splits only (docs/phantom.md:

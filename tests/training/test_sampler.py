@@ -40,3 +40,16 @@ def test_balanced_loader_is_fixed_by_seed_and_epoch():
     first = order(0)
     assert first == order(0) and first != order(1) and len(first) == 20
     assert sum(labels[i] for i in first) >= 4          # 2 fractures of 20 drawn far more often than 1 in 10
+
+
+@pytest.mark.slow
+def test_train_with_the_balanced_sampler(tiny_phantom, tmp_path):
+    import vfa
+    from tests.helpers import tiny_cfg
+
+    cfg = tiny_cfg(tiny_phantom)
+    cfg.data.sampler, cfg.optim.class_weights = "balanced", False
+    lines = []
+    run = vfa.train(cfg, tmp_path / "run", log=lines.append)
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert any("balanced by the sampler" in line and "weight: 1.000" in line for line in lines)

@@ -26,7 +26,8 @@ def env(tmp_path_factory):
 
 def test_breakdown_matches_sklearn_per_vendor(env, tmp_path):
     m = evaluate(env["ckpt"], env["test"], tmp_path / "ev", num_workers=0, progress=False, log=lambda s: None,
-                 report=False)
+                 gallery=0)
+    assert "By subgroup" in (tmp_path / "ev" / "report.html").read_text()
     pred = pd.read_csv(tmp_path / "ev" / "predictions.csv")
     manifest = pd.read_csv(env["root"] / "manifest.csv")
     vendor = dict(zip(manifest["path"].str.split("/", n=1).str[1], manifest["vendor"]))

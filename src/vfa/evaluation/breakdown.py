@@ -65,3 +65,14 @@ def breakdown(y, p, threshold: float, groups: dict[str, list]) -> dict:
             entry.update(n_norm=int((y[keep] == 0).sum()), n_frac=int((y[keep] == 1).sum()), notes=m["notes"])
             out[column][name] = entry
     return out
+
+
+def breakdown_table(bd: dict) -> pd.DataFrame:
+    """One row per group (e.g. vendor hologic): n, AUC, Sn and Sp with their CIs, for report.html."""
+    def ci(v, lo_hi) -> str:
+        ok = v is not None and v == v and lo_hi and None not in lo_hi
+        return "n/a" if v is None or v != v else f"{v:.3f} ({lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if ok else f"{v:.3f}"
+    return pd.DataFrame([{"group": f"{column} {name}", "n (frac)": f"{g['n']} ({g['n_frac']})",
+                          "AUC": ci(g["auc"], g["auc_ci"]), "Sn": ci(g["sensitivity"], g["sensitivity_ci"]),
+                          "Sp": ci(g["specificity"], g["specificity_ci"])}
+                         for column, rows in bd.items() for name, g in rows.items()])

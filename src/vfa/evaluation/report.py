@@ -291,6 +291,10 @@ def write_html(path: Path, figures: dict[str, bytes], frame: pd.DataFrame, resul
              "<h2>Diagnostic accuracy (95 % CI)</h2>", summary_table(results).to_html(),
              "<p>Intervals: Wilson score (Sn, Sp, PPV, NPV, accuracy), log method (likelihood ratios), "
              "DeLong (AUC). LR- = (1 - Sn) / Sp.</p>"]
+    if results.get("breakdown"):   # e.g. per vendor, from the manifest's vendor column
+        from vfa.evaluation.breakdown import breakdown_table
+        parts += ["<h2>By subgroup (95 % CI, the same threshold)</h2>",
+                  breakdown_table(results["breakdown"]).to_html(index=False)]
     notes = {n for m in results["scores"].values() for n in m.get("notes", [])}
     if notes:
         parts.append("<ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in sorted(notes)) + "</ul>")

@@ -22,7 +22,8 @@ TINY = ["data.size=[192,112]", "vertebra.detector_size=[96,56]", "vertebra.crop_
 SETS = [a for s in TINY for a in ("--set", s)]
 # commands that read neither a model nor a preset's family: the same for both families
 # (node: both families read through it, against a real PACS, in tests/node)
-FAMILY_FREE = {"synth", "split", "check-data", "augment-preview", "runs", "import-keras", "node"}
+FAMILY_FREE = {"synth", "split", "check-data", "augment-preview", "runs", "import-keras", "node",
+               "cross-vendor"}  # cross-vendor reads either family's metrics.json, no model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ annotation tools export them; `type` (normal/wedge/biconcave/crush) is optional,
 `readable` (1, 0 for a level that cannot be read, or empty: not said) and `mimic` (what a normal
 body resembles a fracture by, `none` or a kind; free text). Every problem is named with its CSV line:
 an unknown level, a level listed twice for one image, a point that is not a number or lies far outside
-its image (a partial view's body may cross its edge: PARTIAL_MARGIN), a grade outside 0-3, an unknown type, a readable flag other than 0 or 1.
+its image (a partial view's body may cross its edge: PARTIAL_MARGIN), a grade outside 0-3, an unknown
+type, a readable flag other than 0 or 1.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_place_points_reads_p_readable_from_the_landmark_network():
     img = torch.zeros(1, 1, 128, 64)
     img[..., :64, :] = 1.0                                     # the upper half bright, the lower dark
     found = [(np.array([[32.0, 30.0], [32.0, 95.0]]), np.array([0, 2]))]
-    (pts, prob, ok), = place_points(Model(Readability()), img, found, VertebraConfig(crop_size=16, crop_scale=1.0))
+    (pts, prob, ok, _), = place_points(Model(Readability()), img, found, VertebraConfig(crop_size=16, crop_scale=1.0))
     assert pts.shape == (2, 6, 2) and ok[0] > 0.99 and ok[1] < 0.01
 
 
@@ -87,7 +87,7 @@ def test_place_points_reads_p_readable_from_the_landmark_network():
 def test_the_untrained_head_reads_every_body_evaluable():
     net = LandmarkNet("resnet10t", 16).eval()
     with torch.no_grad():
-        _, _, read = net(torch.randn(4, 1, 32, 32) * 5)
+        _, _, read, _ = net(torch.randn(4, 1, 32, 32) * 5)
     np.testing.assert_allclose(torch.sigmoid(read).numpy(), 1 / (1 + math.exp(-READABLE_PRIOR)), rtol=1e-6)
 
 

@@ -219,10 +219,11 @@ def test_place_points_reads_each_body_in_its_own_frame():
     found = [(np.array([[28.0, 21.0], [35.0, 50.0], [38.0, 85.0]]), np.array([3, 4, 5])),
              (np.zeros((0, 2)), np.zeros(0, dtype=int))]
     vcfg = VertebraConfig(crop_size=32, crop_scale=1.0)
-    (pts, prob, ok), (pts2, prob2, ok2) = place_points(StubModel(landmarks=DotFinder()), img, found, vcfg)
+    (pts, prob, ok, sev), (pts2, prob2, ok2, _) = place_points(StubModel(landmarks=DotFinder()), img, found, vcfg)
     assert pts.shape == (3, 6, 2) and pts2.shape == (0, 6, 2) and len(prob2) == 0 == len(ok2)
     np.testing.assert_allclose(prob, 0.5)
     np.testing.assert_allclose(ok, 1.0)   # a landmark network without a readability output: all readable
+    np.testing.assert_allclose(sev, 0.0)  # nor a severity output: P(grade >= 2) and P(grade >= 3) 0
     axis, side = frames(found[0][0], found[0][1], 1.0, 0)
     centre = pts.mean(1)
     # the points straddle each dot: centred on it within a crop cell, 0.2 crop sides apart along the axis

@@ -34,17 +34,37 @@ from vfa.inference.ensemble import load_ensemble
 from vfa.stats.accuracy import parse_threshold
 from vfa.runs import atomic_write, json_safe, lock, prepare_run_dir, write_json
 
-READING = {"fracture": "the morphometry rules' grade >= 1, or the fracture head's P >= vertebra.fracture_threshold "
-                       "(grade_source: rules or head)",
-           "grade_and_type": "the morphometry rules (vfa.stats.morphometry) on the predicted six points; grade 1 "
-                             "for a body only the head calls; the shape is the lowest ratio's",
-           "p_fracture": "the landmark network's fracture head, per body",
+# who makes each call, per vertebra.grading (metrics.json's "reading", the reports' "Who makes each call")
+GRADING = {
+    "rules": {"fracture": "the morphometry rules' grade >= 1, or the fracture head's P >= vertebra.fracture_threshold "
+                          "(grade_source: rules or head)",
+              "grade_and_type": "the morphometry rules (vfa.stats.morphometry) on the predicted six points; grade 1 "
+                                "for a body only the head calls; the shape is the lowest ratio's"},
+    "head": {"fracture": "the learned grade (vertebra.grading=head): the fracture head's P = P(grade >= 1) >= "
+                         "vertebra.fracture_threshold (grade_source: head)",
+             "grade_and_type": "the learned grade: 1, plus 1 for each of the severity head's P(grade >= 2) and "
+                               "P(grade >= 3) >= 0.5 in turn; the shape is the morphometry rules' lowest ratio on "
+                               "the predicted six points (their grade is not used)"},
+}
+READING = {"p_fracture": "the landmark network's fracture head, per body",
            "image_score": "raw: the highest body score, P(fracture) for a body the rules leave at grade 0 and "
                           "threshold + (1 - threshold) P for a body the rules grade (0 when no body was found)",
            "image_call": "predicted: a body is fractured (raw >= threshold, the same as max_grade >= 1)",
            "evaluable": "the landmark network's readability head: P(readable) < 0.5 reports the body not "
                         "evaluable (no grade, type or P(fracture); no part in the image's call); a checkpoint "
                         "without the head reads every body evaluable"}
+
+
+PRIOR = {"balanced": "as trained (vertebra.fracture_prior=balanced: with class weights, 0.5 is the balanced "
+                     "operating point)",
+         "training": "corrected to the training set's share of fractured bodies (vertebra.fracture_prior="
+                     "training: the logit less log(pos_weight))"}
+
+
+def reading(grading: str, prior: str = "balanced") -> dict:
+    """How a model with this vertebra.grading and fracture_prior makes each call, in words."""
+    return {"grading": grading, **GRADING[grading], **READING,
+            "p_fracture": f"{READING['p_fracture']}, {PRIOR[prior]}"}
 
 
 def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json", threshold="0.5", split=None,
@@ -78,7 +98,8 @@ def evaluate_vertebrae(model_path, data, out, metrics_name: str = "metrics.json"
         spines = read_spines(model, samples.paths, batch_size, progress)
         frame = pd.concat([labelled_frame(samples, id_regex, id_column, keep_identifiers),
                            image_rows(spines, threshold)], axis=1)
-        result = {"family": "vertebra", "reading": READING, "threshold": threshold,
+        how = reading(cfg.vertebra.grading, cfg.vertebra.fracture_prior)
+        result = {"family": "vertebra", "reading": how, "threshold": threshold,
                   **score_metrics(frame["label"].to_numpy(), frame["raw"].to_numpy(), threshold)}
         ids = frame["file"].tolist()
         vert = pd.concat([v.assign(file=ids[i]) for i, v in enumerate(spines)], ignore_index=True)
@@ -142,7 +163,7 @@ def _report(result: dict, lines: list[str], data, drawn: list[dict]) -> str:
     head = [f"# Per-vertebra evaluation on {public_path(str(data))}", "",
             f"{n['images']} images, {n['vertebrae']} vertebrae, {n['fractured']} fractured (grade 1: {n['grade1']}, "
             f"grade 2: {n['grade2']}, grade 3: {n['grade3']}){_unread(n)}.", "", CI_NOTE, ""]
-    how = ["", "## Who makes each call", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in READING.items())]
+    how = ["", "## Who makes each call", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in result["reading"].items())]
     examples = ["", "## Examples (overlays/)", "", *(f"- {d['name']}: {d['chosen']}. {d['caption']}." for d in drawn)]
     return "\n".join(head + lines + how + (examples if drawn else [])) + "\n"
 
@@ -171,7 +192,7 @@ def _html(result: dict, data, drawn: list[dict]) -> str:
              f"fractured (grade 1/2/3: {n['grade1']}/{n['grade2']}/{n['grade3']}){e(_unread(n))}.</p>"
              f"<p>{e(CI_NOTE)}</p>", table,
              "<h2>Who makes each call</h2><ul>",
-             *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in READING.items()), "</ul>"]
+             *(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in result["reading"].items()), "</ul>"]
     if drawn:
         parts.append("<h2>Examples</h2><p>Outlines and labels are the model's reading; the caption compares it "
                      "with the truth.</p>")

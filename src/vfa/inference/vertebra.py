@@ -7,13 +7,15 @@ body's six points, and apply the morphometry rules.
     -> crops in frames from the detected centres (vfa.models.crops.frames), six points by the
        landmark network, then again in frames re-centred on those points (REFINE passes)
     -> heights, ratios, Genant grade and type (vfa.stats.morphometry.apply_genant_rules); P(fracture) per body
-       from the landmark network's fracture head
+       from the landmark network's fracture head; the grade is the rules' or, with vertebra.grading
+       head, the learned one (`grade_bodies`)
     -> evaluable or not: a body whose P(readable) (the landmark network's readability head, on the
        last pass's crop) is below READABLE_THRESHOLD is reported not evaluable: no grade, type or
        P(fracture), and it takes no part in the image's call.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +101,10 @@ def detect(model, img: torch.Tensor, vcfg) -> list[tuple[np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
-def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per image: (six points (N, 6, 2) in its px, P(fracture) (N,), P(readable) (N,)) of the
-    detected bodies. A landmark network without a readability output reads P(readable) 1."""
+def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray, ...]]:
+    """Per image: (six points (N, 6, 2) in its px, P(fracture) (N,), P(readable) (N,), P(grade >= 2)
+    and P(grade >= 3) given fractured (N, 2)) of the detected bodies. A landmark network without a
+    readability or severity output reads P(readable) 1 and severity 0."""
     index, centre, axis, side = [], [], [], []
     for b, (c, lv) in enumerate(found):
         if len(c):
@@ -109,7 +112,7 @@ def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray
             index += [b] * len(c)
             centre.append(c), axis.append(a), side.append(s)
     if not index:
-        return [(np.zeros((0, 6, 2)), np.zeros(0), np.zeros(0)) for _ in found]
+        return [(np.zeros((0, 6, 2)), np.zeros(0), np.zeros(0), np.zeros((0, 2))) for _ in found]
     dev = img.device
     index = torch.tensor(index, device=dev)
     centre, axis, side = (torch.tensor(np.concatenate(v), dtype=torch.float32, device=dev)
@@ -118,30 +121,40 @@ def place_points(model, img: torch.Tensor, found, vcfg) -> list[tuple[np.ndarray
         q, logit, *rest = model.landmarks(crop(img, index, centre, axis, side, vcfg.crop_size))
         pts = from_crop(q.float(), centre, axis, side)
         centre, axis = refine_frame(pts)
-    prob = logit.float().sigmoid().cpu().numpy()
+    prob = (logit.float() - prior_shift(model, vcfg)).sigmoid().cpu().numpy()
     readable = rest[0].float().sigmoid().cpu().numpy() if rest else np.ones(len(prob))
+    severity = rest[1].float().sigmoid().cpu().numpy() if len(rest) > 1 else np.zeros((len(prob), 2))
     pts, out, start = pts.cpu().numpy(), [], 0
     for c, _ in found:
         part = slice(start, start + len(c))
-        out.append((pts[part], prob[part], readable[part]))
+        out.append((pts[part], prob[part], readable[part], severity[part]))
         start += len(c)
     return out
 
 
+def prior_shift(model, vcfg) -> float:
+    """What the fracture logit is lowered by before its sigmoid: log(pos_weight) with
+    vertebra.fracture_prior `training` (a head trained with the positive class weighted w reads odds w
+    times the training set's; a model without a stored weight: w = 1), else 0."""
+    if vcfg.fracture_prior != "training":
+        return 0.0
+    return math.log(max(float(getattr(model, "pos_weight", 1.0)), 1e-6))
+
+
 def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarray,
-               fracture_threshold: float = 0.5, readable: np.ndarray | None = None) -> pd.DataFrame:
-    """The vertebrae.csv rows of one image (points in its own px). A body is fractured when the rules
-    grade it >= 1 or the fracture head's P reaches `fracture_threshold`; the grade is the rules' (at
-    least 1 for a body only the head calls) and the shape is the rules' lowest ratio; `grade_source`
-    says which made the call. `readable`: P(readable) per body (None: 1); a body below
-    READABLE_THRESHOLD is not evaluable (`evaluable` 0): its grade, type, grade_source and p_fracture
-    are empty (its points and heights stay: they say where the level is, not what it shows)."""
+               fracture_threshold: float = 0.5, readable: np.ndarray | None = None,
+               severity: np.ndarray | None = None, grading: str = "rules") -> pd.DataFrame:
+    """The vertebrae.csv rows of one image (points in its own px); `grading` says who grades
+    (`grade_bodies`), `grade_source` which made each call, and the shape is the rules' lowest ratio.
+    `readable`: P(readable) per body (None: 1); a body below READABLE_THRESHOLD is not evaluable
+    (`evaluable` 0): its grade, type, grade_source and p_fracture are empty (its points and heights
+    stay: they say where the level is, not what it shows)."""
     if len(points) == 0:
         return pd.DataFrame(columns=list(ROW_COLUMNS))
     readable = np.ones(len(points)) if readable is None else np.asarray(readable, dtype=float)
     ok = readable >= READABLE_THRESHOLD
     r = apply_genant_rules(points, [LEVELS[i] for i in levels])
-    head_only = (r["grade"] == 0) & (prob >= fracture_threshold)
+    grade, source = grade_bodies(r["grade"], prob, fracture_threshold, severity, grading)
     frame = pd.DataFrame({"file": file, "level": [LEVELS[i] for i in levels],
                           "x0": points[..., 0].min(1), "y0": points[..., 1].min(1),
                           "x1": points[..., 0].max(1), "y1": points[..., 1].max(1)})
@@ -149,14 +162,30 @@ def spine_rows(file: str, points: np.ndarray, levels: np.ndarray, prob: np.ndarr
         frame[f"{name}_x"], frame[f"{name}_y"] = points[:, j, 0], points[:, j, 1]
     for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss"):
         frame[key] = r[key]
-    grade = np.where(head_only, 1, r["grade"])
     frame["grade"] = pd.array(np.where(ok, grade, 0), dtype="Int64")   # Int64: an empty grade stays empty
     frame.loc[~ok, "grade"] = pd.NA
     frame["type"] = np.where(~ok, "", np.where(grade > 0, r["shape"], "normal"))
-    frame["grade_source"] = np.where(~ok, "", np.where(head_only, "head", "rules"))
+    frame["grade_source"] = np.where(~ok, "", source)
     frame["p_fracture"] = np.where(ok, prob, np.nan)
     frame["evaluable"], frame["p_readable"] = ok.astype(int), readable
     return frame[list(ROW_COLUMNS)]
+
+
+def grade_bodies(rules_grade: np.ndarray, prob: np.ndarray, threshold: float, severity: np.ndarray | None,
+                 grading: str) -> tuple[np.ndarray, np.ndarray]:
+    """(grade, grade_source) per body. `rules`: a body is fractured when the rules grade it >= 1 on
+    its predicted points or the fracture head's P reaches `threshold`; the grade is the rules' (1 for
+    a body only the head calls, source `head`). `head`, the learned grade: fractured when the fracture
+    head's P (= P(grade >= 1)) reaches `threshold`, and then 1, plus 1 for each of the severity head's
+    P(grade >= 2 | fractured), P(grade >= 3 | fractured) that reaches 0.5 in turn (source `head`)."""
+    prob = np.asarray(prob, dtype=float)
+    if grading == "head":
+        sev = np.zeros((len(prob), 2)) if severity is None else np.asarray(severity, dtype=float)
+        two = sev[:, 0] >= 0.5
+        grade = np.where(prob >= threshold, 1 + two + (two & (sev[:, 1] >= 0.5)), 0)
+        return grade, np.full(len(prob), "head")
+    head_only = (rules_grade == 0) & (prob >= threshold)
+    return np.where(head_only, 1, rules_grade), np.where(head_only, "head", "rules")
 
 
 def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[pd.DataFrame]:
@@ -180,11 +209,12 @@ def read_spines(model, paths: list[str], batch_size: int = 8, progress: bool = F
         right = torch.tensor([f == "right" for f in sides], device=dev)
         img = torch.where(right[:, None, None, None], img.flip(-1), img)
         found = detect(model, img, vcfg)
-        for path, (_, scale), (c, lv), (pts, prob, ok), side in zip(batch, loaded, found,
-                                                                    place_points(model, img, found, vcfg), sides):
+        for path, (_, scale), (c, lv), (pts, prob, ok, sev), side in zip(
+                batch, loaded, found, place_points(model, img, found, vcfg), sides):
             if side == "right":   # back to the image as given: its anterior points stay anterior
                 pts = mirror_points(pts, img.shape[-1])
-            out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold, ok))
+            out.append(spine_rows(path, pts / scale.numpy(), lv, prob, vcfg.fracture_threshold, ok, sev,
+                                  vcfg.grading))
     return out
 
 

@@ -48,9 +48,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VFANet:
 
 
 def with_decision(model: torch.nn.Module, ckpt: dict, cfg, family: Family) -> torch.nn.Module:
-    """`model` with what a checkpoint says beside its weights: config, threshold, temperature and the
-    threshold's source (the attributes every command reads of a loaded model)."""
+    """`model` with what a checkpoint says beside its weights: config, threshold, temperature, the
+    threshold's source (the attributes every command reads of a loaded model) and the class weight
+    it was trained with (`pos_weight`: 1.0 when none was stored)."""
     model.config = cfg
+    model.pos_weight = float(ckpt.get("hyper_parameters", {}).get("pos_weight", 1.0))
     model.threshold = float(ckpt.get("vfa_threshold", family.default_threshold(cfg)))
     model.temperature = float(ckpt.get("vfa_temperature", 1.0))
     model.threshold_source = str(ckpt.get("vfa_threshold_source", checkpoint.DEFAULT_THRESHOLD_SOURCE))

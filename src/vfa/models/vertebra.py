@@ -6,7 +6,10 @@
         soft-argmax (sub-pixel), a fracture logit and a readability logit (can this body be read?)
 
 Genant grade and type follow from the predicted points by the morphometry rules
-(vfa.stats.morphometry); the landmark net's fracture logit gives each body's P(fracture).
+(vfa.stats.morphometry); the landmark net's fracture logit gives each body's P(fracture). Beside the
+rules, a learned grade: the fracture logit is P(grade >= 1) and a severity head gives P(grade >= 2)
+and P(grade >= 3) of a fractured body (vertebra.grading says which of the two grades a body:
+vfa.inference.vertebra).
 """
 from __future__ import annotations
 
@@ -74,11 +77,15 @@ def soft_argmax(heat: torch.Tensor) -> torch.Tensor:
 # the readability head's bias before training, and that of a checkpoint written without the head:
 # sigmoid(6) = 0.9975, so an untrained or missing head calls every body evaluable
 READABLE_PRIOR = 6.0
+# the severity head's bias in a checkpoint written without it: P(grade >= 2 | fractured) 0.0025, so
+# such a checkpoint grades what it calls fractured 1 (a new head starts at 0: no preference)
+SEVERITY_PRIOR = -6.0
 
 
 class LandmarkNet(nn.Module):
     """A crop centred on one body -> its six points (crop coordinates in [-0.5, 0.5]), a fracture
-    logit and a readability logit (P(the body can be read) = its sigmoid)."""
+    logit, a readability logit (P(the body can be read) = its sigmoid) and two severity logits
+    (P(grade >= 2), P(grade >= 3), given that the body is fractured)."""
 
     def __init__(self, backbone: str = "resnet18", width: int = 64, pretrained: bool = False):
         super().__init__()
@@ -90,26 +97,35 @@ class LandmarkNet(nn.Module):
         # seeded run after the build, is what it was before the head existed
         with torch.random.fork_rng(devices=[]):
             self.readable = nn.Linear(deep + width, 1)
-        nn.init.zeros_(self.readable.weight)
-        nn.init.constant_(self.readable.bias, READABLE_PRIOR)
-        self._register_load_state_dict_pre_hook(_without_readable_head)
+            self.severity = nn.Linear(deep + width, 2)
+        for head, prior in ((self.readable, READABLE_PRIOR), (self.severity, 0.0)):
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, prior)
+        self._register_load_state_dict_pre_hook(_without_later_heads)
 
-    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f, deep = self.pyramid(crops)
         pts = soft_argmax(self.points(f))
         pooled = torch.cat([deep.float().mean((2, 3)), f.float().mean((2, 3))], 1)
-        return pts, self.fracture(pooled).squeeze(1), self.readable(pooled).squeeze(1)
+        # the severity head reads the features detached: training it never moves the network the
+        # points, fracture and readability heads share, so a run's other outputs are what they were
+        # without it (and the rules' grades with them)
+        return (pts, self.fracture(pooled).squeeze(1), self.readable(pooled).squeeze(1),
+                self.severity(pooled.detach()))
 
 
-def _without_readable_head(state_dict, prefix, *args) -> None:
-    """A checkpoint written before the readability head: the head it lacks is the untrained one
-    (zero weights, bias READABLE_PRIOR), so every body it reads is evaluable, as it was."""
-    key = prefix + "readable."
-    if key + "weight" in state_dict or prefix + "fracture.1.weight" not in state_dict:
+def _without_later_heads(state_dict, prefix, *args) -> None:
+    """A checkpoint written before the readability or severity head: the head it lacks has zero
+    weights and its prior bias, so every body it reads is evaluable and a body it calls fractured by
+    the learned grade is grade 1, as such a checkpoint could say."""
+    like = state_dict.get(prefix + "fracture.1.weight")
+    if like is None:
         return
-    like = state_dict[prefix + "fracture.1.weight"]
-    state_dict[key + "weight"] = torch.zeros_like(like)
-    state_dict[key + "bias"] = torch.full((1,), READABLE_PRIOR, dtype=like.dtype, device=like.device)
+    for name, k, prior in (("readable", 1, READABLE_PRIOR), ("severity", 2, SEVERITY_PRIOR)):
+        key = f"{prefix}{name}."
+        if key + "weight" not in state_dict:
+            state_dict[key + "weight"] = like.new_zeros((k, like.shape[1]))
+            state_dict[key + "bias"] = torch.full((k,), prior, dtype=like.dtype, device=like.device)
 
 
 class VertebraNet(nn.Module):

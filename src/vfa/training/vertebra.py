@@ -51,25 +51,28 @@ class VertebraModule(L.LightningModule):
             pts, present, grade, v.bodies_per_image, v.crop_scale, v.jitter if train else 0.0, H / 16,
             self._crop_rng if train else None, all_bodies=not train)
         index, level, centre, axis, side = (t.to(img.device) for t in (index, level, centre, axis, side))
-        q, logit, read_logit = self.model.landmarks(crop(img, index, centre, axis, side, v.crop_size))
+        q, logit, read_logit, severity = self.model.landmarks(crop(img, index, centre, axis, side, v.crop_size))
         body = pts[index, level]
         truth = to_crop(body, centre, axis, side)
         frac = (grade[index, level] > 0).float()
         parts["points"] = POINT_WEIGHT * F.l1_loss(q, truth)
         parts["fracture"], parts["readable"] = crop_losses(logit, frac, read_logit, readable[index, level],
                                                            self.pos_weight)
+        # the severity head learns on detached features (vfa.models.vertebra), so its loss moves
+        # nothing else; it is left out of the monitored loss, which picks the checkpoint as before
+        sev = severity_loss(severity, grade[index, level], readable[index, level])
         extra = dict(err=(q - truth).norm(dim=-1).mean(1) * side / _body_height(body),
-                     logit=logit.float(), frac=frac)
+                     logit=logit.float(), frac=frac, severity=sev)
         return sum(parts.values()), dict(parts, **extra)
 
     def training_step(self, batch, batch_idx):
         loss, parts = self._losses(batch, train=True)
         self._loss_sum += float(loss.detach()) * len(batch[0])
         self._loss_n += len(batch[0])
-        for key in ("heat", "offset", "level", "points", "fracture", "readable"):
+        for key in ("heat", "offset", "level", "points", "fracture", "readable", "severity"):
             self.log(f"loss_{key}", parts[key], on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        return loss + parts["severity"]
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_n = 0.0, 0
@@ -127,6 +130,18 @@ def crop_losses(logit: torch.Tensor, frac: torch.Tensor, read_logit: torch.Tenso
     if not known.any():
         return fracture, read_logit.new_zeros((), dtype=torch.float32)
     return fracture, F.binary_cross_entropy_with_logits(read_logit.float()[known], readable[known].float())
+
+
+def severity_loss(logits: torch.Tensor, grade: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
+    """BCE of the severity head's two logits against grade >= 2 and grade >= 3 over the fractured
+    bodies (grade >= 1) the truth does not call unreadable: how severe, given fractured (whether is the
+    fracture head's), the cumulative form of an ordinal grade. No such body in the batch: an exact 0."""
+    keep = (readable != 0) & (grade >= 1)
+    if not keep.any():
+        return logits.new_zeros((), dtype=torch.float32)
+    g = grade[keep].float()[:, None]
+    target = (g >= torch.tensor([2.0, 3.0], device=g.device)).float()
+    return F.binary_cross_entropy_with_logits(logits.float()[keep], target)
 
 
 def _body_height(points: torch.Tensor) -> torch.Tensor:

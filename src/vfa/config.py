@@ -186,12 +186,9 @@ class VertebraConfig:
     jitter: float = 0.08       # training crop centre / scale noise, as a share of the spacing
     heat_threshold: float = 0.3
     fracture_threshold: float = 0.5   # the fracture head's P at which a body is called fractured
-    # who grades a body: the morphometry rules on its predicted points (with the fracture head's
-    # calls beside them), or the learned grade (the fracture and severity heads): docs/vertebrae.md
+    # who grades: the rules on the predicted points (and the fracture head's calls) or the learned grade;
+    # P(fracture) at even odds as trained, or at the training share of fractures (docs/vertebrae.md)
     grading: str = "rules"
-    # what the fracture head's P(fracture) refers to: `balanced`, the head as trained (with class weights,
-    # even odds: its 0.5 is the balanced operating point), or `training`, its logit less log(pos_weight),
-    # so that P is the posterior at the training set's share of fractured bodies (docs/vertebrae.md)
     fracture_prior: str = "balanced"
     # which way the spines face (anterior on that side): left as the phantom and the training
     # images, right (read mirrored), or auto per image (DICOM header, else the detector both ways)
@@ -324,14 +321,9 @@ def check(cfg: Config) -> None:
             or not 0 < v.fracture_threshold <= 1:
         raise ConfigError("vertebra: crop_size, bodies_per_image, width and detector_size must be positive and "
                           f"heat_threshold and fracture_threshold in (0, 1); got {v}")
-    if v.fracture_prior not in FRACTURE_PRIORS:
-        raise ConfigError(f"vertebra.fracture_prior must be one of {FRACTURE_PRIORS} (docs/vertebrae.md), "
-                          f"got {v.fracture_prior!r}")
-    if v.grading not in GRADINGS:
-        raise ConfigError(f"vertebra.grading must be one of {GRADINGS} (docs/vertebrae.md), got {v.grading!r}")
-    if v.orientation not in ORIENTATIONS:
-        raise ConfigError(f"vertebra.orientation must be one of {ORIENTATIONS} (docs/vertebrae.md), "
-                          f"got {v.orientation!r}")
+    for key, allowed in (("orientation", ORIENTATIONS), ("grading", GRADINGS), ("fracture_prior", FRACTURE_PRIORS)):
+        if getattr(v, key) not in allowed:
+            raise ConfigError(f"vertebra.{key} must be one of {allowed} (docs/vertebrae.md), got {getattr(v, key)!r}")
 
 
 ORIENTATIONS = ("auto", "left", "right")   # vertebra.orientation: vfa.inference.orientation

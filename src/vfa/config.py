@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 
-
 from vfa import presets, vendors
 from vfa.errors import ConfigError  # noqa: F401  (vfa.config.ConfigError: the name every caller uses)
 from vfa.registry import CAM_METHODS, FAMILIES
@@ -98,9 +97,8 @@ class DataConfig:
     # none: each image once an epoch; balanced: as many drawn with replacement, either class equally likely
     # (the seed's phase_1_all_balanced_up; torch's WeightedRandomSampler), instead of optim.class_weights
     sampler: str = "none"
-    # where training augmentation runs: "workers" (per image, in DataLoader workers), "device"
-    # (whole batches on the training device, same preset and parameters: one worker then feeds a
-    # GPU), "auto" (device when training on a GPU; resolved and saved in config.yaml)
+    # where training augmentation runs: "workers" (per image, in DataLoader workers), "device" (whole
+    # batches on the training device, same parameters: one worker feeds a GPU), "auto" (device on a GPU)
     augment_on: str = "auto"
     # cross-validation (vfa cv): train on the other folds of the `train` manifest, validate on this
     # one; its `test` rows stay out. A manifest without a fold column gets `folds` folds, patient-level
@@ -157,9 +155,8 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    # "auto": bf16-mixed where the training device has native bf16 (a GPU that supports it; a CPU
-    # with avx512_bf16 or AMX; BENCHMARKS.md), else 32-true; resolved and
-    # saved in config.yaml. Or any Lightning precision: 32-true, bf16-mixed, 16-mixed, ...
+    # "auto": bf16-mixed where the training device has native bf16 (a GPU that supports it; a CPU with
+    # avx512_bf16 or AMX; BENCHMARKS.md), else 32-true; saved in config.yaml. Or any Lightning precision
     precision: str = "auto"
     deterministic: bool = True
     log_every_n_steps: int = 10
@@ -190,8 +187,7 @@ class VertebraConfig:
     # P(fracture) at even odds as trained, or at the training share of fractures (docs/vertebrae.md)
     grading: str = "rules"
     fracture_prior: str = "balanced"
-    # which way the spines face (anterior on that side): left as the phantom and the training
-    # images, right (read mirrored), or auto per image (DICOM header, else the detector both ways)
+    # the side the spines face: left (the phantom's), right (read mirrored) or auto per image (docs/vertebrae.md)
     orientation: str = "auto"
 
 
@@ -329,8 +325,6 @@ def check(cfg: Config) -> None:
 ORIENTATIONS = ("auto", "left", "right")   # vertebra.orientation: vfa.inference.orientation
 GRADINGS = ("rules", "head")                # vertebra.grading: vfa.inference.vertebra.spine_rows
 FRACTURE_PRIORS = ("balanced", "training")  # vertebra.fracture_prior: vfa.inference.vertebra.place_points
-
-
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
 

@@ -22,7 +22,7 @@ def test_examples_are_the_highest_then_the_lowest_image_scores_with_why():
 def test_report_marks_goals_not_met_and_captions_each_example():
     out = vm.bootstrap(several_images(4), n=20)
     out["image_auc"] = {"auc": 0.9, "ci": [0.8, 1.0]}
-    result = {"vertebrae": out}
+    result = {"vertebrae": out, "reading": ve.reading("rules", "training")}
     truth, pred = scene()
     caption = "truth: fractured; read: fractured; " + vm.describe_image(vm.match_image(0, truth, pred), len(pred))
     drawn = [{"name": "a.png", "png": b"\x89PNG", "chosen": "highest image score, #1 of 4 (raw 0.950)",
@@ -36,6 +36,7 @@ def test_report_marks_goals_not_met_and_captions_each_example():
     figure = re.search(r"<figure>.*?</figure>", page, re.S).group(0)
     assert "highest image score, #1 of 4" in figure and "missed 1 of 7: T10 (fractured, grade 2)" in figure
     assert "wrong level: T5 labelled T6" in figure
+    assert "grading: rules" in page and "training set&#x27;s share of fractured bodies" in page   # who calls
     md = ve._report(result, vm.table_lines(out, out["image_auc"]), "data/manifest.csv", drawn)
     assert "- a.png: highest image score, #1 of 4 (raw 0.950). truth: fractured" in md
     assert "**not met**" in md and "treats the bodies as independent" in md

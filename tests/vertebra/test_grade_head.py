@@ -60,7 +60,8 @@ def test_the_severity_loss_is_cumulative_bce_over_readable_fractured_bodies():
     p = torch.sigmoid(logits[:3]).numpy().ravel()
     y = np.array([[0, 0], [1, 1], [1, 0]]).ravel()   # grade >= 2, grade >= 3
     assert got.item() == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=1e-5)
-    assert severity_loss(logits[3:], grade[3:], readable[3:]).item() == 0.0
+    none = severity_loss(logits[3:].requires_grad_(), grade[3:], readable[3:])
+    assert none.item() == 0.0 and none.requires_grad   # still in the graph: DDP sees the head used
 
 
 def test_the_severity_head_reads_detached_features_and_starts_without_a_preference():

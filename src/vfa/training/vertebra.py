@@ -135,10 +135,11 @@ def crop_losses(logit: torch.Tensor, frac: torch.Tensor, read_logit: torch.Tenso
 def severity_loss(logits: torch.Tensor, grade: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
     """BCE of the severity head's two logits against grade >= 2 and grade >= 3 over the fractured
     bodies (grade >= 1) the truth does not call unreadable: how severe, given fractured (whether is the
-    fracture head's), the cumulative form of an ordinal grade. No such body in the batch: an exact 0."""
+    fracture head's), the cumulative form of an ordinal grade. No such body in the batch: an exact 0
+    that keeps the head in the graph (zero gradients), so DDP never finds its parameters unused."""
     keep = (readable != 0) & (grade >= 1)
     if not keep.any():
-        return logits.new_zeros((), dtype=torch.float32)
+        return logits.float().sum() * 0.0
     g = grade[keep].float()[:, None]
     target = (g >= torch.tensor([2.0, 3.0], device=g.device)).float()
     return F.binary_cross_entropy_with_logits(logits.float()[keep], target)
